@@ -1,0 +1,75 @@
+"""``radgenome_hf.load_dataset`` and the registration that makes ``datasets.load_dataset("radgenome", …)`` work.
+
+datasets 5 has no plugin registry and no loading scripts (see shared/reference/hf-stack.md §2). ``load_dataset``
+resolves a name through ``datasets.load.dataset_module_factory``; we wrap that one function so the name
+``radgenome`` (when no local folder of that name exists: a local folder always wins, as in datasets) resolves to
+this package's builder. ``tests/test_registration.py`` is the contract test that fails loudly if datasets changes
+the function we wrap.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+BUILDER_NAME = "radgenome"
+BUILDER_MODULE = "radgenome_hf.radgenome"
+
+_registered = False
+
+
+def register() -> None:
+    """Make ``datasets.load_dataset("radgenome", config, …)`` resolve to :class:`radgenome_hf.radgenome.RadGenome`."""
+    global _registered
+    if _registered:
+        return
+    import datasets.load as load
+
+    from . import __version__
+    from .features import register_features
+
+    register_features()
+    original = load.dataset_module_factory
+    if getattr(original, "_radgenome_hf", False):
+        _registered = True
+        return
+
+    @functools.wraps(original)
+    def dataset_module_factory(path: str, *args: Any, **kwargs: Any):
+        if path == BUILDER_NAME and not os.path.isdir(path):
+            return load.DatasetModule(BUILDER_MODULE, __version__, {"dataset_name": BUILDER_NAME})
+        return original(path, *args, **kwargs)
+
+    dataset_module_factory._radgenome_hf = True  # type: ignore[attr-defined]
+    load.dataset_module_factory = dataset_module_factory
+    _registered = True
+
+
+def load_dataset(config: str = "vqa", *args: Any, **kwargs: Any):
+    """Load a RadGenome config: the stable entry point, same arguments as ``datasets.load_dataset``.
+
+    ``radgenome_hf.load_dataset("vqa", data_dir="release", split="train", streaming=True)`` is
+    ``datasets.load_dataset("radgenome", "vqa", data_dir="release", split="train", streaming=True)``.
+    Builder options (``ignore_missing_volumes``, ``num_shards``, ``ctrate_dir``, ``token`` …) are
+    :class:`radgenome_hf.radgenome.RadGenomeConfig` fields.
+
+    Example:
+        >>> import radgenome_hf                                             # doctest: +SKIP
+        >>> ds = radgenome_hf.load_dataset("vqa", data_dir="release")        # doctest: +SKIP
+        >>> ds["train"][0]["question"]                                       # doctest: +SKIP
+    """
+    import datasets
+
+    register()
+    if "trust_remote_code" in kwargs:
+        kwargs.pop("trust_remote_code")
+    return datasets.load_dataset(BUILDER_NAME, config, *args, **kwargs)
+
+
+def load_dataset_builder(config: str = "vqa", **kwargs: Any):
+    """The builder of a config (``download_and_prepare()``, ``as_dataset()``, ``as_streaming_dataset()``)."""
+    import datasets
+
+    register()
+    return datasets.load_dataset_builder(BUILDER_NAME, config, **kwargs)

@@ -1,0 +1,160 @@
+"""Pack a release's masks once, then serve them per volume and structure.
+
+Upstream masks are one binary ``.nii.gz`` per structure, in folders or inside ``.tar.gz`` archives (sometimes one
+tar.gz cut into ``_aa``, ``_ab``… parts). An archive cannot be seeked, so it is read in ONE streaming pass and every
+structure goes into the packed form (:class:`~radgenome_hf.masks.PackedMasks`: bbox + packed bits), one parquet file
+per (volume, kind) under the cache. Rows then decode masks from those files, never from the archive.
+
+The store is keyed by the source's fingerprint (file sizes and mtimes), so a changed source is packed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import hashlib
+
+from .errors import VolumeNameError
+from .names import MaskKind, Split, VolumeName
+from .archives import MaskSource
+from .release import UpstreamRelease
+
+
+def default_cache_root() -> Path:
+    """``$RADGENOME_CACHE`` or ``~/.cache/radgenome_hf``."""
+    env = os.environ.get("RADGENOME_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "radgenome_hf"
+
+
+class MaskStore:
+    """Packed masks of one (split, kind) mask source.
+
+    >>> # store = MaskStore.prepare(release, "train", "anatomy")
+    >>> # store.names("train_1_a_1"), store.path("train_1_a_1")
+    """
+
+    def __init__(self, root: Path, index: dict[str, dict]) -> None:
+        self.root = root
+        self.index = index
+
+    def __contains__(self, stem: str) -> bool:
+        return stem in self.index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def names(self, stem: str) -> list[str]:
+        return list(self.index.get(stem, {}).get("names", ()))
+
+    def shape(self, stem: str) -> tuple[int, ...] | None:
+        entry = self.index.get(stem)
+        return tuple(entry["shape"]) if entry and entry.get("shape") else None
+
+    def path(self, stem: str) -> str | None:
+        return str(self.root / f"{stem}.masks.parquet") if stem in self.index else None
+
+    def __repr__(self) -> str:
+        return f"MaskStore(volumes={len(self)}, root='{self.root}')"
+
+    # -- building --------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(
+        cls,
+        release: UpstreamRelease,
+        split: Split,
+        kind: MaskKind,
+        *,
+        cache_root: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> "MaskStore | None":
+        """Pack the split's masks of a kind (once; later calls reuse the packed files). ``None`` if there are none."""
+        source = release.mask_source(split, kind)
+        if source is None:
+            return None
+        root = Path(cache_root or default_cache_root()) / "masks" / f"{split}_{kind}_{source_identity(source)}"
+        index_file = root / "index.json"
+        if index_file.is_file():
+            return cls(root, json.loads(index_file.read_text()))
+        root.mkdir(parents=True, exist_ok=True)
+        index: dict[str, dict] = {}
+        for stem, files in _iter_volumes(source, progress=progress):
+            index[stem] = _pack_one(root, stem, kind, files)
+        tmp = root / f".index.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, index_file)
+        return cls(root, index)
+
+
+def _pack_one(root: Path, stem: str, kind: MaskKind, files: dict[str, object]) -> dict:
+    from .masks import PackedMasks
+
+    packed = PackedMasks.from_nifti_files(files, source=kind)
+    out = root / f"{stem}.masks.parquet"
+    packed.save(out)
+    return {"names": list(packed.names), "shape": list(packed.shape)}
+
+
+def source_identity(source: MaskSource) -> str:
+    """A fingerprint of a mask source that changes when its files change (names, sizes, mtimes)."""
+    h = hashlib.sha1(f"{source.form}|{source.split}|{source.kind}".encode())
+    for p in source.paths:
+        if source.form == "folder":
+            for root, _dirs, files in os.walk(p):
+                for f in sorted(files):
+                    st = os.stat(os.path.join(root, f))
+                    h.update(f"{os.path.relpath(os.path.join(root, f), p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        else:
+            st = os.stat(p)
+            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _iter_volumes(source: MaskSource, progress: bool) -> Iterator[tuple[str, dict[str, object]]]:
+    """Yield (volume stem, {structure name: path or bytes}) for every volume of a mask source."""
+    from tqdm.auto import tqdm
+
+    if source.form == "folder":
+        folder = source.paths[0]
+        entries = sorted(e for e in os.listdir(folder) if e.startswith("seg_"))
+        for entry in tqdm(entries, desc=f"packing {source.split} {source.kind} masks", disable=not progress or None):
+            try:
+                stem = VolumeName.parse(entry[4:]).stem
+            except VolumeNameError:
+                continue  # not a volume folder
+            d = os.path.join(folder, entry)
+            files = {
+                f[: -len(".nii.gz")] if f.endswith(".nii.gz") else f[: -len(".nii")]: os.path.join(d, f)
+                for f in sorted(os.listdir(d))
+                if f.endswith((".nii.gz", ".nii"))
+            }
+            if files:
+                yield stem, files
+        return
+
+    from .archives import iter_masks
+
+    # One streaming pass. Members of one volume are contiguous in the upstream archives, but do not rely on it:
+    # buffer per volume and flush a volume when the stream moves on (memory bounded by one volume's masks).
+    pending: dict[str, dict[str, object]] = {}
+    current: str | None = None
+    for volume, _kind, structure, data in iter_masks(source, progress=progress or None):
+        if current is not None and volume.stem != current and current in pending:
+            yield current, pending.pop(current)
+        current = volume.stem
+        pending.setdefault(volume.stem, {})[structure] = data
+    yield from pending.items()
+
+
+def prepare_mask_stores(
+    release: UpstreamRelease, split: Split, kinds: Iterable[MaskKind] = ("region", "anatomy"), **kwargs
+) -> dict[str, MaskStore]:
+    """Mask stores of a split, by kind (kinds without masks are left out)."""
+    stores = {}
+    for kind in kinds:
+        store = MaskStore.prepare(release, split, kind, **kwargs)
+        if store is not None:
+            stores[kind] = store
+    return stores

@@ -1,0 +1,622 @@
+"""The ``radgenome`` datasets builder: one builder, one config per view of the data.
+
+| config | one row is |
+| --- | --- |
+| ``reports`` | one CT-RATE volume with its report, 18 labels and metadata |
+| ``segmentation`` | one volume with its structures (packed masks, decoded on demand) |
+| ``grounded_reports`` | one (volume, anatomy path) sentence group with its grounding mask |
+| ``vqa`` | one question–answer pair (abnormality, location, presence, size, disorders) with its grounding mask |
+| ``scene_graph`` | one volume as an anatomy-centred graph (from a release that contains the generated files) |
+| ``anatomy_pairs`` | one (volume, organ) image–text pair (likewise) |
+
+The builder reads an upstream release as it is (see :mod:`radgenome_hf.release`): CSVs with pyarrow at prepare
+time, masks packed in one pass (:mod:`radgenome_hf.maskstore`), volumes referenced by path and decoded lazily.
+
+Examples:
+    >>> import radgenome_hf, datasets                                       # doctest: +SKIP
+    >>> ds = datasets.load_dataset("radgenome", "vqa", data_dir="release")  # doctest: +SKIP
+    >>> ds["train"][0]["volume"]                                            # doctest: +SKIP
+    Volume(name='train_1_a_1', shape=(64, 64, 48), spacing=(6.0, 6.0, 6.0), orientation='LPS', …)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import __version__
+from .errors import MalformedFileError, MissingVolumeError, ShapeMismatchError
+from .features import CTVolume, StructureMask, VolumeMasks, register_features
+from .names import HF_SPLIT, Split, VolumeName
+from .ontology import get_ontology
+from .release import UpstreamRelease
+from .tables import CTRATE_LABELS
+
+register_features()
+
+CONFIG_NAMES = ("reports", "segmentation", "grounded_reports", "vqa", "scene_graph", "anatomy_pairs")
+SPLITS: tuple[Split, ...] = ("train", "valid")
+VQA_TYPES = ("abnormality", "location", "presence", "size", "disorders")
+
+_DESCRIPTIONS = {
+    "reports": "One CT-RATE volume per row with its radiology report, 18 abnormality labels and metadata.",
+    "segmentation": "One volume per row with its structures (name, anatomy path, bbox, voxel count) and packed masks.",
+    "grounded_reports": "One (volume, anatomy path) sentence group per row, grounded to the mask of its region.",
+    "vqa": "One question–answer pair per row (abnormality, location, presence, size, disorders), grounded.",
+    "scene_graph": "One volume per row as an anatomy-centred scene graph (objects, attributes, comparisons).",
+    "anatomy_pairs": "One (volume, organ) image–text pair per row, fVLM style.",
+}
+
+
+def _id_features() -> dict:
+    return {
+        "volume_name": datasets.Value("string"),
+        "patient_id": datasets.Value("string"),
+        "scan_id": datasets.Value("string"),
+        "reconstruction_id": datasets.Value("int32"),
+    }
+
+
+def _bbox() -> datasets.List:
+    return datasets.List(datasets.Value("int32"))
+
+
+def config_features(name: str) -> datasets.Features:
+    """The features of a config (documented in ``cards/``)."""
+    f = _id_features()
+    if name == "reports":
+        f.update(
+            volume=CTVolume(),
+            clinical_information=datasets.Value("string"),
+            technique=datasets.Value("string"),
+            findings=datasets.Value("string"),
+            impressions=datasets.Value("string"),
+            labels={label: datasets.Value("int8") for label in CTRATE_LABELS},
+            spacing=datasets.List(datasets.Value("float32")),
+            fixed_header=datasets.Value("bool"),
+            manufacturer=datasets.Value("string"),
+            patient_sex=datasets.Value("string"),
+            patient_age=datasets.Value("float32"),
+            study_date=datasets.Value("string"),
+        )
+    elif name == "segmentation":
+        f.update(
+            volume=CTVolume(),
+            masks=VolumeMasks(),
+            shape=datasets.List(datasets.Value("int32")),
+            structures=datasets.List(
+                {
+                    "name": datasets.Value("string"),
+                    "source": datasets.Value("string"),
+                    "anatomy_path": datasets.Value("string"),
+                    "bbox": _bbox(),
+                    "voxel_count": datasets.Value("int64"),
+                }
+            ),
+        )
+    elif name == "grounded_reports":
+        f.update(
+            anatomy=datasets.Value("string"),
+            depth=datasets.Value("int8"),
+            region=datasets.Value("string"),
+            node=datasets.Value("string"),
+            sentence=datasets.Value("string"),
+            volume=CTVolume(),
+            mask=StructureMask(),
+        )
+    elif name == "vqa":
+        f.update(
+            question_type=datasets.Value("string"),
+            question=datasets.Value("string"),
+            answer=datasets.Value("string"),
+            anatomy=datasets.Value("string"),
+            region=datasets.Value("string"),
+            finding=datasets.Value("string"),
+            manually_verified=datasets.Value("bool"),
+            volume=CTVolume(),
+            mask=StructureMask(),
+        )
+    elif name == "scene_graph":
+        from .generate.scene_graph import SCENE_GRAPH_FEATURES
+
+        f.update(_python_schema_to_features(SCENE_GRAPH_FEATURES, skip=set(f)))
+        f["volume"] = CTVolume()
+    elif name == "anatomy_pairs":
+        from .generate.anatomy_pairs import ANATOMY_PAIRS_FEATURES
+
+        f.update(_python_schema_to_features(ANATOMY_PAIRS_FEATURES, skip=set(f)))
+        f["volume"] = CTVolume()
+        f["mask"] = StructureMask()
+    else:
+        raise ValueError(f"unknown config {name!r}; choose one of {CONFIG_NAMES}")
+    return datasets.Features(f)
+
+
+def _python_schema_to_features(schema, skip=frozenset()):
+    """Turn a plain description (type names, dicts, one-element lists) into datasets features."""
+    names = {"str": "string", "string": "string", "int": "int64", "float": "float32", "bool": "bool",
+             "int32": "int32", "int64": "int64", "float32": "float32", "float64": "float32", "int8": "int8"}
+
+    def conv(t):
+        if isinstance(t, dict):
+            return {k: conv(v) for k, v in t.items()}
+        if isinstance(t, list):
+            return datasets.List(conv(t[0]))
+        if isinstance(t, type):
+            t = t.__name__
+        return datasets.Value(names.get(str(t), str(t)))
+
+    return {k: conv(v) for k, v in schema.items() if k not in skip}
+
+
+@dataclass
+class RadGenomeConfig(datasets.BuilderConfig):
+    """Configuration of the ``radgenome`` builder.
+
+    Attributes:
+        radgenome_dir: the RadGenome-ChestCT root, if not found inside ``data_dir``.
+        ctrate_dir: the CT-RATE root (reports, labels, metadata), if not found inside ``data_dir``.
+        token: Hugging Face token for ``hf://`` sources (CT-RATE is gated); defaults to ``HF_TOKEN``/login.
+        ignore_missing_volumes: give ``volume=None`` for rows whose volume file is absent instead of failing.
+        num_shards: shards per split (each a contiguous block of rows; what streaming workers and nodes split).
+            ``None``: 8, or 64 above 100,000 rows, never more than the rows.
+        mask_cache_dir: where packed masks go (default ``$RADGENOME_CACHE`` or ``~/.cache/radgenome_hf``).
+        question_templates: ``"auto"`` (upstream ``qa_templates/`` when the release ships them, else this package's
+            templates) or ``"radgenome_hf"``.
+        progress: show progress bars while preparing.
+    """
+
+    radgenome_dir: str | None = None
+    ctrate_dir: str | None = None
+    token: str | bool | None = None
+    ignore_missing_volumes: bool = False
+    num_shards: int | None = None
+    mask_cache_dir: str | None = None
+    question_templates: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.name not in CONFIG_NAMES:
+            raise ValueError(f"BuilderConfig {self.name!r} not found. Available: {list(CONFIG_NAMES)}")
+
+
+class RadGenome(datasets.ArrowBasedBuilder):
+    """RadGenome-Chest CT (with CT-RATE reports) as datasets configs; see the module docstring."""
+
+    VERSION = datasets.Version(__version__)
+    BUILDER_CONFIG_CLASS = RadGenomeConfig
+    BUILDER_CONFIGS = [RadGenomeConfig(name=n, version=datasets.Version(__version__), description=_DESCRIPTIONS[n])
+                       for n in CONFIG_NAMES]
+    DEFAULT_CONFIG_NAME = "vqa"
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("dataset_name", "radgenome")
+        kwargs.setdefault("hash", __version__)
+        super().__init__(*args, **kwargs)
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description=_DESCRIPTIONS[self.config.name],
+            features=config_features(self.config.name),
+            homepage="https://huggingface.co/datasets/RadGenome/RadGenome-ChestCT",
+            license="cc-by-4.0 (RadGenome annotations); cc-by-nc-sa-4.0 (CT-RATE volumes and reports)",
+        )
+
+    # -- split generation ------------------------------------------------------------------------------
+    def _release(self) -> UpstreamRelease:
+        need = "ctrate" if self.config.name == "reports" else "radgenome"
+        return UpstreamRelease.discover(
+            self.config.data_dir,
+            radgenome_dir=self.config.radgenome_dir,
+            ctrate_dir=self.config.ctrate_dir,
+            token=self.config.token,
+            need=need,
+        )
+
+    def _split_generators(self, dl_manager):
+        release = self._release()
+        make = getattr(self, f"_table_{self.config.name}")
+        out = []
+        for split in SPLITS:
+            table = make(release, split)
+            if table is None:
+                continue
+            table = _cast(table, self.info.features)
+            out.append(datasets.SplitGenerator(name=HF_SPLIT[split], gen_kwargs={"tables": _shards(table, self.config.num_shards)}))
+        if not out:
+            raise MalformedFileError(
+                self.config.data_dir,
+                f"the release has none of the files the {self.config.name!r} config needs for train or validation "
+                f"(see docs/architecture.md 'Releases on disk')",
+            )
+        return out
+
+    def _generate_tables(self, tables: list[pa.Table]) -> Iterator[tuple[object, pa.Table]]:
+        from datasets.builder import Key
+
+        for i, t in enumerate(tables):
+            yield Key(i, 0), t
+
+    # -- shared pieces ---------------------------------------------------------------------------------
+    def _read(self, release: UpstreamRelease, path: str, reader):
+        with release.open(path) as f:
+            try:
+                return reader(f)
+            except MalformedFileError as exc:
+                if exc.path is None or exc.path.startswith("<"):
+                    raise MalformedFileError(path, str(exc), row=exc.row, column=exc.column) from exc
+                raise
+
+    def _masks(self, release: UpstreamRelease, split: Split) -> dict:
+        from .maskstore import prepare_mask_stores
+
+        return prepare_mask_stores(
+            release, split, cache_root=self.config.mask_cache_dir, progress=self.config.progress
+        )
+
+    def _volume_refs(self, release: UpstreamRelease, split: Split, stems: list[str], stores: dict) -> list[dict | None]:
+        """One CTVolume reference per stem (None where absent and allowed); checks mask grids against volumes."""
+        has_tree = release.has_volume_tree(split)
+        refs: list[dict | None] = []
+        missing = []
+        for stem in stems:
+            path = release.radgenome_volume(stem)
+            if not has_tree:
+                refs.append(None)
+                continue
+            if path is not None and "://" not in path and not os.path.exists(path):
+                missing.append(path)
+                refs.append(None)
+                continue
+            refs.append({"path": path, "name": stem, "spacing": None, "rescale": None})
+            if path is not None and "://" not in path:
+                _check_mask_grid(path, stem, stores)
+        if missing and not self.config.ignore_missing_volumes:
+            raise MissingVolumeError(
+                f"{len(missing)} volume file(s) referenced by the CSVs are missing, e.g. {missing[0]}. Download them, "
+                "or pass ignore_missing_volumes=True to load those rows with volume=None."
+            )
+        return refs
+
+    def _grounding(self, stores: dict, stem: str, path: str, shape) -> dict:
+        onto = get_ontology()
+        region, anatomy = stores.get("region"), stores.get("anatomy")
+        avail_a = anatomy.names(stem) if anatomy is not None and stem in anatomy else []
+        avail_r = region.names(stem) if region is not None and stem in region else []
+        source, name = onto.grounding_mask(path, available_anatomy=avail_a, available_regions=avail_r)
+        if source == "anatomy":
+            return {"path": anatomy.path(stem), "structure": name, "source": source, "shape": shape}
+        if source == "region":
+            return {"path": region.path(stem), "structure": name, "source": source, "shape": shape}
+        return {"path": None, "structure": None, "source": "whole", "shape": shape}
+
+    def _shape_of(self, stores: dict, stem: str):
+        for store in stores.values():
+            s = store.shape(stem)
+            if s is not None:
+                return list(s)
+        return None
+
+    # -- configs ---------------------------------------------------------------------------------------
+    def _table_vqa(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
+        from .tables import read_case_disorders, read_vqa
+        from .templates import QuestionTemplates
+
+        files = {t: release.radgenome_csv(split, f"vqa_{t}") for t in VQA_TYPES[:4]}
+        files["disorders"] = release.radgenome_csv(split, "case_disorders")
+        if not any(files.values()):
+            return None
+        upstream = release.qa_template_files() if self.config.question_templates == "auto" else {}
+        templates = QuestionTemplates.from_upstream(upstream, "upstream") if upstream else QuestionTemplates.default()
+        stores = self._masks(release, split)
+        parts = []
+        for qtype in VQA_TYPES:
+            path = files[qtype]
+            if path is None:
+                continue
+            if qtype == "disorders":
+                t = self._read(release, path, read_case_disorders)
+                anatomy = [""] * t.num_rows
+                finding = t.column("disorders").to_pylist()
+                answer = finding
+            else:
+                t = self._read(release, path, lambda f, k=qtype: read_vqa(f, k))
+                anatomy = t.column("anatomy").to_pylist()
+                if qtype == "presence":
+                    finding = t.column("finding").to_pylist()
+                    answer = t.column("presence").to_pylist()
+                elif qtype == "size":
+                    finding = t.column("abnormality").to_pylist()
+                    answer = t.column("size").to_pylist()
+                elif qtype == "location":
+                    finding = t.column("abnormality").to_pylist()
+                    answer = anatomy
+                else:
+                    finding = t.column("abnormality").to_pylist()
+                    answer = finding
+            stems = t.column("volume_name").to_pylist()
+            onto = get_ontology()
+            region_names = [onto.leaf(a) or "scan" for a in anatomy]
+            questions = [
+                templates.render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
+                for s, a, r, fi in zip(stems, anatomy, region_names, finding)
+            ]
+            verified = t.column("manually_verified") if "manually_verified" in t.column_names else None
+            parts.append(
+                pa.table(
+                    {
+                        "volume_name": stems,
+                        "question_type": [qtype] * len(stems),
+                        "question": questions,
+                        "answer": answer,
+                        "anatomy": anatomy,
+                        "region": region_names,
+                        "finding": finding,
+                        "manually_verified": verified if verified is not None else pa.nulls(len(stems), pa.bool_()),
+                    }
+                )
+            )
+        table = pa.concat_tables(parts)
+        return self._attach_volume_and_mask(release, split, table, stores)
+
+    def _attach_volume_and_mask(self, release, split, table: pa.Table, stores: dict, with_mask: bool = True) -> pa.Table:
+        stems = table.column("volume_name").to_pylist()
+        unique = list(dict.fromkeys(stems))
+        refs = dict(zip(unique, self._volume_refs(release, split, unique, stores)))
+        table = _add_ids(table)
+        table = table.append_column("volume", pa.array([refs[s] for s in stems], type=CTVolume.pa_type))
+        if with_mask:
+            anatomy = table.column("anatomy").to_pylist()
+            memo: dict[tuple[str, str], dict] = {}
+            masks = []
+            for s, a in zip(stems, anatomy):
+                key = (s, a)
+                if key not in memo:
+                    memo[key] = self._grounding(stores, s, a, self._shape_of(stores, s))
+                masks.append(memo[key])
+            table = table.append_column("mask", pa.array(masks, type=StructureMask.pa_type))
+        return table
+
+    def _table_grounded_reports(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
+        from .tables import read_region_report
+
+        path = release.radgenome_csv(split, "region_report")
+        if path is None:
+            return None
+        t = self._read(release, path, read_region_report)
+        onto = get_ontology()
+        anatomy = t.column("anatomy").to_pylist()
+        table = pa.table(
+            {
+                "volume_name": t.column("volume_name"),
+                "anatomy": anatomy,
+                "depth": pa.array([0 if not a else a.count("/") + 1 for a in anatomy], pa.int8()),
+                "region": [onto.region_of(a) for a in anatomy],
+                "node": [onto.leaf(a) for a in anatomy],
+                "sentence": t.column("sentence"),
+            }
+        )
+        return self._attach_volume_and_mask(release, split, table, self._masks(release, split))
+
+    def _table_segmentation(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
+        stores = self._masks(release, split)
+        stems: list[str] = sorted(
+            {s for store in stores.values() for s in store.index}, key=lambda s: VolumeName.parse(s)
+        )
+        if not stems:
+            # no masks: volumes alone, if there are any
+            return None
+        onto = get_ontology()
+        from .features import load_packed
+
+        rows_structures, rows_masks, shapes = [], [], []
+        for stem in stems:
+            structures = []
+            for kind in ("region", "anatomy"):
+                store = stores.get(kind)
+                if store is None or stem not in store:
+                    continue
+                packed = load_packed(store.path(stem))
+                for name in packed.names:
+                    paths = onto.paths_ending_in(name) if kind == "anatomy" else ((name,) if name in onto else ())
+                    bbox = packed.bbox(name)
+                    structures.append(
+                        {
+                            "name": name,
+                            "source": kind,
+                            "anatomy_path": paths[0] if paths else "",
+                            "bbox": list(bbox) if bbox is not None else None,
+                            "voxel_count": int(packed.voxel_count(name)),
+                        }
+                    )
+            rows_structures.append(structures)
+            rows_masks.append({kind: (stores[kind].path(stem) if kind in stores and stem in stores[kind] else None)
+                               for kind in ("region", "anatomy")})
+            shapes.append(self._shape_of(stores, stem))
+        table = pa.table({"volume_name": stems})
+        table = self._attach_volume_and_mask(release, split, table, stores, with_mask=False)
+        table = table.append_column("masks", pa.array(rows_masks, type=VolumeMasks.pa_type))
+        table = table.append_column("shape", pa.array(shapes, type=pa.list_(pa.int32())))
+        table = table.append_column("structures", pa.array(rows_structures))
+        return table
+
+    def _table_reports(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
+        from .tables import read_ctrate_labels, read_ctrate_metadata, read_ctrate_reports
+
+        path = release.ctrate_reports(split)
+        if path is None:
+            return None
+        reports = self._read(release, path, read_ctrate_reports)
+        stems = reports.column("volume_name").to_pylist()
+        n = len(stems)
+        labels_by_stem: dict[str, dict] = {}
+        lpath = release.ctrate_labels(split)
+        if lpath is not None:
+            lt = self._read(release, lpath, read_ctrate_labels)
+            for row in lt.to_pylist():
+                labels_by_stem[row.pop("volume_name")] = row
+        meta_by_stem: dict[str, dict] = {}
+        mpath = release.ctrate_metadata(split)
+        if mpath is not None:
+            mt = self._read(release, mpath, read_ctrate_metadata)
+            for row in mt.to_pylist():
+                meta_by_stem[row["volume_name"]] = row
+        volumes, spacings, fixed_flags = [], [], []
+        has_tree = release.has_volume_tree(split, "ctrate")
+        missing = []
+        for stem in stems:
+            meta = meta_by_stem.get(stem, {})
+            path_v, fixed = release.ctrate_volume(stem)
+            spacing = _metadata_spacing(meta)
+            spacings.append(spacing)
+            fixed_flags.append(fixed)
+            if not has_tree:
+                volumes.append(None)
+                continue
+            if path_v is not None and "://" not in path_v and not os.path.exists(path_v):
+                missing.append(path_v)
+                volumes.append(None)
+                continue
+            if fixed:
+                volumes.append({"path": path_v, "name": stem, "spacing": None, "rescale": None})
+            else:  # v1: blank header; spacing and rescale come from the metadata CSV
+                slope, inter = meta.get("rescale_slope"), meta.get("rescale_intercept")
+                volumes.append({
+                    "path": path_v, "name": stem, "spacing": spacing,
+                    "rescale": [float(slope), float(inter)] if slope is not None and inter is not None else None,
+                })
+        if missing and not self.config.ignore_missing_volumes:
+            raise MissingVolumeError(
+                f"{len(missing)} CT-RATE volume file(s) are missing, e.g. {missing[0]}. Download them, or pass "
+                "ignore_missing_volumes=True to load those rows with volume=None."
+            )
+        empty_labels = {label: None for label in CTRATE_LABELS}
+        table = pa.table(
+            {
+                "volume_name": stems,
+                "volume": pa.array(volumes, type=CTVolume.pa_type),
+                "clinical_information": reports.column("clinical_information"),
+                "technique": reports.column("technique"),
+                "findings": reports.column("findings"),
+                "impressions": reports.column("impressions"),
+                "labels": [labels_by_stem.get(s, empty_labels) for s in stems],
+                "spacing": pa.array(spacings, type=pa.list_(pa.float32())),
+                "fixed_header": fixed_flags,
+                "manufacturer": [meta_by_stem.get(s, {}).get("manufacturer") for s in stems],
+                "patient_sex": [meta_by_stem.get(s, {}).get("patient_sex") for s in stems],
+                "patient_age": pa.array([meta_by_stem.get(s, {}).get("patient_age") for s in stems], pa.float32()),
+                "study_date": [_str_or_none(meta_by_stem.get(s, {}).get("study_date")) for s in stems],
+            }
+        )
+        assert table.num_rows == n
+        return _add_ids(table)
+
+    def _generated(self, release: UpstreamRelease, split: Split, kind: str) -> pa.Table | None:
+        """Rows written by the generation module (``dataset/<kind>/<split>.jsonl``)."""
+        path = release.generated_rows(kind, split)
+        if path is None or not release.exists(path):
+            return None
+        with release.open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if not rows:
+            return None
+        stores = self._masks(release, split)
+        stems = [r["volume_name"] for r in rows]
+        feats = self.info.features
+        cols = {k: [r.get(k) for r in rows] for k in feats if k not in ("volume", "mask", "patient_id", "scan_id",
+                                                                        "reconstruction_id")}
+        table = pa.table(cols)
+        table = _add_ids(table)
+        unique = list(dict.fromkeys(stems))
+        refs = dict(zip(unique, self._volume_refs(release, split, unique, stores)))
+        table = table.append_column("volume", pa.array([refs[s] for s in stems], type=CTVolume.pa_type))
+        if "mask" in feats:
+            paths = [r.get("anatomy_path") or "" for r in rows]
+            table = table.append_column(
+                "mask",
+                pa.array([self._grounding(stores, s, p, self._shape_of(stores, s)) for s, p in zip(stems, paths)],
+                         type=StructureMask.pa_type),
+            )
+        return table
+
+    def _table_scene_graph(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
+        return self._generated(release, split, "scene_graph")
+
+    def _table_anatomy_pairs(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
+        return self._generated(release, split, "anatomy_pairs")
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _add_ids(table: pa.Table) -> pa.Table:
+    """Insert patient_id, scan_id, reconstruction_id after volume_name (vectorised)."""
+    stems = table.column("volume_name")
+    parts = pc.split_pattern(stems, "_")
+    split_ = pc.list_element(parts, 0)
+    patient = pc.list_element(parts, 1)
+    scan = pc.list_element(parts, 2)
+    recon = pc.cast(pc.list_element(parts, 3), pa.int32())
+    patient_id = pc.binary_join_element_wise(split_, patient, "_")
+    scan_id = pc.binary_join_element_wise(split_, patient, scan, "_")
+    table = table.add_column(1, "patient_id", patient_id)
+    table = table.add_column(2, "scan_id", scan_id)
+    table = table.add_column(3, "reconstruction_id", recon)
+    return table
+
+
+def _cast(table: pa.Table, features: datasets.Features) -> pa.Table:
+    from datasets.table import table_cast
+
+    missing = [c for c in features if c not in table.column_names]
+    if missing:
+        raise ValueError(f"internal: columns {missing} not produced")
+    return table_cast(table.select(list(features)), features.arrow_schema)
+
+
+def _shards(table: pa.Table, num_shards: int | None) -> list[pa.Table]:
+    n = table.num_rows
+    if num_shards is None:
+        num_shards = 8 if n <= 100_000 else 64
+    num_shards = max(1, min(num_shards, n))
+    size = math.ceil(n / num_shards) if n else 0
+    return [table.slice(i * size, size) for i in range(num_shards) if i * size < n] or [table]
+
+
+def _metadata_spacing(meta: dict) -> list[float] | None:
+    xy, z = meta.get("xy_spacing"), meta.get("z_spacing")
+    if not xy or z is None:
+        return None
+    return [float(xy[0]), float(xy[1] if len(xy) > 1 else xy[0]), float(z)]
+
+
+def _str_or_none(v) -> str | None:
+    return None if v is None else str(v)
+
+
+def _check_mask_grid(volume_path: str, stem: str, stores: dict) -> None:
+    """A mask whose grid does not match its volume's is an error (masks and volumes are used voxel for voxel)."""
+    shapes = {kind: store.shape(stem) for kind, store in stores.items() if stem in store}
+    if not shapes:
+        return
+    import nibabel as nib
+
+    try:
+        vshape = tuple(nib.load(volume_path).shape[:3])
+    except Exception as exc:  # noqa: BLE001
+        from .errors import CorruptVolumeError
+
+        raise CorruptVolumeError(volume_path, f"cannot read the NIfTI header ({exc})") from exc
+    for kind, shape in shapes.items():
+        if shape is not None and tuple(shape) != vshape:
+            raise ShapeMismatchError(
+                f"{stem}: {kind} masks have shape {tuple(shape)} but the volume {volume_path} has shape {vshape}; "
+                "masks must be on the volume's grid (re-export them, or re-run `radgenome-hf segment`)"
+            )

@@ -1,0 +1,264 @@
+"""Find the files of an upstream release (RadGenome-ChestCT + CT-RATE), locally or on the Hub.
+
+An :class:`UpstreamRelease` knows where each CSV, volume and mask source is. A local ``data_dir`` may be
+
+* a folder holding ``RadGenome-ChestCT/`` and/or ``CT-RATE/`` (what ``radgenome-hf synth`` writes), or
+* a RadGenome root (it has ``dataset/radgenome_files/``) or a CT-RATE root (``dataset/radiology_text_reports/``), or
+* an ``hf://datasets/<org>/<name>[@<revision>]`` URL.
+
+With no ``data_dir`` the upstream Hub repos are used (``RadGenome/RadGenome-ChestCT``; ``ibrahimhamamci/CT-RATE``
+for reports, which is gated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .errors import HubAccessError, ReleaseNotFoundError
+from .names import (
+    CTRATE_LABEL_SPLIT,
+    CTRATE_REPORT_SPLIT,
+    RADGENOME_CSV_SPLIT,
+    MaskKind,
+    Split,
+    VolumeName,
+    ctrate_volume_path,
+    mask_dir,
+    radgenome_csv_name,
+    radgenome_volume_path,
+)
+
+RADGENOME_REPO = "RadGenome/RadGenome-ChestCT"
+CTRATE_REPO = "ibrahimhamamci/CT-RATE"
+RADGENOME_DIRNAME = "RadGenome-ChestCT"
+CTRATE_DIRNAME = "CT-RATE"
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+@dataclass
+class UpstreamRelease:
+    """The located roots of a release. Build with :meth:`discover`."""
+
+    radgenome_root: str | None
+    ctrate_root: str | None
+    token: str | bool | None = None
+    _fs: object = field(default=None, repr=False)
+
+    # -- discovery -------------------------------------------------------------------------------------
+    @classmethod
+    def discover(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        *,
+        radgenome_dir: str | os.PathLike | None = None,
+        ctrate_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        need: str = "radgenome",
+    ) -> "UpstreamRelease":
+        """Locate a release. ``need`` ("radgenome" or "ctrate") says which part the caller cannot do without."""
+        rg = str(radgenome_dir) if radgenome_dir is not None else None
+        ct = str(ctrate_dir) if ctrate_dir is not None else None
+        if data_dir is None and rg is None and ct is None:
+            return cls._from_hub_defaults(token, need)
+        if data_dir is not None:
+            d = str(data_dir)
+            if _is_url(d):
+                rg = rg or d
+            else:
+                root = Path(d).expanduser()
+                if not root.is_dir():
+                    raise ReleaseNotFoundError(
+                        f"release folder {root} does not exist: pass data_dir=<folder holding RadGenome-ChestCT/ "
+                        "and/or CT-RATE/ (or a RadGenome root with dataset/radgenome_files/)>; "
+                        "`radgenome-hf synth OUT` writes a small synthetic one"
+                    )
+                if (root / RADGENOME_DIRNAME).is_dir():
+                    rg = rg or str(root / RADGENOME_DIRNAME)
+                if (root / CTRATE_DIRNAME).is_dir():
+                    ct = ct or str(root / CTRATE_DIRNAME)
+                if (root / "dataset" / "radgenome_files").is_dir() or (root / "dataset").is_dir() and any(
+                    (root / "dataset").glob("*_preprocessed")
+                ):
+                    rg = rg or str(root)
+                if (root / "dataset" / "radiology_text_reports").is_dir():
+                    ct = ct or str(root)
+                if rg is None and ct is None:
+                    raise ReleaseNotFoundError(
+                        f"{root} holds no RadGenome-ChestCT or CT-RATE release: expected RadGenome-ChestCT/dataset/"
+                        "radgenome_files/ or CT-RATE/dataset/radiology_text_reports/ (or those dataset/ folders "
+                        "directly)"
+                    )
+        release = cls(rg, ct, token)
+        if need == "any" and rg is None and ct is None:
+            raise ReleaseNotFoundError(f"no release found in {data_dir}")
+        if need == "radgenome" and rg is None:
+            raise ReleaseNotFoundError(
+                f"no RadGenome-ChestCT release found in {data_dir}: this config needs dataset/radgenome_files/"
+            )
+        if need == "ctrate" and ct is None:
+            raise ReleaseNotFoundError(
+                f"no CT-RATE release found in {data_dir}: the reports config needs CT-RATE's "
+                "dataset/radiology_text_reports/ (pass ctrate_dir=… if it lives elsewhere)"
+            )
+        return release
+
+    @classmethod
+    def _from_hub_defaults(cls, token: str | bool | None, need: str) -> "UpstreamRelease":
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise HubAccessError(
+                "no data_dir was given, so the upstream release would be read from the Hugging Face Hub "
+                f"({RADGENOME_REPO}, and the gated {CTRATE_REPO} for reports), but offline mode is on "
+                "(HF_HUB_OFFLINE=1). Point at a local copy instead: "
+                "radgenome_hf.load_dataset('vqa', data_dir='/path/to/release') — or make a small synthetic one with "
+                "`radgenome-hf synth ./release`."
+            )
+        return cls(f"hf://datasets/{RADGENOME_REPO}", f"hf://datasets/{CTRATE_REPO}", token)
+
+    # -- file access -----------------------------------------------------------------------------------
+    @property
+    def fs(self):
+        """The fsspec filesystem for hf:// roots (local roots use the OS directly)."""
+        if self._fs is None:
+            from huggingface_hub import HfFileSystem
+
+            self._fs = HfFileSystem(token=self.token)
+        return self._fs
+
+    def exists(self, path: str | None) -> bool:
+        if path is None:
+            return False
+        if _is_url(path):
+            try:
+                return self.fs.exists(path)
+            except Exception as exc:  # noqa: BLE001 - translated into a message that says what to do
+                raise _hub_error(path, exc) from exc
+        return os.path.exists(path)
+
+    def open(self, path: str, mode: str = "rb"):
+        if _is_url(path):
+            try:
+                return self.fs.open(path, mode)
+            except Exception as exc:  # noqa: BLE001
+                raise _hub_error(path, exc) from exc
+        return open(path, mode)
+
+    def _join(self, root: str | None, rel: str) -> str | None:
+        if root is None:
+            return None
+        return posixpath.join(root, rel) if _is_url(root) else os.path.join(root, rel)
+
+    # -- RadGenome files -------------------------------------------------------------------------------
+    def radgenome_csv(self, split: Split, table: str) -> str | None:
+        """Path of ``dataset/radgenome_files/<split>_<table>.csv`` if it exists."""
+        p = self._join(self.radgenome_root, f"dataset/radgenome_files/{radgenome_csv_name(split, table)}")
+        return p if self.exists(p) else None
+
+    def radgenome_volume(self, name: VolumeName | str) -> str | None:
+        return self._join(self.radgenome_root, radgenome_volume_path(name))
+
+    def has_volume_tree(self, split: Split, which: str = "radgenome") -> bool:
+        """Whether the release has any volume folder for a split (a CSV-only copy has none)."""
+        if which == "radgenome":
+            p = self._join(self.radgenome_root, f"dataset/{split}_preprocessed")
+        else:
+            p = self._join(self.ctrate_root, f"dataset/{split}")
+            q = self._join(self.ctrate_root, f"dataset/{split}_fixed")
+            return self.exists(p) or self.exists(q)
+        return self.exists(p)
+
+    def qa_template_files(self) -> dict[str, bytes]:
+        """Upstream ``dataset/qa_templates/*_template.json`` files, if the release ships them."""
+        root = self._join(self.radgenome_root, "dataset/qa_templates")
+        if root is None or _is_url(root) or not os.path.isdir(root):
+            return {}
+        return {
+            os.path.join(root, f): Path(root, f).read_bytes()
+            for f in sorted(os.listdir(root))
+            if f.endswith("_template.json")
+        }
+
+    def mask_source(self, split: Split, kind: MaskKind):
+        """Where a split's masks of a kind are (:class:`radgenome_hf.archives.MaskSource`): folder preferred, then
+        ``.tar.gz``, then split parts; ``None`` if the release has none (or is remote: masks on the Hub are packed
+        from a local download, never read per row from an archive)."""
+        from .archives import find_mask_sources
+
+        root = self._join(self.radgenome_root, "dataset")
+        if root is None or _is_url(root) or not os.path.isdir(root):
+            return None
+        return find_mask_sources(root, split, kind)
+
+    def generated_rows(self, kind: str, split: Split) -> str | None:
+        """Rows the generation module wrote for a derived config: ``dataset/<kind>/<split>.jsonl``."""
+        return self._join(self.radgenome_root, generated_rows_relpath(kind, split))
+
+    def mask_folder(self, name: VolumeName | str, kind: MaskKind) -> str | None:
+        return self._join(self.radgenome_root, mask_dir(name, kind))
+
+    # -- CT-RATE files ---------------------------------------------------------------------------------
+    def ctrate_reports(self, split: Split) -> str | None:
+        p = self._join(self.ctrate_root, f"dataset/radiology_text_reports/{CTRATE_REPORT_SPLIT[split]}_reports.csv")
+        return p if self.exists(p) else None
+
+    def ctrate_metadata(self, split: Split) -> str | None:
+        p = self._join(self.ctrate_root, f"dataset/metadata/{CTRATE_REPORT_SPLIT[split]}_metadata.csv")
+        return p if self.exists(p) else None
+
+    def ctrate_labels(self, split: Split) -> str | None:
+        p = self._join(
+            self.ctrate_root, f"dataset/multi_abnormality_labels/{CTRATE_LABEL_SPLIT[split]}_predicted_labels.csv"
+        )
+        return p if self.exists(p) else None
+
+    def ctrate_volume(self, name: VolumeName | str) -> tuple[str | None, bool]:
+        """(path, fixed): the ``*_fixed`` volume when present, else the v1 volume (blank header)."""
+        fixed = self._join(self.ctrate_root, ctrate_volume_path(name, fixed=True))
+        if fixed is not None and (_is_url(fixed) or os.path.exists(fixed)):
+            return fixed, True
+        return self._join(self.ctrate_root, ctrate_volume_path(name)), False
+
+    def identity(self) -> str:
+        """A short fingerprint of the roots (for cache keys)."""
+        key = f"{self.radgenome_root}|{self.ctrate_root}"
+        return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def generated_rows_relpath(kind: str, split: Split) -> str:
+    """Where a release keeps the rows of a generated config (``scene_graph``, ``anatomy_pairs``)."""
+    return f"dataset/{kind}/{RADGENOME_CSV_SPLIT[split]}.jsonl"
+
+
+def _hub_error(path: str, exc: Exception) -> HubAccessError:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        return HubAccessError(
+            f"{path}: this dataset is gated. Accept its terms on the dataset page while logged in "
+            "(https://huggingface.co/datasets/" + CTRATE_REPO + " for CT-RATE), then pass token=… or set HF_TOKEN "
+            "(`hf auth login`)."
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubAccessError(
+            f"{path}: repository not found, or private and no valid token was given. Check the repo id and pass "
+            "token=… or set HF_TOKEN."
+        )
+    return HubAccessError(f"{path}: could not be read from the Hugging Face Hub ({type(exc).__name__}: {exc})")
+
+
+def volumes_in(names: Iterable[str]) -> list[VolumeName]:
+    """Unique parsed volume names, in first-seen order."""
+    seen: dict[str, VolumeName] = {}
+    for n in names:
+        if n not in seen:
+            seen[n] = VolumeName.parse(n)
+    return list(seen.values())
