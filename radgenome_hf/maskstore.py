@@ -91,7 +91,11 @@ class MaskStore:
 def _pack_one(root: Path, stem: str, kind: MaskKind, files: dict[str, object]) -> dict:
     from .masks import PackedMasks
 
-    packed = PackedMasks.from_nifti_files(files, source=kind)
+    from .ontology import normalize_name
+
+    # structure order is by name, whatever order the folder listing or archive had
+    ordered = dict(sorted(files.items(), key=lambda kv: normalize_name(kv[0])))
+    packed = PackedMasks.from_nifti_files(ordered, source=kind)
     out = root / f"{stem}.masks.parquet"
     packed.save(out)
     return {"names": list(packed.names), "shape": list(packed.shape)}
