@@ -21,6 +21,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -288,11 +289,13 @@ class RadGenome(datasets.ArrowBasedBuilder):
         return refs
 
     def _grounding(self, stores: dict, stem: str, path: str, shape) -> dict:
-        onto = get_ontology()
+        """The grounding-mask reference of (volume, anatomy path), by the official fallback rule."""
         region, anatomy = stores.get("region"), stores.get("anatomy")
-        avail_a = anatomy.names(stem) if anatomy is not None and stem in anatomy else []
-        avail_r = region.names(stem) if region is not None and stem in region else []
-        source, name = onto.grounding_mask(path, available_anatomy=avail_a, available_regions=avail_r)
+        source, name = _ground_rule(
+            path,
+            tuple(anatomy.names(stem)) if anatomy is not None and stem in anatomy else (),
+            tuple(region.names(stem)) if region is not None and stem in region else (),
+        )
         if source == "anatomy":
             return {"path": anatomy.path(stem), "structure": name, "source": source, "shape": shape}
         if source == "region":
@@ -344,18 +347,18 @@ class RadGenome(datasets.ArrowBasedBuilder):
                     finding = t.column("abnormality").to_pylist()
                     answer = finding
             stems = t.column("volume_name").to_pylist()
-            onto = get_ontology()
-            region_names = [onto.leaf(a) or "scan" for a in anatomy]
+            region_names = _map_unique(pa.array(anatomy, pa.string()), _leaf_or_scan, pa.string()).to_pylist()
+            render = templates.render
             questions = [
-                templates.render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
+                render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
                 for s, a, r, fi in zip(stems, anatomy, region_names, finding)
             ]
             verified = t.column("manually_verified") if "manually_verified" in t.column_names else None
             parts.append(
                 pa.table(
                     {
-                        "volume_name": stems,
-                        "question_type": [qtype] * len(stems),
+                        "volume_name": t.column("volume_name"),
+                        "question_type": pa.repeat(pa.scalar(qtype), len(stems)),
                         "question": questions,
                         "answer": answer,
                         "anatomy": anatomy,
@@ -369,21 +372,21 @@ class RadGenome(datasets.ArrowBasedBuilder):
         return self._attach_volume_and_mask(release, split, table, stores)
 
     def _attach_volume_and_mask(self, release, split, table: pa.Table, stores: dict, with_mask: bool = True) -> pa.Table:
-        stems = table.column("volume_name").to_pylist()
-        unique = list(dict.fromkeys(stems))
-        refs = dict(zip(unique, self._volume_refs(release, split, unique, stores)))
+        """Add ids, the volume reference and (optionally) the grounding mask: computed once per unique volume /
+        (volume, anatomy) pair and spread with ``take`` (1.3M VQA rows have ~100x fewer unique pairs)."""
+        stems_col = table.column("volume_name")
+        unique = pc.unique(stems_col).to_pylist()
+        refs = pa.array(self._volume_refs(release, split, unique, stores), type=CTVolume.pa_type)
         table = _add_ids(table)
-        table = table.append_column("volume", pa.array([refs[s] for s in stems], type=CTVolume.pa_type))
+        table = table.append_column("volume", refs.take(pc.index_in(stems_col, value_set=pa.array(unique))))
         if with_mask:
-            anatomy = table.column("anatomy").to_pylist()
-            memo: dict[tuple[str, str], dict] = {}
+            keys = pc.binary_join_element_wise(stems_col, table.column("anatomy"), "\x1f")
+            encoded = keys.combine_chunks().dictionary_encode() if isinstance(keys, pa.ChunkedArray) else keys.dictionary_encode()
             masks = []
-            for s, a in zip(stems, anatomy):
-                key = (s, a)
-                if key not in memo:
-                    memo[key] = self._grounding(stores, s, a, self._shape_of(stores, s))
-                masks.append(memo[key])
-            table = table.append_column("mask", pa.array(masks, type=StructureMask.pa_type))
+            for key in encoded.dictionary.to_pylist():
+                stem, anatomy = key.split("\x1f", 1)
+                masks.append(self._grounding(stores, stem, anatomy, self._shape_of(stores, stem)))
+            table = table.append_column("mask", pa.array(masks, type=StructureMask.pa_type).take(encoded.indices))
         return table
 
     def _table_grounded_reports(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
@@ -393,15 +396,14 @@ class RadGenome(datasets.ArrowBasedBuilder):
         if path is None:
             return None
         t = self._read(release, path, read_region_report)
-        onto = get_ontology()
-        anatomy = t.column("anatomy").to_pylist()
+        anatomy = t.column("anatomy").combine_chunks()
         table = pa.table(
             {
                 "volume_name": t.column("volume_name"),
                 "anatomy": anatomy,
-                "depth": pa.array([0 if not a else a.count("/") + 1 for a in anatomy], pa.int8()),
-                "region": [onto.region_of(a) for a in anatomy],
-                "node": [onto.leaf(a) for a in anatomy],
+                "depth": _map_unique(anatomy, lambda a: a.count("/") + 1 if a else 0, pa.int8()),
+                "region": _map_unique(anatomy, lambda a: a.split("/", 1)[0] if a else "", pa.string()),
+                "node": _map_unique(anatomy, lambda a: a.rsplit("/", 1)[-1] if a else "", pa.string()),
                 "sentence": t.column("sentence"),
             }
         )
@@ -570,6 +572,23 @@ def _add_ids(table: pa.Table) -> pa.Table:
     table = table.add_column(2, "scan_id", scan_id)
     table = table.add_column(3, "reconstruction_id", recon)
     return table
+
+
+@functools.lru_cache(maxsize=65536)
+def _ground_rule(path: str, anatomy_names: tuple, region_names: tuple) -> tuple[str, str | None]:
+    # most volumes share the same mask-name sets, so this cache turns ~1M lookups into a few thousand
+    return get_ontology().grounding_mask(path, available_anatomy=anatomy_names, available_regions=region_names)
+
+
+def _leaf_or_scan(path: str | None) -> str:
+    return path.rsplit("/", 1)[-1] if path else "scan"
+
+
+def _map_unique(column: pa.Array, fn, type_: pa.DataType) -> pa.Array:
+    """Apply a Python function once per distinct value of a column (vectorised spread with ``take``)."""
+    encoded = column.dictionary_encode()
+    values = pa.array([fn(v) for v in encoded.dictionary.to_pylist()], type=type_)
+    return values.take(encoded.indices)
 
 
 def _cast(table: pa.Table, features: datasets.Features) -> pa.Table:

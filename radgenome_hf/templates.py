@@ -14,7 +14,7 @@ True
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -34,8 +34,7 @@ _PLACEHOLDERS = {
 
 def stable_index(key: str, n: int) -> int:
     """A deterministic index in ``range(n)`` from a string (process- and platform-independent)."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % n
+    return zlib.crc32(key.encode("utf-8")) % n
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,7 @@ class QuestionTemplates:
     def render(self, qtype: str, key: str, **fields: str) -> str:
         """Render one question; ``key`` identifies the row (its phrasing depends on it alone)."""
         options = self.templates[qtype]
-        template = options[stable_index(f"{qtype}|{key}", len(options))]
-        needed = _PLACEHOLDERS.get(qtype, set())
-        return template.format(**{k: fields.get(k, "") for k in needed | set(fields)})
+        template = options[zlib.crc32(f"{qtype}|{key}".encode("utf-8")) % len(options)]
+        if len(fields) < len(_PLACEHOLDERS[qtype]):
+            fields = {**dict.fromkeys(_PLACEHOLDERS[qtype], ""), **fields}
+        return template.format(**fields)

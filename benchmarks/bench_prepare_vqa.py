@@ -1,0 +1,127 @@
+"""Preparing the ``vqa`` config from CSVs of ~1.3M rows (the real release's size): ours vs a per-row baseline.
+
+Builds train_vqa_{abnormality,location,presence,size}.csv + case_disorders at the real files' proportions by
+replicating the real sample rows (../shared/reference/radgenome-real-sample) under new volume names (or synthetic
+rows when the sample is absent), then times:
+
+* ours: ``datasets.load_dataset("radgenome", "vqa", data_dir=…)`` end to end (CSV parse with pyarrow, question
+  rendering, grounding, Arrow write), CSV-only release (no volumes/masks);
+* baseline: the per-row way a loading script would do it: ``csv.DictReader`` over the same files, one Python
+  dict per row with the same fields, through a ``GeneratorBasedBuilder``-style ``Dataset.from_generator``.
+
+Run: python benchmarks/bench_prepare_vqa.py [--rows 1300000] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import Comparison, print_comparisons  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "radgenome-real-sample"
+# rows of the real train files (data-formats.md §1.2 sizes scaled): abnormality 34.8 MB, location 24.4, presence 45.6
+PROPORTIONS = {"abnormality": 0.33, "location": 0.22, "presence": 0.43, "size": 0.01, "case_disorders": 0.01}
+
+
+def make_release(root: Path, total_rows: int) -> dict[str, int]:
+    files = root / "RadGenome-ChestCT" / "dataset" / "radgenome_files"
+    files.mkdir(parents=True)
+    counts = {}
+    for kind, share in PROPORTIONS.items():
+        name = f"train_{kind}.csv" if kind == "case_disorders" else f"train_vqa_{kind}.csv"
+        src = SAMPLE / name
+        with open(src, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            rows = list(reader)
+        target = int(total_rows * share)
+        with open(files / name, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(header)
+            n, rep = 0, 0
+            while n < target:
+                for r in rows:
+                    if n >= target:
+                        break
+                    stem = r[0][: -len(".nii.gz")]
+                    split_, p, s, rec = stem.split("_")
+                    w.writerow([f"{split_}_{int(p) + 1000 * rep}_{s}_{rec}.nii.gz", *r[1:]])
+                    n += 1
+                rep += 1
+        counts[kind] = target
+    return counts
+
+
+def ours(root: Path, cache: Path) -> int:
+    import datasets
+
+    import radgenome_hf  # noqa: F401
+
+    ds = datasets.load_dataset("radgenome", "vqa", data_dir=str(root), cache_dir=str(cache), split="train")
+    return len(ds)
+
+
+def baseline(root: Path, cache: Path) -> int:
+    import datasets
+
+    from radgenome_hf.templates import QuestionTemplates
+
+    files = root / "RadGenome-ChestCT" / "dataset" / "radgenome_files"
+    t = QuestionTemplates.default()
+
+    def gen():
+        for kind in ("abnormality", "location", "presence", "size"):
+            with open(files / f"train_vqa_{kind}.csv", newline="") as f:
+                for r in csv.DictReader(f):
+                    finding = r.get("Finding") or r["Abnormality"]
+                    region = r["Anatomy"].rsplit("/", 1)[-1]
+                    yield {"volume_name": r["Volumename"][:-7], "question_type": kind,
+                           "question": t.render(kind, key=r["Volumename"] + r["Anatomy"] + finding,
+                                                region=region, abnormality=finding),
+                           "answer": r.get("Presence") or r.get("Size") or finding, "anatomy": r["Anatomy"]}
+        with open(files / "train_case_disorders.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                yield {"volume_name": r["Volumename"][:-7], "question_type": "disorders",
+                       "question": t.render("disorders", key=r["Volumename"]), "answer": r["Disorders"],
+                       "anatomy": ""}
+
+    ds = datasets.Dataset.from_generator(gen, cache_dir=str(cache))
+    return len(ds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_300_000)
+    ap.add_argument("--rounds", type=int, default=1)
+    args = ap.parse_args()
+    if not SAMPLE.is_dir():
+        sys.exit(f"needs the real sample rows at {SAMPLE}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-vqa-"))
+    try:
+        t0 = time.perf_counter()
+        counts = make_release(tmp / "rel", args.rows)
+        print(f"wrote {sum(counts.values()):,} CSV rows in {time.perf_counter() - t0:.1f} s: {counts}")
+        ours_t, base_t = [], []
+        for r in range(args.rounds):
+            for label, fn, acc in (("ours", ours, ours_t), ("baseline", baseline, base_t)):
+                cache = tmp / f"cache-{label}-{r}"
+                t = time.perf_counter()
+                n = fn(tmp / "rel", cache)
+                acc.append(time.perf_counter() - t)
+                print(f"  {label}: {n:,} rows in {acc[-1]:.1f} s")
+                shutil.rmtree(cache, ignore_errors=True)
+        print_comparisons([Comparison(f"prepare vqa ({args.rows:,} CSV rows)", "radgenome builder", ours_t,
+                                      {"csv.DictReader + Dataset.from_generator": base_t})])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""End-to-end rebuild of a release: ingest → (segment) → ground → vqa → scene graph → anatomy pairs → split.
+
+Reads an upstream-layout folder (CT-RATE reports/labels/metadata + RadGenome volumes and masks) and writes a NEW
+release folder in the same upstream layout, so the datasets builder loads it like the original:
+
+```
+<out>/RadGenome-ChestCT/dataset/radgenome_files/{train,validation}_{region_report,case_disorders,vqa_*}.csv
+<out>/RadGenome-ChestCT/dataset/{train,valid}_preprocessed/<patient>/<patient><scan>/<stem>.nii.gz  (hard links)
+<out>/RadGenome-ChestCT/dataset/{train,valid}_{anatomy,region}_mask/seg_<stem>/<name>.nii.gz     (folders)
+<out>/RadGenome-ChestCT/dataset/scene_graph/{train,validation}.jsonl    (rows of the scene_graph config)
+<out>/RadGenome-ChestCT/dataset/scene_graph/json/<stem>_SceneGraph.json  (one Chest ImaGenome-style file each)
+<out>/RadGenome-ChestCT/dataset/anatomy_pairs/{train,validation}.jsonl  (rows of the anatomy_pairs config)
+<out>/RadGenome-ChestCT/dataset/splits.csv                              (volume -> split assignment)
+<out>/CT-RATE/dataset/...                                               (the upstream CT-RATE files, hard links)
+```
+
+Splits: by default each volume stays in the split its name says (``train_``/``valid_``); with ``validation=<f>``
+patients are re-split (:mod:`~radgenome_hf.generate.splits`) and the CSVs follow the new assignment, while volume
+names, and therefore folders, never change. Masks come from the release itself (``masks_from="release"``: its
+folders or archives, packed once in one streaming pass), from a segmentation output folder of
+``<stem>.masks.parquet`` (``masks_dir``), or from running a segmentation backend (``masks_from="segment"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ReleaseNotFoundError
+from ..names import VolumeName, mask_dir, radgenome_csv_name, radgenome_volume_path
+from ..tables import RADGENOME_HEADERS, write_csv
+from .anatomy_pairs import build_anatomy_pairs
+from .ground import GroundedReport, ground_reports, region_report_rows
+from .scene_graph import build_scene_graphs
+from .splits import assign_splits, split_report, write_splits
+from .vqa import build_vqa, check_invariants
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..masks import PackedMasks
+    from .llm import GroundingBackend
+
+__all__ = ["PipelineConfig", "PipelineReport", "rebuild_release", "MASKS_FROM"]
+
+MASKS_FROM = ("release", "segment", "none")
+_SPLITS = ("train", "valid")
+
+
+@dataclass
+class PipelineConfig:
+    """Options of :func:`rebuild_release`."""
+
+    seed: int = 0
+    validation: float | None = None  # None: keep the upstream split of each volume; else patient re-split
+    masks_from: str = "release"  # release | segment | none
+    masks_dir: str | os.PathLike | None = None  # folder of <stem>.masks.parquet (overrides masks_from)
+    segment_backend: str = "threshold"
+    link: str = "hardlink"  # hardlink | copy | symlink
+    include_ctrate: bool = True
+    scene_graph_json: bool = True
+    grounding: "GroundingBackend | None" = None
+    work_dir: str | os.PathLike | None = None  # packed masks etc. (default <out>/.work)
+    progress: bool | None = None
+
+
+@dataclass
+class PipelineReport:
+    """What :func:`rebuild_release` wrote."""
+
+    out: Path
+    volumes: int = 0
+    splits: str = ""
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # volume -> why
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"rebuilt {self.volumes} volumes into {self.out} in {self.seconds:.1f} s", f"splits: {self.splits}"]
+        for split, c in self.counts.items():
+            lines.append(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+        for name, why in sorted(self.skipped.items()):
+            lines.append(f"  skipped {name}: {why}")
+        for p in self.problems:
+            lines.append(f"  PROBLEM: {p}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# file helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _place(src: Path, dst: Path, how: str) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    if how == "symlink":
+        os.symlink(os.path.abspath(src), dst)
+        return
+    if how == "hardlink":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another file system: copy
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# masks
+# ------------------------------------------------------------------------------------------------
+
+
+class _Masks:
+    """Per-volume masks: anatomy and region kinds kept apart (for writing) and merged (for the graph/pairs)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, dict[str, Path]] = {}  # stem -> kind -> parquet
+
+    def add(self, stem: str, kind: str, path: Path) -> None:
+        self.files.setdefault(stem, {})[kind] = path
+
+    def kind(self, stem: str, kind: str) -> "PackedMasks | None":
+        from ..masks import PackedMasks
+
+        p = self.files.get(stem, {}).get(kind)
+        return PackedMasks.load(p) if p is not None else None
+
+    def merged(self, stem: str) -> "PackedMasks | None":
+        anatomy, region = self.kind(stem, "anatomy"), self.kind(stem, "region")
+        if anatomy is None:
+            return region
+        if region is not None:
+            for name in region.names:
+                if name not in anatomy:
+                    anatomy.add(name, region.mask(name), source="region")
+        return anatomy
+
+
+def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Path,
+                   volume_paths: dict[str, Path]) -> _Masks:
+    out = _Masks()
+    if cfg.masks_dir is not None:
+        d = Path(cfg.masks_dir)
+        if not d.is_dir():
+            raise ReleaseNotFoundError(f"{d}: masks folder not found; give the segmentation stage's output folder "
+                                       "(<stem>.masks.parquet files)")
+        for s in stems:
+            p = d / f"{s}.masks.parquet"
+            if p.is_file():
+                out.add(s, "anatomy", p)
+        return out
+    if cfg.masks_from == "none":
+        return out
+    if cfg.masks_from == "segment":
+        from .backends import get_backend
+        from .segment import run_segmentation
+
+        seg_dir = work / "segment"
+        rep = run_segmentation([(s, volume_paths[s]) for s in stems if s in volume_paths], seg_dir,
+                               get_backend(cfg.segment_backend), progress=bool(cfg.progress))
+        for s, p in rep.outputs.items():
+            out.add(s, "anatomy", Path(p))
+        return out
+    if cfg.masks_from != "release":
+        raise ValueError(f"masks_from must be one of {MASKS_FROM}, got {cfg.masks_from!r}")
+    from ..maskstore import MaskStore
+
+    for split in _SPLITS:
+        for kind in ("anatomy", "region"):
+            store = MaskStore.prepare(release, split, kind, cache_root=work, progress=bool(cfg.progress))
+            if store is None:
+                continue
+            for s in stems:
+                p = store.path(s)
+                if p is not None:
+                    out.add(s, kind, Path(p))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline
+# ------------------------------------------------------------------------------------------------
+
+
+def _reports(release: Any) -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    from ..tables import read_ctrate_labels, read_ctrate_reports
+
+    reports, labels = [], []
+    for split in _SPLITS:
+        p = release.ctrate_reports(split)
+        if p is not None:
+            reports.append(read_ctrate_reports(p))
+        q = release.ctrate_labels(split)
+        if q is not None:
+            labels.append(read_ctrate_labels(q))
+    if not reports:
+        raise ReleaseNotFoundError(
+            f"{release.ctrate_root}: no CT-RATE reports (dataset/radiology_text_reports/*_reports.csv); the rebuild "
+            "grounds report sentences, so it needs them")
+    rep = pa.concat_tables(reports, promote_options="default")
+    lab = pa.concat_tables(labels, promote_options="default") if labels else None
+    return rep, lab
+
+
+def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
+                    config: PipelineConfig | None = None) -> PipelineReport:
+    """Rebuild every derived table of ``upstream`` into a new release folder ``out`` (see the module docs)."""
+    from ..release import UpstreamRelease
+    from .segment import discover_volumes
+
+    cfg = config or PipelineConfig()
+    t0 = time.perf_counter()
+    out = Path(out)
+    rg_out = out / "RadGenome-ChestCT"
+    ds_out = rg_out / "dataset"
+    work = Path(cfg.work_dir) if cfg.work_dir else out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    report = PipelineReport(out)
+
+    release = UpstreamRelease.discover(upstream, need="ctrate")
+    if release.radgenome_root is not None and "://" in release.radgenome_root:
+        raise ReleaseNotFoundError("rebuild reads a local upstream folder; download the release first")
+
+    # -- ingest -----------------------------------------------------------------------------------
+    reports, labels = _reports(release)
+    volume_paths = dict(discover_volumes(upstream))
+    report_stems = set(reports["volume_name"].to_pylist())
+    stems = sorted((s for s in volume_paths if s in report_stems), key=VolumeName.parse)
+    for s in volume_paths:
+        if s not in report_stems:
+            report.skipped[s] = "no CT-RATE report row"
+    if not stems:
+        raise ReleaseNotFoundError(f"{upstream}: no volume has a report row; nothing to rebuild")
+    from ..tables import filter_volumes
+
+    reports = filter_volumes(reports, stems)
+
+    # -- masks (release / segmentation) -------------------------------------------------------------
+    masks = _collect_masks(release, stems, cfg, work, volume_paths)
+
+    # -- ground -------------------------------------------------------------------------------------
+    grounded_all = ground_reports(reports, backend=cfg.grounding, progress=cfg.progress)
+    grounded = {s: grounded_all[s] for s in stems}
+
+    # -- split --------------------------------------------------------------------------------------
+    if cfg.validation is None:
+        import pyarrow as pa
+
+        vols = [VolumeName.parse(s) for s in stems]
+        split_table = pa.table({
+            "volume_name": [v.stem for v in vols], "patient_id": [v.patient_id for v in vols],
+            "scan_id": [v.scan_id for v in vols],
+            "reconstruction_id": pa.array([v.reconstruction_id for v in vols], pa.int32()),
+            "original_split": [v.hf_split for v in vols], "split": [v.hf_split for v in vols],
+        })
+    else:
+        split_table = assign_splits(stems, validation=cfg.validation, seed=cfg.seed)
+    report.splits = str(split_report(split_table))
+    write_splits(ds_out / "splits.csv", split_table)
+    split_of = dict(zip(split_table["volume_name"].to_pylist(), split_table["split"].to_pylist()))
+    file_split = {"train": "train", "validation": "valid"}  # radgenome_csv_name takes the name-prefix form
+
+    # -- per-split tables ---------------------------------------------------------------------------
+    files = ds_out / "radgenome_files"
+    merged_cache: dict[str, Any] = {}
+
+    def merged(stem: str):
+        if stem not in merged_cache:
+            if len(merged_cache) > 4:
+                merged_cache.pop(next(iter(merged_cache)))
+            merged_cache[stem] = masks.merged(stem)
+        return merged_cache[stem]
+
+    graphs = {r["volume_name"]: r for r in build_scene_graphs(grounded, merged, progress=cfg.progress)}
+    pairs = build_anatomy_pairs(grounded, labels=labels, masks_of=merged, progress=cfg.progress)
+    for split in ("train", "validation"):
+        sel: dict[str, GroundedReport] = {s: grounded[s] for s in stems if split_of[s] == split}
+        fs = file_split[split]
+        rr = [row for s, g in sel.items() for row in region_report_rows(s, g.sentences)]
+        write_csv(files / radgenome_csv_name(fs, "region_report"), RADGENOME_HEADERS["region_report"], rr)
+        tables = build_vqa(sel, seed=cfg.seed)
+        for kind, rows in tables.items():
+            write_csv(files / radgenome_csv_name(fs, kind), RADGENOME_HEADERS[kind], rows)
+        report.problems += [f"{split}: {p}" for p in check_invariants(tables)]
+        _write_jsonl(ds_out / "scene_graph" / f"{split}.jsonl", [graphs[s] for s in sel])
+        _write_jsonl(ds_out / "anatomy_pairs" / f"{split}.jsonl", [r for r in pairs if r["volume_name"] in sel])
+        report.counts[split] = {"volumes": len(sel), "region_report": len(rr), **tables.counts(),
+                                "scene_graph": len(sel), "anatomy_pairs": sum(r["volume_name"] in sel for r in pairs)}
+    if cfg.scene_graph_json:
+        from .scene_graph import write_scene_graphs
+
+        write_scene_graphs(list(graphs.values()), ds_out / "scene_graph" / "json")
+
+    # -- volumes and masks in the upstream layout -----------------------------------------------------
+    from tqdm.auto import tqdm
+
+    for s in tqdm(stems, desc="release files", unit="volume", disable=None if cfg.progress is None else not cfg.progress):
+        _place(volume_paths[s], rg_out / radgenome_volume_path(s), cfg.link)
+        for kind in ("anatomy", "region"):
+            pm = masks.kind(s, kind)
+            if pm is None and kind == "region":
+                pm = _regions_from(masks.kind(s, "anatomy"))
+            if pm is not None and len(pm):
+                target = rg_out / mask_dir(s, kind)  # type: ignore[arg-type]
+                if target.exists():
+                    shutil.rmtree(target)
+                pm.to_nifti_folder(target)
+    if release.radgenome_root:
+        for f in release.qa_template_files():
+            _place(Path(f), ds_out / "qa_templates" / Path(f).name, "copy")
+    if cfg.include_ctrate and release.ctrate_root:
+        src = Path(release.ctrate_root)
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                _place(p, out / "CT-RATE" / p.relative_to(src), cfg.link)
+    report.volumes = len(stems)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _regions_from(anatomy: "PackedMasks | None") -> "PackedMasks | None":
+    """Region masks for a segmentation output: its structures named like a top-level region."""
+    if anatomy is None:
+        return None
+    from ..masks import PackedMasks
+    from ..ontology import get_ontology
+
+    regions = set(get_ontology().region_masks)
+    names = [n for n in anatomy.names if n in regions]
+    if not names:
+        return None
+    out = PackedMasks(anatomy.shape, anatomy.affine)
+    for n in names:
+        out.add(n, anatomy.mask(n), source="region")
+    return out
+

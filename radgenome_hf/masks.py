@@ -1,0 +1,493 @@
+"""Packed binary masks: every structure of one volume as a tight bounding box plus ``numpy.packbits`` bits.
+
+A structure costs a few KB instead of a full-grid ``.nii.gz``, and decoding one is an ``unpackbits`` of those
+bytes plus a copy into a zero grid. Arrays are in nibabel voxel order ``(i, j, k)``; bounding boxes are half-open
+``(i0, j0, k0, i1, j1, k1)``. Full-grid outputs (:meth:`PackedMasks.mask`, :meth:`~PackedMasks.union`,
+:meth:`~PackedMasks.label_map`) are Fortran-ordered like nibabel's arrays, so ``torch.from_numpy(out.T)`` is a
+zero-copy ``(k, j, i)`` tensor.
+
+>>> import numpy as np
+>>> m = np.zeros((8, 8, 4), bool); m[2:4, 3:6, 1] = True
+>>> pm = PackedMasks.from_arrays({"Heart.nii.gz": m})
+>>> pm.names, pm.bbox("heart"), pm.voxel_count("heart")
+(['heart'], (2, 3, 1, 4, 6, 2), 6)
+>>> bool((pm.mask("heart") == m).all())
+True
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import MalformedFileError, ShapeMismatchError
+from .ontology import normalize_name
+
+BBox = tuple[int, int, int, int, int, int]
+
+__all__ = ["PackedMasks", "MASKS_SCHEMA", "masks_schema", "tight_bbox"]
+
+
+def masks_schema():
+    """The Arrow schema of packed masks (one row per structure; also the packed release's ``masks`` parquet)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("volume_name", pa.string()),
+            pa.field("structure", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("shape", pa.list_(pa.int32(), 3)),
+            pa.field("affine", pa.list_(pa.float64(), 16)),
+            pa.field("bbox", pa.list_(pa.int32(), 6)),  # null for an empty mask
+            pa.field("voxel_count", pa.int64()),
+            pa.field("bits", pa.binary()),
+        ]
+    )
+
+
+def __getattr__(name: str):  # lazy module attribute: pyarrow is imported only when asked for
+    if name == "MASKS_SCHEMA":
+        return masks_schema()
+    raise AttributeError(name)
+
+
+def tight_bbox(mask: np.ndarray) -> BBox | None:
+    """Tight half-open bounding box ``(i0, j0, k0, i1, j1, k1)`` of a 3D boolean array, ``None`` if empty.
+
+    Two passes: one full ``any`` over k, then one over the (i, j) crop.
+
+    >>> m = np.zeros((5, 5, 5), bool); m[1, 2:4, 4] = True
+    >>> tight_bbox(m)
+    (1, 2, 4, 2, 4, 5)
+    """
+    ij = mask.any(axis=2)
+    ii = np.flatnonzero(ij.any(axis=1))
+    if ii.size == 0:
+        return None
+    jj = np.flatnonzero(ij.any(axis=0))
+    i0, i1, j0, j1 = int(ii[0]), int(ii[-1]) + 1, int(jj[0]), int(jj[-1]) + 1
+    kk = np.flatnonzero(mask[i0:i1, j0:j1].any(axis=(0, 1)))
+    return (i0, j0, int(kk[0]), i1, j1, int(kk[-1]) + 1)
+
+
+def _slices(bbox: Sequence[int]) -> tuple[slice, slice, slice]:
+    return (slice(bbox[0], bbox[3]), slice(bbox[1], bbox[4]), slice(bbox[2], bbox[5]))
+
+
+def _bbox_shape(bbox: Sequence[int]) -> tuple[int, int, int]:
+    return (bbox[3] - bbox[0], bbox[4] - bbox[1], bbox[5] - bbox[2])
+
+
+@dataclass(frozen=True)
+class _Packed:
+    bbox: BBox | None
+    bits: bytes
+    voxel_count: int
+    source: str
+
+    def unpack(self) -> np.ndarray:
+        """The boolean crop ``mask[bbox]`` (C order)."""
+        assert self.bbox is not None
+        shp = _bbox_shape(self.bbox)
+        n = shp[0] * shp[1] * shp[2]
+        flat = np.unpackbits(np.frombuffer(self.bits, np.uint8), count=n)
+        return flat.view(bool).reshape(shp)
+
+
+def _as_bool(mask: np.ndarray) -> np.ndarray:
+    mask = np.asanyarray(mask)
+    return mask if mask.dtype == bool else mask != 0
+
+
+def _pack(mask: np.ndarray, source: str) -> _Packed:
+    bb = tight_bbox(mask)
+    if bb is None:
+        return _Packed(None, b"", 0, source)
+    crop = mask[_slices(bb)]
+    return _Packed(bb, np.packbits(crop, axis=None).tobytes(), int(np.count_nonzero(crop)), source)
+
+
+def _load_nifti_mask(item: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes."""
+    import nibabel as nib
+
+    where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+    try:
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            data = bytes(item)
+            if data[:2] == b"\x1f\x8b":
+                try:
+                    from isal import igzip as _gz  # type: ignore
+                except ImportError:  # pragma: no cover - isal is a dependency
+                    _gz = gzip
+                data = _gz.decompress(data)
+            img = nib.Nifti1Image.from_stream(io.BytesIO(data))
+        else:
+            img = nib.load(os.fspath(item))
+        arr = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise MalformedFileError(
+            where, f"mask {name!r} is not a readable NIfTI file ({exc}); re-extract or re-download it"
+        ) from exc
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return arr, np.asarray(img.affine, dtype=np.float64)
+
+
+class PackedMasks:
+    """All structures of one volume, each as (tight bbox, packed bits, voxel count, source).
+
+    Attributes:
+        shape: the volume grid ``(i, j, k)``.
+        affine: 4x4 voxel-to-world matrix of the grid (float64).
+        names: normalised structure names, in insertion order.
+        sources: name -> ``"anatomy"`` | ``"region"`` | a segmentation backend name.
+        volume_name: the volume these masks belong to, when known (set by :meth:`from_arrow`/:meth:`load`).
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        affine: np.ndarray | None = None,
+        *,
+        volume_name: str | None = None,
+    ) -> None:
+        self.shape: tuple[int, int, int] = tuple(int(s) for s in shape)  # type: ignore[assignment]
+        if len(self.shape) != 3:
+            raise ShapeMismatchError(f"packed masks need a 3D grid, got shape {self.shape}")
+        self.affine: np.ndarray = np.eye(4) if affine is None else np.asarray(affine, np.float64).reshape(4, 4)
+        self.volume_name = volume_name
+        self._items: dict[str, _Packed] = {}
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls, masks: Mapping[str, np.ndarray], affine: np.ndarray | None = None, source: str = "anatomy"
+    ) -> "PackedMasks":
+        """Pack full-grid arrays (bool or 0/1 of any dtype; nonzero = inside). All must share one shape."""
+        items = list(masks.items())
+        if not items:
+            raise ValueError("from_arrays needs at least one mask (use PackedMasks(shape, affine) for none)")
+        out = cls(np.shape(items[0][1]), affine)
+        for name, m in items:
+            out.add(name, m, source=source)
+        return out
+
+    @classmethod
+    def from_label_map(
+        cls,
+        label_map: np.ndarray,
+        names: Mapping[int, str],
+        affine: np.ndarray | None = None,
+        source: str = "anatomy",
+    ) -> "PackedMasks":
+        """Split an integer label map into structures (``names``: label value -> structure name).
+
+        Uses one pass of ``scipy.ndimage.find_objects`` to find every label's bbox, then packs inside it.
+        A label listed in ``names`` but absent from the map is kept as an empty mask.
+        """
+        from scipy import ndimage
+
+        lm = np.asanyarray(label_map)
+        if lm.ndim != 3:
+            raise ShapeMismatchError(f"label map must be 3D, got shape {lm.shape}")
+        out = cls(lm.shape, affine)
+        if not np.issubdtype(lm.dtype, np.integer):
+            lm = lm.astype(np.int32)
+        top = max((int(v) for v in names), default=0)
+        objects = ndimage.find_objects(lm, max_label=top) if top > 0 else []
+        for value, name in names.items():
+            v = int(value)
+            sl = objects[v - 1] if 0 < v <= len(objects) else None
+            key = normalize_name(name)
+            if sl is None:
+                out._items[key] = _Packed(None, b"", 0, source)
+                continue
+            crop = lm[sl] == v
+            bb = (sl[0].start, sl[1].start, sl[2].start, sl[0].stop, sl[1].stop, sl[2].stop)
+            out._items[key] = _Packed(
+                bb, np.packbits(crop, axis=None).tobytes(), int(np.count_nonzero(crop)), source
+            )
+        return out
+
+    @classmethod
+    def from_nifti_files(
+        cls,
+        files: Mapping[str, str | os.PathLike | bytes],
+        source: str = "anatomy",
+        *,
+        shape: Sequence[int] | None = None,
+    ) -> "PackedMasks":
+        """Pack upstream per-structure NIfTI files (paths, or raw ``.nii.gz`` bytes such as tar members).
+
+        Keys are structure names (``"lung nodule.nii.gz"`` is fine: names are normalised). The grid and affine
+        come from the first file (or ``shape`` when given); any other shape raises :class:`ShapeMismatchError`.
+        """
+        out: PackedMasks | None = None if shape is None else cls(shape)
+        for raw_name, item in files.items():
+            name = normalize_name(raw_name)
+            arr, affine = _load_nifti_mask(item, name)
+            if out is None:
+                out = cls(arr.shape, affine)
+            elif len(out) == 0 and shape is not None:
+                out.affine = affine
+            where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+            if tuple(arr.shape) != out.shape:
+                raise ShapeMismatchError(
+                    f"{where}: mask {name!r} has shape {tuple(arr.shape)} but the volume's masks have "
+                    f"{out.shape}; all masks of one volume must share its grid (re-export this structure)"
+                )
+            out.add(name, arr, source=source)
+        if out is None:
+            raise ValueError("from_nifti_files needs at least one file")
+        return out
+
+    def add(self, name: str, mask: np.ndarray, source: str = "anatomy") -> None:
+        """Add (or replace) one structure from a full-grid array."""
+        key = normalize_name(name)
+        m = _as_bool(mask)
+        if m.ndim > 3:
+            m = m.reshape(m.shape[:3]) if all(s == 1 for s in m.shape[3:]) else m
+        if tuple(m.shape) != self.shape:
+            raise ShapeMismatchError(
+                f"mask {key!r} has shape {tuple(m.shape)} but this volume's grid is {self.shape}; "
+                "resample or re-export the structure onto the volume grid"
+            )
+        self._items[key] = _pack(m, source)
+
+    def add_packed(
+        self, name: str, bbox: Sequence[int] | None, bits: bytes, voxel_count: int, source: str = "anatomy"
+    ) -> None:
+        """Add one already-packed structure (as stored in the Arrow table)."""
+        key = normalize_name(name)
+        if bbox is None or voxel_count == 0 or any(b1 <= b0 for b0, b1 in zip(bbox[:3], bbox[3:])):
+            self._items[key] = _Packed(None, b"", 0, source)
+            return
+        bb = tuple(int(b) for b in bbox)
+        shp = _bbox_shape(bb)
+        if any(b < 0 for b in bb[:3]) or any(b1 > s for b1, s in zip(bb[3:], self.shape)):
+            raise ShapeMismatchError(f"mask {key!r}: bbox {bb} lies outside the grid {self.shape}")
+        if len(bits) != (shp[0] * shp[1] * shp[2] + 7) // 8:
+            raise ShapeMismatchError(
+                f"mask {key!r}: {len(bits)} bytes of bits do not match bbox {bb}; the packed row is corrupt"
+            )
+        self._items[key] = _Packed(bb, bytes(bits), int(voxel_count), source)  # type: ignore[arg-type]
+
+    def merge(self, other: "PackedMasks") -> "PackedMasks":
+        """A new object with this one's structures, then ``other``'s (``other`` wins on a repeated name)."""
+        if other.shape != self.shape:
+            raise ShapeMismatchError(f"cannot merge masks on grid {other.shape} into grid {self.shape}")
+        out = PackedMasks(self.shape, self.affine, volume_name=self.volume_name or other.volume_name)
+        out._items = {**self._items, **other._items}
+        return out
+
+    # -- queries ----------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return {k: v.source for k, v in self._items.items()}
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalize_name(name) in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __repr__(self) -> str:
+        nbytes = sum(len(p.bits) for p in self._items.values())
+        return f"PackedMasks(shape={self.shape}, structures={len(self)}, packed={nbytes} B)"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PackedMasks):
+            return NotImplemented
+        return (
+            self.shape == other.shape
+            and np.allclose(self.affine, other.affine)
+            and self._items == other._items
+        )
+
+    def _get(self, name: str) -> _Packed:
+        key = normalize_name(name)
+        try:
+            return self._items[key]
+        except KeyError:
+            raise KeyError(f"no mask {key!r}; this volume has: {', '.join(self._items) or 'none'}") from None
+
+    def bbox(self, name: str) -> BBox | None:
+        """Tight half-open bbox ``(i0, j0, k0, i1, j1, k1)``; ``None`` for an empty mask."""
+        return self._get(name).bbox
+
+    def voxel_count(self, name: str) -> int:
+        return self._get(name).voxel_count
+
+    def packed_bytes(self, name: str) -> int:
+        """Bytes of packed bits stored for one structure."""
+        return len(self._get(name).bits)
+
+    def mask(self, name: str) -> np.ndarray:
+        """Full-grid boolean mask (Fortran order, like nibabel arrays)."""
+        p = self._get(name)
+        out = np.zeros(self.shape, dtype=bool, order="F")
+        if p.bbox is not None:
+            out[_slices(p.bbox)] = p.unpack()
+        return out
+
+    def crop(self, name: str, bbox: Sequence[int]) -> np.ndarray:
+        """Boolean mask inside ``bbox`` (half-open; may extend past the grid: outside voxels are False).
+
+        Only the structure's own packed bits are unpacked; the full grid is never built.
+        """
+        b = tuple(int(x) for x in bbox)
+        if len(b) != 6:
+            raise ValueError(f"bbox must be (i0, j0, k0, i1, j1, k1), got {bbox!r}")
+        shp = tuple(max(0, s) for s in _bbox_shape(b))
+        out = np.zeros(shp, dtype=bool, order="F")
+        p = self._get(name)
+        if p.bbox is None:
+            return out
+        lo = [max(b[a], p.bbox[a]) for a in range(3)]
+        hi = [min(b[a + 3], p.bbox[a + 3]) for a in range(3)]
+        if any(h <= l for l, h in zip(lo, hi)):
+            return out
+        src = p.unpack()
+        out[tuple(slice(lo[a] - b[a], hi[a] - b[a]) for a in range(3))] = src[
+            tuple(slice(lo[a] - p.bbox[a], hi[a] - p.bbox[a]) for a in range(3))
+        ]
+        return out
+
+    def union(self, names: Iterable[str]) -> np.ndarray:
+        """Full-grid OR of several structures (Fortran order)."""
+        out = np.zeros(self.shape, dtype=bool, order="F")
+        for name in names:
+            p = self._get(name)
+            if p.bbox is not None:
+                out[_slices(p.bbox)] |= p.unpack()
+        return out
+
+    def label_map(self, names: Sequence[str] | None = None) -> np.ndarray:
+        """Label map with value ``n`` for ``names[n-1]`` (0 = background), Fortran order.
+
+        uint8 for up to 255 names, else uint16. Where structures overlap, **later names win**.
+        ``names=None`` uses every structure in insertion order.
+        """
+        names = self.names if names is None else list(names)
+        dtype = np.uint8 if len(names) <= 255 else np.uint16
+        out = np.zeros(self.shape, dtype=dtype, order="F")
+        for value, name in enumerate(names, start=1):
+            p = self._get(name)
+            if p.bbox is not None:
+                out[_slices(p.bbox)][p.unpack()] = value
+        return out
+
+    # -- Arrow / parquet --------------------------------------------------------------------------
+    def to_arrow(self, volume_name: str | None = None):
+        """One row per structure, with the schema :func:`masks_schema`."""
+        import pyarrow as pa
+
+        vn = volume_name if volume_name is not None else (self.volume_name or "")
+        n = len(self._items)
+        aff = [float(x) for x in self.affine.reshape(-1)]
+        cols = {
+            "volume_name": [vn] * n,
+            "structure": list(self._items),
+            "source": [p.source for p in self._items.values()],
+            "shape": [list(self.shape)] * n,
+            "affine": [aff] * n,
+            "bbox": [None if p.bbox is None else list(p.bbox) for p in self._items.values()],
+            "voxel_count": [p.voxel_count for p in self._items.values()],
+            "bits": [p.bits for p in self._items.values()],
+        }
+        return pa.Table.from_pydict(cols, schema=masks_schema())
+
+    @classmethod
+    def from_arrow(cls, table, volume_name: str | None = None) -> "PackedMasks":
+        """Rebuild from rows of :func:`masks_schema` (``volume_name`` selects one volume of a multi-volume table)."""
+        import pyarrow.compute as pc
+
+        if volume_name is not None:
+            table = table.filter(pc.equal(table["volume_name"], volume_name))
+        vols = set(table["volume_name"].to_pylist()) if table.num_rows else set()
+        if len(vols) > 1:
+            raise ValueError(
+                f"table holds masks of {len(vols)} volumes; pass volume_name= (one of {sorted(vols)[:3]}...)"
+            )
+        if table.num_rows == 0:
+            raise KeyError(f"no mask rows for volume {volume_name!r}")
+        rows = table.to_pylist()
+        first = rows[0]
+        out = cls(first["shape"], np.asarray(first["affine"], np.float64).reshape(4, 4), volume_name=first["volume_name"])
+        for r in rows:
+            if tuple(r["shape"]) != out.shape:
+                raise ShapeMismatchError(
+                    f"mask {r['structure']!r} of {r['volume_name']!r} has shape {tuple(r['shape'])}, "
+                    f"expected {out.shape}"
+                )
+            out.add_packed(r["structure"], r["bbox"], r["bits"] or b"", r["voxel_count"], r["source"])
+        return out
+
+    def save(self, path: str | os.PathLike, volume_name: str | None = None) -> Path:
+        """Write one zstd parquet file, atomically (temp name in the same folder, then ``os.replace``)."""
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            pq.write_table(self.to_arrow(volume_name), tmp, compression="zstd")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, volume_name: str | None = None) -> "PackedMasks":
+        """Read a file written by :meth:`save`."""
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise MalformedFileError(path, f"not a packed-masks parquet file ({exc}); rebuild it") from exc
+        missing = set(masks_schema().names) - set(table.column_names)
+        if missing:
+            raise MalformedFileError(path, f"packed-masks parquet lacks columns {sorted(missing)}")
+        return cls.from_arrow(table, volume_name)
+
+    # -- NIfTI ------------------------------------------------------------------------------------
+    def to_nifti_folder(self, folder: str | os.PathLike) -> list[Path]:
+        """Write the upstream form: one binary uint8 ``<name>.nii.gz`` per structure, with this grid's affine."""
+        import nibabel as nib
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in self._items:
+            final = folder / f"{name}.nii.gz"
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=folder)
+            os.close(fd)
+            try:
+                img = nib.Nifti1Image(self.mask(name).view(np.uint8), self.affine)
+                img.header.set_data_dtype(np.uint8)
+                img.to_filename(tmp)
+                os.replace(tmp, final)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            written.append(final)
+        return written

@@ -1,0 +1,226 @@
+"""Sentence splitting, the ontology lexicon, sentence analysis, region_report rows and the LLM grounding backend."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from radgenome_hf.generate.ground import (
+    GroundedReport,
+    Lexicon,
+    analyze_sentence,
+    ground_report,
+    region_report_rows,
+    split_sentences,
+    write_region_report,
+)
+from radgenome_hf.ontology import get_ontology
+
+RLL = ("lung/lung/right lung/right lung lower lobe", "lung/lung/lung lower lobe/right lung lower lobe")
+LLL = ("lung/lung/left lung/left lung lower lobe", "lung/lung/lung lower lobe/left lung lower lobe")
+RUL = ("lung/lung/right lung/right lung upper lobe", "lung/lung/lung upper lobe/right lung upper lobe")
+T12 = "bone/bone/vertebrae/thoracic vertebrae/thoracic vertebrae 12 (t12)"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("A nodule of approx. 6.6 mm is seen. No effusion.", ["A nodule of approx. 6.6 mm is seen.", "No effusion."]),
+    ("Findings, e.g. nodules, are noted. Heart is normal.", ["Findings, e.g. nodules, are noted.", "Heart is normal."]),
+    ("Heart size is normal.No pleural effusion.", ["Heart size is normal.", "No pleural effusion."]),
+    ("Nodule i.e. 3 mm in the RUL! Stable?", ["Nodule i.e. 3 mm in the RUL!", "Stable?"]),
+    ("When examined in the lung parenchyma window; Several nodules are observed.",
+     ["When examined in the lung parenchyma window; Several nodules are observed."]),
+    ("Not given.", []),
+    (None, []),
+    ("Trailing text without a stop", ["Trailing text without a stop"]),
+])
+def test_split_sentences(text, expected):
+    assert split_sentences(text) == expected
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    # lobes: synonyms, "lower lobe of the left lung", laterality composition, both groupings
+    ("Atelectasis in the lower lobe of the left lung.", LLL),
+    ("A nodule in the right lower lobe.", RLL),
+    ("Nodule in the RLL.", RLL),
+    ("Ground glass areas in the upper lobe of the right lung.", RUL),
+    ("Consolidation in the right middle lobe.", ("lung/lung/right lung/right lung middle lobe",)),
+    # laterality on organs with sided children
+    ("A cyst in the left kidney.", ("abdomen/abdomen/kidney/left kidney",)),
+    ("Right-sided pleural effusion.", ("pleura/pleura",)),
+    ("Nodules are observed in both lungs.", ("lung/lung",)),
+    # plurals and synonyms
+    ("Bilateral pleural effusions.", ("pleura/pleura",)),
+    ("Mediastinal lymph nodes are enlarged.", ("mediastinum/mediastinal tissue",)),
+    ("Cardiomegaly.", ("heart/heart",)),
+    # vertebral levels
+    ("Compression fracture of the T12 vertebra.", (T12,)),
+    ("Compression fracture of the t12 vertebra.", (T12,)),
+    ("Degenerative changes in the thoracic 12th vertebra.", (T12,)),
+    ("Schmorl nodes at L1.", ("bone/bone/vertebrae/lumbar vertebrae/lumbar vertebrae 1 (l1)",)),
+    # ribs
+    ("Fracture of the left 7th rib.", ("bone/bone/rib/left rib/left rib 7", "bone/bone/rib/rib 7/left rib 7")),
+    ("Old fracture of rib 7.", ("bone/bone/rib/rib 7",)),
+    ("Fractures of the 5th and 6th ribs on the right.",
+     ("bone/bone/rib/right rib/right rib 5", "bone/bone/rib/rib 5/right rib 5",
+      "bone/bone/rib/right rib/right rib 6", "bone/bone/rib/rib 6/right rib 6")),
+    # a node under two regions takes the region named alongside it
+    ("Calcified plaques in the abdominal aorta.", ("abdomen/abdomen/aorta",)),
+    ("Calcified plaques in the thoracic aorta.", ("mediastinum/aorta",)),
+    ("The patient was examined.", ()),
+])
+def test_lexicon_match(sentence, expected):
+    assert Lexicon.default().match(sentence) == expected
+
+
+def test_lexicon_paths_are_ontology_paths():
+    onto = get_ontology()
+    lex = Lexicon.default()
+    for name, paths in lex.node_paths.items():
+        assert all(p in onto for p in paths)
+    # every ontology synonym of a path node is a lexicon term of that node
+    for name in lex.node_paths:
+        for syn in onto.synonyms_of(name):
+            assert name in lex.terms[syn.lower()] or any(name in lex.ancestor_names.get(n, ()) or n == name
+                                                         for n in lex.terms[syn.lower()])
+
+
+@pytest.mark.parametrize("sentence, abnormal, findings, negated", [
+    ("Ground glass areas and atelectasis are observed in the lower lobe of the left lung.", True,
+     ("ground glass areas", "atelectasis"), ()),
+    ("No mass or lymph nodes in pathological size were detected.", False, (), ("mass", "lymph nodes")),
+    ("Heart contour and size are within normal limits.", False, (), ()),
+    ("Pericardial effusion-thickening was not observed.", False, (), ("pericardial effusion-thickening",)),
+    ("Calcific atheroma plaques are observed in the aorta.", True, ("calcific atheroma plaques",), ()),
+    ("Thoracic esophagus is normal, but a sliding type hiatal hernia is seen.", True,
+     ("sliding type hiatal hernia",), ()),
+    ("The ascending aorta is dilated.", True, ("dilated",), ()),
+])
+def test_analyze_sentence(sentence, abnormal, findings, negated):
+    s = analyze_sentence(sentence)
+    assert (s.abnormal, s.findings, s.negated) == (abnormal, findings, negated)
+
+
+@pytest.mark.parametrize("sentence, comparison", [
+    ("The nodule in the right upper lobe has grown and now measures 12 mm.", "worsened"),
+    ("Pleural effusion has increased compared to the previous examination.", "worsened"),
+    ("The nodule has decreased in size and now measures 8 mm.", "improved"),
+    ("The nodule in the left lower lobe is stable.", "no change"),
+    ("A new nodule is seen in the right middle lobe.", "new"),
+    ("No new nodule was detected.", None),
+    ("The pleural effusion has resolved.", "resolved"),
+    ("Increased density in the right lung.", None),
+])
+def test_comparison_cues(sentence, comparison):
+    assert analyze_sentence(sentence).comparison == comparison
+
+
+def test_size_belongs_to_its_finding():
+    s = analyze_sentence("A 6x4 mm nodule and a 2 cm cyst in the left kidney.")
+    assert [z.text for z in s.sizes] == ["6x4 mm", "2 cm"]
+    assert s.size_findings == ("nodule", "cyst")
+
+
+def test_region_report_rows_every_level_and_join():
+    ss = ground_report("A nodule in the right lower lobe. Atelectasis in the right lower lobe. "
+                       "The patient was examined in the supine position.", "Cardiomegaly.")
+    rows = region_report_rows("train_7_b_2", ss)
+    keys = [(v, a) for v, a, _ in rows]
+    assert len(keys) == len(set(keys)), "unique (volume, Anatomy)"
+    assert all(v == "train_7_b_2.nii.gz" for v, _, _ in rows)
+    by = {a: s for _, a, s in rows}
+    onto = get_ontology()
+    for p in RLL:
+        for a in onto.ancestors(p):
+            assert by[a] == "A nodule in the right lower lobe. Atelectasis in the right lower lobe."
+    assert by["heart"] == by["heart/heart"] == "Cardiomegaly."
+    assert by[""] == "The patient was examined in the supine position."
+    assert rows[0][1] == ""  # whole-scan row first
+    assert keys.index(("train_7_b_2.nii.gz", "lung")) < keys.index(("train_7_b_2.nii.gz", "lung/lung"))
+
+
+def test_region_report_file_format(tmp_path):
+    g = {"train_1_a_1": GroundedReport("train_1_a_1", ground_report(
+        "Nodules, some calcified, in the right lower lobe. Unremarkable exam otherwise.", None))}
+    p = write_region_report(tmp_path / "train_region_report.csv", g)
+    raw = p.read_bytes()
+    assert raw.startswith(b"Volumename,Anatomy,Sentence\n")
+    assert b"\r\n" not in raw and raw.endswith(b"\n")
+    assert b'"Nodules, some calcified, in the right lower lobe."' in raw  # quoted only because of the comma
+    assert b"\ntrain_1_a_1.nii.gz,,Unremarkable exam otherwise.\n" in raw  # whole scan: empty Anatomy, no quotes
+    rows = list(csv.reader(io.StringIO(raw.decode())))
+    assert {r[1] for r in rows[1:]} >= {"lung", "lung/lung", "lung/lung/right lung", *RLL, "lung/lung/lung lower lobe"}
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+# -- LLM backend against a stand-in server -----------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    answers: list[dict] = []
+    seen: list[dict] = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        content = type(self).answers.pop(0) if type(self).answers else {"0": []}
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps(content)}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def llm_server():
+    _Handler.answers, _Handler.seen = [], []
+    server = HTTPServer(("127.0.0.1", 0), _Handler)
+    server.timeout = 5
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _Handler
+    server.shutdown()
+    server.server_close()
+    t.join(5)
+
+
+def test_llm_backend_validates_paths(llm_server, caplog):
+    from radgenome_hf.generate.llm import OpenAIChatBackend
+
+    url, handler = llm_server
+    handler.answers = [{"0": ["lung/lung/right lung", "lung/made up lobe"], "1": ["heart/heart"]},
+                       {"0": []}]
+    be = OpenAIChatBackend(endpoint=url, model="tiny", api_key="sk-secret-123", batch_size=2)
+    out = be.ground(["Nodule in the right lung.", "Cardiomegaly.", "The exam was done."])
+    assert out == [("lung/lung/right lung",), ("heart/heart",), ()]
+    assert len(handler.seen) == 2  # bounded: one request per batch
+    assert handler.seen[0]["path"] == "/v1/chat/completions"
+    assert handler.seen[0]["auth"] == "Bearer sk-secret-123"
+    assert handler.seen[0]["body"]["model"] == "tiny"
+    assert "sk-secret-123" not in repr(be) and "sk-secret-123" not in caplog.text
+    # plugged into ground_report, the backend's paths are used
+    handler.answers = [{"0": ["pleura/pleura"]}]
+    ss = ground_report("Something odd.", None, backend=be)
+    assert ss[0].paths == ("pleura/pleura",)
+
+
+def test_llm_backend_falls_back_to_lexicon(llm_server):
+    from radgenome_hf.generate.llm import LLMError, OpenAIChatBackend
+
+    url, handler = llm_server
+    handler.answers = [{"unexpected": "shape"}]
+    be = OpenAIChatBackend(endpoint=url, model="tiny")
+    assert be.ground(["Nodule in the right lower lobe."]) == [RLL]
+    with pytest.raises(LLMError, match="endpoint and a model"):
+        OpenAIChatBackend(endpoint="", model="")
+    dead = OpenAIChatBackend(endpoint="http://127.0.0.1:9/v1", model="m", timeout=1, max_retries=0, fallback=False)
+    with pytest.raises(LLMError, match="request failed"):
+        dead.ground(["x"])
