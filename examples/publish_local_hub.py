@@ -63,26 +63,20 @@ def hand_made_release(out: Path) -> Path:
     return out
 
 
-def built_release(work: Path) -> Path | None:
-    """The real packed-release builder on a synthetic upstream release, if this checkout has it."""
-    try:
-        from radgenome_hf.generate.build import build_release  # the lead's builder
-        from radgenome_hf.synthetic import SyntheticConfig, write_release
-    except ImportError:
-        return None
-    try:
-        upstream = write_release(work / "upstream", SyntheticConfig(), progress=False)
-        out = build_release(getattr(upstream, "root", work / "upstream"), work / "release")
-        folder = Path(getattr(out, "folder", None) or getattr(out, "out", None) or out)
-        return folder if (folder / "README.md").is_file() else None
-    except Exception as e:  # keep the demo runnable while the builder evolves
-        print(f"(build_release unavailable here: {type(e).__name__}: {e}; using a hand-made release)")
-        return None
+def built_release(work: Path) -> Path:
+    """The packed release built from a synthetic upstream release (what maintainers publish)."""
+    from radgenome_hf.generate.build import build_release
+    from radgenome_hf.synthetic import SyntheticConfig, write_release
+
+    upstream = write_release(work / "upstream", SyntheticConfig(), progress=False)
+    report = build_release(upstream.root, work / "release")
+    print(report)
+    return report.folder
 
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="radgenome-release-"))
-    folder = built_release(work) or hand_made_release(work / "release")
+    folder = built_release(work)
     with HubServer() as hub:
         print(f"local hub at {hub.endpoint}; release folder {folder}")
         report = publish_release(folder, REPO, branch="staging", tag="v0.1", endpoint=hub.endpoint,

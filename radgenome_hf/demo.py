@@ -103,39 +103,46 @@ def _describe_one_volume(release: UpstreamRelease) -> list[str]:
 
 
 def run_demo(out: Path, *, seed: int = 0) -> None:
-    """Write a synthetic release to ``out``, describe it, derive the generated configs, load every config."""
+    """Write a synthetic upstream release to ``out/upstream``, describe it, run generation stage 2 into
+    ``out/release`` (the derived ``scene_graph`` and ``anatomy_pairs`` rows), and load every config from it."""
     from .radgenome import CONFIG_NAMES
     from .synthetic import SyntheticConfig, write_release
 
+    from .generate.pipeline import PipelineConfig, rebuild_release
+
     t0 = time.perf_counter()
-    print(f"== writing a synthetic release (real layouts) to {out}")
-    release = write_release(out, SyntheticConfig(seed=seed, mask_layout="archives"))
-    print(f"   {len(release.volumes)} volumes in {time.perf_counter() - t0:.1f} s")
+    upstream = out / "upstream"
+    print(f"== writing a synthetic upstream release (real layouts) to {upstream}")
+    synthetic = write_release(upstream, SyntheticConfig(seed=seed, mask_layout="archives"), progress=False)
+    print(f"   {len(synthetic.volumes)} RadGenome volumes in {time.perf_counter() - t0:.1f} s")
     print("== what the readers see")
-    print(describe_release(release.root))
-    try:
-        from .generate.pipeline import add_generated_configs
-    except ImportError:  # generation module not installed in this build
-        add_generated_configs = None
-    if add_generated_configs is not None:
-        t1 = time.perf_counter()
-        print("== deriving scene_graph and anatomy_pairs rows (generation stage 2 on the release's own masks)")
-        add_generated_configs(release.root, progress=False)
-        print(f"   done in {time.perf_counter() - t1:.1f} s")
+    print(describe_release(synthetic.root))
+    t1 = time.perf_counter()
+    release_dir = out / "release"
+    print(f"== generation stage 2 (ground, vqa, scene graphs, anatomy pairs) into {release_dir}")
+    report = rebuild_release(upstream, release_dir, PipelineConfig(seed=seed, progress=False))
+    print(f"   {report.volumes} volumes in {time.perf_counter() - t1:.1f} s")
+    release = type("R", (), {"root": release_dir})
     print("== loading every config with datasets.load_dataset('radgenome', config, data_dir=...)")
     import datasets
 
     import radgenome_hf  # noqa: F401  (registers the builder)
 
     cache = out / ".hf_cache"
+    failed = []
     for config in CONFIG_NAMES:
         t1 = time.perf_counter()
         try:
             ds = datasets.load_dataset("radgenome", config, data_dir=str(release.root), cache_dir=str(cache))
         except Exception as exc:  # noqa: BLE001 - the demo reports and goes on
             print(f"-- {config}: could not load ({type(exc).__name__}: {exc})")
+            failed.append(config)
             continue
         sizes = ", ".join(f"{k} {len(v)}" for k, v in ds.items())
         print(f"-- {config}: {sizes} rows ({time.perf_counter() - t1:.1f} s); first train row:")
         print(_fmt_row(ds["train"][0]))
     print(f"== demo finished in {time.perf_counter() - t0:.1f} s")
+    if failed:
+        from .errors import RadGenomeError
+
+        raise RadGenomeError(f"the demo could not load: {', '.join(failed)}")

@@ -1,0 +1,259 @@
+"""Build the packed release: parquet per config and split, packed masks, volumes by path, the dataset card.
+
+The packed release is what :mod:`radgenome_hf.publish` pushes to the Hub. Plain
+``datasets.load_dataset(folder_or_repo, "vqa")`` loads it without this package: every column is a native type
+(strings, numbers, lists, structs). Layout::
+
+    README.md                         YAML ``configs:`` (one default) + card body from cards/README.template.md
+    release_manifest.json             rows per config and split (publish verifies against it)
+    <config>/<split>-0000i-of-0000N.parquet   zstd; N divides by 2, 4 and 8 where the rows allow
+    volumes/<upstream relative path>  NIfTI files, referenced from rows by relative path (``volume.path``)
+    masks/<split>_<kind>/<stem>.masks.parquet  packed masks (bbox + numpy.packbits), referenced from rows
+    figures/*.png                     a slice with mask overlays and its grounded sentence; distributions
+
+Decoding a packed mask with any parquet reader + numpy: take the row of the structure, ``np.unpackbits(bits)
+[:prod(bbox extent)].reshape(extent)`` and place it at ``bbox`` in a zero grid of ``shape``.
+The build is atomic: it writes ``<out>.tmp-<pid>`` and renames it, so a failure (a full disk) leaves no partial
+release.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import RadGenomeError
+from ..radgenome import CONFIG_NAMES
+
+PATH_COLUMNS = {"volume": ("path",), "mask": ("path",), "masks": ("region", "anatomy")}
+
+
+@dataclass
+class BuildReport:
+    folder: Path
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        rows = "; ".join(f"{c}: " + ", ".join(f"{s} {n}" for s, n in v.items()) for c, v in self.rows.items())
+        skipped = f"; skipped {self.skipped}" if self.skipped else ""
+        return f"built {self.folder} ({self.files} files, {self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s): {rows}{skipped}"
+
+
+def _num_shards(rows: int, requested: int | None) -> int:
+    if requested:
+        return max(1, min(requested, rows))
+    for n in (64, 8, 4, 2):
+        if rows >= n * (1000 if n == 64 else 1):
+            return n
+    return 1
+
+
+class _Placer:
+    """Copies (or hard-links) referenced files into the release once and rewrites paths to relative ones."""
+
+    def __init__(self, out: Path, roots: dict[str, str], link: str) -> None:
+        self.out, self.roots, self.link = out, roots, link
+        self.done: dict[str, str] = {}
+
+    def relative(self, path: str | None, kind: str) -> str | None:
+        if path is None:
+            return None
+        if path in self.done:
+            return self.done[path]
+        src = Path(path)
+        if kind == "mask":
+            rel = f"masks/{src.parent.name}/{src.name}"
+        else:
+            rel = None
+            for root in self.roots.values():
+                if root and path.startswith(root.rstrip("/") + "/"):
+                    rel = "volumes/" + os.path.relpath(path, root).replace(os.sep, "/")
+                    break
+            rel = rel or f"volumes/{src.name}"
+        dst = self.out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            if self.link == "hardlink":
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+            else:
+                shutil.copy2(src, dst)
+        self.done[path] = rel
+        return rel
+
+
+def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
+    for col, fields in PATH_COLUMNS.items():
+        if col not in table.column_names:
+            continue
+        arr = table.column(col).combine_chunks()
+        kind = "volume" if col == "volume" else "mask"
+        children = {f.name: arr.field(f.name) for f in arr.type}
+        for f in fields:
+            values = children[f].to_pylist()
+            unique = {v: placer.relative(v, kind) for v in set(values) if v is not None}
+            children[f] = pa.array([unique.get(v) if v is not None else None for v in values], pa.string())
+        new = pa.StructArray.from_arrays(list(children.values()), names=list(children), mask=pc.is_null(arr))
+        table = table.set_column(table.column_names.index(col), col, new)
+    return table
+
+
+def _statistics(tables: dict[str, dict[str, pa.Table]]) -> dict:
+    stats: dict = {"rows": {c: {s: t.num_rows for s, t in v.items()} for c, v in tables.items()}}
+    if "vqa" in tables:
+        stats["question_types"] = {
+            s: dict(Counter(t.column("question_type").to_pylist())) for s, t in tables["vqa"].items()
+        }
+    if "segmentation" in tables:
+        freq: Counter = Counter()
+        for t in tables["segmentation"].values():
+            for structures in t.column("structures").to_pylist():
+                freq.update(s["name"] for s in structures if s["voxel_count"])
+        stats["structure_frequency"] = dict(freq.most_common(25))
+    if "reports" in tables:
+        prevalence: dict[str, float] = {}
+        labels = [r for t in tables["reports"].values() for r in t.column("labels").to_pylist()]
+        for name in labels[0] if labels else ():
+            vals = [r[name] for r in labels if r and r.get(name) is not None]
+            prevalence[name] = round(sum(vals) / len(vals), 3) if vals else float("nan")
+        stats["label_prevalence"] = prevalence
+    return stats
+
+
+def _figures(out: Path, datasets_by_config: dict, stats: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figures = []
+    (out / "figures").mkdir(exist_ok=True)
+    if "question_types" in stats:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        merged: Counter = Counter()
+        for v in stats["question_types"].values():
+            merged.update(v)
+        ax.bar(list(merged), list(merged.values()), color="#4477aa")
+        ax.set_title("VQA question types")
+        fig.tight_layout()
+        fig.savefig(out / "figures" / "question_types.png", dpi=80)
+        plt.close(fig)
+        figures.append("figures/question_types.png")
+    grounded = datasets_by_config.get("grounded_reports")
+    if grounded is not None:
+        ds = grounded["train"] if "train" in grounded else next(iter(grounded.values()))
+        for row in ds:
+            mask, vol = row["mask"], row["volume"]
+            if vol is None or mask is None or mask.source == "whole":
+                continue
+            m = mask.array()
+            arr = vol.array()
+            k = int(np.argmax(m.sum(axis=(0, 1))))
+            fig, ax = plt.subplots(figsize=(4.5, 4.8))
+            ax.imshow(np.clip(arr[:, :, k].T, -1000, 400), cmap="gray", origin="lower")
+            ax.contour(m[:, :, k].T, levels=[0.5], colors="#ee6677", linewidths=1.2, origin="lower")
+            ax.set_axis_off()
+            ax.set_title(f"{row['volume_name']}: {row['anatomy']}", fontsize=8)
+            fig.text(0.02, 0.02, row["sentence"][:110], fontsize=7, wrap=True)
+            fig.savefig(out / "figures" / "grounded_example.png", dpi=80)
+            plt.close(fig)
+            figures.append("figures/grounded_example.png")
+            break
+    return figures
+
+
+def build_release(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    configs: tuple[str, ...] = CONFIG_NAMES,
+    num_shards: int | None = None,
+    link: str = "hardlink",
+    repo_id: str = "<org>/radgenome-chestct",
+    progress: bool = False,
+    overwrite: bool = False,
+) -> BuildReport:
+    """Build the packed release of an upstream-layout folder ``source`` into ``out`` (atomically)."""
+    import datasets
+
+    from ..loading import register
+    from ..publish.card import ConfigSpec, render_card
+    from ..release import UpstreamRelease
+
+    register()
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RadGenomeError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    release = UpstreamRelease.discover(source, need="any")
+    placer = _Placer(tmp, {"rg": release.radgenome_root or "", "ct": release.ctrate_root or ""}, link)
+    report = BuildReport(out)
+    tables: dict[str, dict[str, pa.Table]] = {}
+    loaded: dict = {}
+    specs = []
+    try:
+        for config in configs:
+            builder = datasets.load_dataset_builder(
+                "radgenome", config, data_dir=str(source), cache_dir=str(tmp / ".build-cache"), progress=progress
+            )
+            try:
+                builder.download_and_prepare()
+            except RadGenomeError as exc:
+                report.skipped[config] = str(exc)
+                continue
+            dd = builder.as_dataset()
+            loaded[config] = dd
+            tables[config] = {}
+            for split, ds in dd.items():
+                # native types only: drop datasets' feature metadata (it names this package's feature types)
+                table = _rewrite(ds.data.table, placer).replace_schema_metadata(None)
+                tables[config][split] = table
+                size = math.ceil(table.num_rows / _num_shards(table.num_rows, num_shards)) or 1
+                n = max(1, math.ceil(table.num_rows / size))
+                (tmp / config).mkdir(exist_ok=True)
+                for i in range(n):
+                    pq.write_table(table.slice(i * size, size), tmp / config / f"{split}-{i:05d}-of-{n:05d}.parquet",
+                                   compression="zstd")
+            specs.append(ConfigSpec(
+                name=config,
+                data_files={split: f"{config}/{split}-*.parquet" for split in dd},
+                default=(config == "vqa"),
+                description=builder.info.description or "",
+            ))
+        stats = _statistics(tables)
+        figures = _figures(tmp, loaded, stats)
+        report.rows = stats["rows"]
+        (tmp / "release_manifest.json").write_text(json.dumps({"configs": report.rows}, indent=1))
+        (tmp / "README.md").write_text(render_card(specs, stats, figures, repo_id=repo_id))
+        shutil.rmtree(tmp / ".build-cache", ignore_errors=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = [p for p in out.rglob("*") if p.is_file()]
+    report.files = len(files)
+    report.bytes = sum(p.stat().st_size for p in files)
+    report.seconds = time.perf_counter() - t0
+    return report
