@@ -89,16 +89,20 @@ def _describe_one_volume(release: UpstreamRelease) -> list[str]:
     arr = vol.array()
     out = [f"one volume: {vol!r}", f"  HU range [{int(arr.min())}, {int(arr.max())}], mean {float(arr.mean()):.1f}"]
     stem = vols[0].name[: -len(".nii.gz")]
-    for kind in ("anatomy", "region"):
-        folder = release.mask_folder(stem, kind)
-        if folder and os.path.isdir(folder):
-            files = sorted(os.listdir(folder))
-            if files:
-                import nibabel as nib
+    from .archives import iter_masks
+    from .masks import PackedMasks
 
-                m = np.asanyarray(nib.load(os.path.join(folder, files[0])).dataobj)
-                out.append(f"  {kind} mask {files[0]!r}: {int((m > 0).sum())} voxels of {m.size}")
-                break
+    for kind in ("anatomy", "region"):
+        src = release.mask_source(stem.split("_")[0], kind)
+        if src is None:
+            continue
+        for volume, _kind, structure, data in iter_masks(src, lambda v, k, s: v.stem == stem):
+            packed = PackedMasks.from_nifti_files({structure: data}, source=kind)
+            name = packed.names[0]
+            out.append(f"  {kind} mask {structure!r} ({src.form}): {packed.voxel_count(name)} voxels of "
+                       f"{int(np.prod(packed.shape))}, bbox {packed.bbox(name)}")
+            break
+        break
     return out
 
 

@@ -1,0 +1,504 @@
+"""Feeding CT volumes into a PyTorch training loop: collate, a DataLoader recipe, a threaded ring loader.
+
+Three pieces:
+
+* :func:`collate_volumes` batches dict samples whose volumes/masks have different shapes (pads to the largest
+  with a per-key pad value and records the original shapes, or returns lists); everything that is not an array
+  becomes a list. float64 arrays are cast to float32; int16/uint8 stay as they are (normalise on the GPU).
+* :func:`make_dataloader` is the recipe for ``datasets`` map-style and streaming (iterable) datasets on one or
+  many nodes: each node (rank of ``torch.distributed``, else ``$RANK``/``$WORLD_SIZE``) gets its part with
+  ``datasets.distributed.split_dataset_by_node``; each DataLoader worker then reads disjoint shards (``datasets``
+  assigns shards to workers), so every row is read exactly once per epoch.
+
+  .. code-block:: python
+
+      ds = radgenome_hf.load_dataset("vqa", split="train", streaming=True)
+      loader = make_dataloader(ds, batch_size=2, num_workers=4, transform=CTClipd("volume", output="int16"))
+      for epoch in range(3):
+          loader.dataset.set_epoch(epoch)           # reshuffles streaming shards per epoch
+          for batch in loader:
+              x = ctclip_normalize(batch["volume"].cuda(non_blocking=True))
+
+* :class:`ThreadedVolumeLoader` skips worker processes altogether for *prepared* (cached, preprocessed) volumes:
+  a thread pool decodes into a ring of preallocated buffers that are reused (no per-sample allocation, no
+  pickling/IPC copy into shared memory). perf-anchors §7: this is 2–4x faster than multiprocess workers on the
+  same cores.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import inspect
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch.utils.data import DataLoader
+
+log = logging.getLogger(__name__)
+
+__all__ = ["collate_volumes", "dist_info", "make_dataloader", "ThreadedVolumeLoader", "read_into"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# collate
+# ----------------------------------------------------------------------------------------------------------
+def _is_array(v: Any) -> bool:
+    import torch
+
+    return (isinstance(v, np.ndarray) and v.dtype != object) or isinstance(v, torch.Tensor)
+
+
+def _to_tensor(v: Any) -> "torch.Tensor":
+    import torch
+
+    if isinstance(v, np.ndarray):
+        if v.dtype == np.float64:
+            v = v.astype(np.float32)
+        if any(s < 0 for s in v.strides):
+            v = np.ascontiguousarray(v)
+        t = torch.from_numpy(v) if v.flags.writeable else torch.from_numpy(v.copy())
+    else:
+        t = v
+    if t.dtype == torch.float64:
+        t = t.float()
+    return t
+
+
+def collate_volumes(
+    batch: Sequence[Mapping[str, Any]],
+    *,
+    pad: bool = True,
+    pad_values: Mapping[str, float] | None = None,
+    default_pad_value: float = 0,
+    shape_suffix: str = "_shape",
+) -> dict[str, Any]:
+    """Batch dict samples whose arrays may differ in shape.
+
+    For every key whose values are all arrays/tensors of one rank: same shapes are stacked; different shapes are
+    padded at the end of each axis to the largest shape with ``pad_values[key]`` (else ``default_pad_value``), or
+    returned as a list when ``pad=False``. ``batch[f"{key}{shape_suffix}"]`` holds the original shapes, an int64
+    ``(B, ndim)`` tensor. Any other field (strings, numbers, Volumes, None…) becomes a list.
+
+    >>> import numpy as np
+    >>> b = collate_volumes([{"ct": np.zeros((2, 3), np.int16), "id": "a"}, {"ct": np.ones((3, 1), np.int16), "id": "b"}],
+    ...                     pad_values={"ct": -1000})
+    >>> b["ct"].shape, b["ct_shape"].tolist(), b["id"], int(b["ct"][1, 2, 1])
+    (torch.Size([2, 3, 3]), [[2, 3], [3, 1]], ['a', 'b'], -1000)
+    """
+    import torch
+
+    if not batch:
+        return {}
+    if not all(isinstance(s, Mapping) for s in batch):
+        from torch.utils.data import default_collate
+
+        return default_collate(list(batch))
+    keys: list[str] = []
+    for s in batch:
+        for k in s:
+            if k not in keys:
+                keys.append(k)
+    pad_values = dict(pad_values or {})
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [s.get(key) for s in batch]
+        if all(_is_array(v) for v in values) and len({np.ndim(v) for v in values}) == 1:
+            tensors = [_to_tensor(v) for v in values]
+            ndim = tensors[0].dim()
+            if ndim == 0:
+                out[key] = torch.stack(tensors)
+                continue
+            shapes = [tuple(t.shape) for t in tensors]
+            out[f"{key}{shape_suffix}"] = torch.tensor(shapes, dtype=torch.int64)
+            dtype = tensors[0].dtype
+            for t in tensors[1:]:
+                dtype = torch.promote_types(dtype, t.dtype)
+            if len(set(shapes)) == 1:
+                if all(t.dtype == dtype for t in tensors):
+                    out[key] = torch.stack(tensors)
+                else:
+                    out[key] = torch.stack([t.to(dtype) for t in tensors])
+            elif not pad:
+                out[key] = tensors
+            else:
+                big = tuple(max(s[a] for s in shapes) for a in range(ndim))
+                fill = pad_values.get(key, default_pad_value)
+                res = torch.full((len(tensors), *big), fill, dtype=dtype)
+                for b, t in enumerate(tensors):
+                    res[(b, *[slice(0, n) for n in t.shape])].copy_(t)
+                out[key] = res
+        else:
+            out[key] = values
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DataLoader recipe
+# ----------------------------------------------------------------------------------------------------------
+def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): the arguments if given, else ``torch.distributed`` if initialised, else ``$RANK`` /
+    ``$WORLD_SIZE``, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        r, w = int(rank), int(world_size)
+    else:
+        r = w = None
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                r, w = dist.get_rank(), dist.get_world_size()
+        except Exception:  # noqa: BLE001 - torch.distributed unusable: fall back to the environment
+            pass
+        if r is None:
+            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        r = int(rank) if rank is not None else r
+        w = int(world_size) if world_size is not None else w
+    if w < 1 or not 0 <= r < w:
+        raise ValueError(f"rank {r} / world_size {w}: need world_size >= 1 and 0 <= rank < world_size")
+    return r, w
+
+
+class _TransformCollate:
+    """Applies a per-sample transform in the worker, then collates (picklable for worker processes)."""
+
+    def __init__(self, transform: Callable[[dict], dict] | None, collate: Callable[[list], Any]) -> None:
+        self.transform, self.collate = transform, collate
+
+    def __call__(self, samples: list) -> Any:
+        if self.transform is not None:
+            samples = [self.transform(dict(s)) for s in samples]
+        return self.collate(samples)
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one intra-op thread per worker: the workers are the parallelism
+
+
+def make_dataloader(
+    dataset: Any,
+    batch_size: int = 1,
+    num_workers: int = 2,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int = 64,
+    transform: Callable[[dict], dict] | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
+    pad_values: Mapping[str, float] | None = None,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = 2,
+    persistent_workers: bool = False,
+    drop_last: bool = False,
+    **kwargs: Any,
+) -> "DataLoader":
+    """A ``torch.utils.data.DataLoader`` over a ``datasets`` (map-style or streaming) or torch dataset.
+
+    * Node split: with ``world_size > 1`` (arguments, else ``torch.distributed``, else ``$RANK``/``$WORLD_SIZE``),
+      ``datasets`` objects go through ``split_dataset_by_node`` (whole shards per node when the shard count
+      divides, else every ``world_size``-th row); a plain torch map-style dataset gets the rows
+      ``rank, rank + world_size, …``. Nodes are disjoint and together complete (sizes may differ by one row).
+    * Worker split: a streaming dataset hands whole shards to the workers, so ``num_workers`` is capped at the
+      node's shard count (more workers would idle). A map-style dataset is indexed by a sampler as usual.
+    * ``shuffle``: a seeded ``RandomSampler`` (map-style) or ``IterableDataset.shuffle(seed, shuffle_buffer)``
+      (streaming; call ``loader.dataset.set_epoch(epoch)`` each epoch).
+    * ``transform`` (e.g. a preset from :mod:`radgenome_hf.transforms`) runs per sample in the workers;
+      ``collate_fn`` defaults to :func:`collate_volumes` with ``pad_values``.
+    """
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset
+
+    r, w = dist_info(rank, world_size)
+    try:
+        import datasets as hf_datasets
+        from datasets.distributed import split_dataset_by_node
+
+        hf_types: tuple[type, ...] = (hf_datasets.Dataset, hf_datasets.IterableDataset)
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        hf_datasets, hf_types = None, ()
+
+    is_hf = bool(hf_types) and isinstance(dataset, hf_types)
+    iterable = isinstance(dataset, IterableDataset) or (is_hf and isinstance(dataset, hf_datasets.IterableDataset))
+    if w > 1:
+        if is_hf:
+            dataset = split_dataset_by_node(dataset, rank=r, world_size=w)
+        elif not iterable:
+            dataset = Subset(dataset, range(r, len(dataset), w))
+        else:
+            raise ValueError(
+                f"make_dataloader: cannot split a plain torch IterableDataset ({type(dataset).__name__}) across "
+                f"{w} nodes; use a datasets.IterableDataset (split_dataset_by_node) or split it yourself"
+            )
+    sampler = None
+    if shuffle:
+        if iterable:
+            if is_hf:
+                dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        else:
+            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(int(seed)))
+    if iterable and is_hf:
+        n_shards = int(getattr(dataset, "num_shards", 0) or 0)
+        if n_shards and num_workers > n_shards:
+            log.info("make_dataloader: %d shards on this node; using %d workers instead of %d", n_shards, n_shards, num_workers)
+            num_workers = n_shards
+    if collate_fn is not None:
+        collate = collate_fn
+    elif pad_values is not None:
+        collate = functools.partial(collate_volumes, pad_values=dict(pad_values))
+    else:
+        collate = collate_volumes
+    loader_kwargs: dict[str, Any] = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_TransformCollate(transform, collate) if transform is not None else collate,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        sampler=sampler,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+    )
+    if num_workers > 0:
+        loader_kwargs["prefetch_factor"] = prefetch_factor
+        loader_kwargs["persistent_workers"] = persistent_workers
+    loader_kwargs.update(kwargs)
+    return DataLoader(dataset, **loader_kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# threaded ring loader
+# ----------------------------------------------------------------------------------------------------------
+Alloc = Callable[..., np.ndarray]  # alloc(key, shape, dtype, order="C") -> a reused buffer of that shape
+
+
+def _read_npy(path: Path, alloc: Alloc, key: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        out = alloc(key, shape, dtype, "F" if fortran else "C")
+        view = memoryview(out.reshape(-1, order="A").view(np.uint8))
+        got = 0
+        while got < out.nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                from .errors import CorruptVolumeError
+
+                raise CorruptVolumeError(path, f"truncated .npy ({got} of {out.nbytes} bytes); re-create the file")
+            got += n
+    return out
+
+
+def _read_b2nd(path: Path, alloc: Alloc, key: str) -> np.ndarray:
+    import blosc2
+
+    b2 = blosc2.open(str(path), mode="r", mmap_mode="r", dparams=blosc2.DParams(nthreads=1))
+    try:
+        reversed_ = bool(b2.schunk.meta["radgenome"]["reversed"])  # PreparedCache: F-ordered (i, j, k) stored as .T
+    except Exception:  # noqa: BLE001 - no such meta
+        reversed_ = False
+    shape = tuple(b2.shape)
+    if reversed_:
+        out = alloc(key, shape[::-1], b2.dtype, "F")
+        b2.get_slice_numpy(out.T, (tuple(0 for _ in shape), shape))
+    else:
+        out = alloc(key, shape, b2.dtype, "C")
+        b2.get_slice_numpy(out, (tuple(0 for _ in shape), shape))
+    return out
+
+
+def _read_nifti(path: Path, alloc: Alloc, key: str) -> np.ndarray:
+    from .volume import Volume
+
+    arr = Volume.open(path).array()
+    out = alloc(key, arr.shape, arr.dtype, "F" if arr.flags.f_contiguous else "C")
+    np.copyto(out, arr)
+    return out
+
+
+def read_into(source: Any, alloc: Alloc, key: str = "image") -> np.ndarray:
+    """Decode one array from a path (``.b2nd`` blosc2 NDArray incl. :class:`~radgenome_hf.cache.PreparedCache`
+    files, ``.npy``, ``.nii``/``.nii.gz``) into a buffer from ``alloc(key, shape, dtype, order)``."""
+    p = Path(source)
+    name = p.name.lower()
+    if name.endswith(".b2nd"):
+        return _read_b2nd(p, alloc, key)
+    if name.endswith(".npy"):
+        return _read_npy(p, alloc, key)
+    if name.endswith((".nii", ".nii.gz")):
+        return _read_nifti(p, alloc, key)
+    raise ValueError(f"{p}: unsupported file type for ThreadedVolumeLoader (use .b2nd, .npy, .nii[.gz] or a callable)")
+
+
+class _Slot:
+    """One ring entry: a reusable byte buffer per key (grown only when a larger array arrives)."""
+
+    def __init__(self, pin_memory: bool) -> None:
+        self.buffers: dict[str, Any] = {}  # key -> torch uint8 tensor (possibly pinned)
+        self.pin_memory = pin_memory
+        self.allocations = 0
+
+    def alloc(self, key: str, shape: Sequence[int], dtype: Any, order: str = "C") -> np.ndarray:
+        import torch
+
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=self.pin_memory)
+            self.buffers[key] = buf
+            self.allocations += 1
+        flat = buf.numpy()[:nbytes].view(dtype)
+        arr = flat.reshape(tuple(shape), order="F" if order == "F" else "C")
+        return arr
+
+
+def _takes_argument(fn: Callable) -> bool:
+    try:
+        params = [
+            p for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) and p.default is p.empty
+        ]
+    except (TypeError, ValueError):
+        return False
+    return bool(params)
+
+
+class ThreadedVolumeLoader:
+    """Iterate over prepared volumes in order, decoded by a thread pool into a ring of reused buffers.
+
+    ``sources`` is a sequence of items; an item is
+
+    * a path (``.b2nd``: blosc2 NDArray / :class:`~radgenome_hf.cache.PreparedCache` file; ``.npy``;
+      ``.nii[.gz]``) → key ``"image"``;
+    * a callable ``f(alloc)`` that decodes into buffers it asks for with ``alloc(key, shape, dtype, order="C")``
+      and returns an array or a dict of arrays (zero-copy path), or a callable ``f()`` returning an array or a dict
+      of arrays (then copied once into the ring; e.g. ``lambda: cache.get_array(key)``);
+    * a dict ``{key: path or callable}`` (e.g. ``{"image": "ct.b2nd", "label": "seg.b2nd"}``).
+
+    Each step yields ``{"index": i, key: torch.Tensor, ...}``; the tensors are views of a ring slot that is reused
+    once the **next** item is requested: use them (or ``.to("cuda")`` them) within the step, or ``.clone()``.
+    ``prefetch`` items (default ``2 * num_threads``) are decoded ahead; the ring has ``prefetch + 1`` slots, so
+    memory is bounded by ``(prefetch + 1) × one sample`` whatever the number of volumes. ``pin_memory=True`` puts
+    the ring in page-locked memory (fast, asynchronous host-to-GPU copies).
+
+    >>> import numpy as np
+    >>> items = [lambda i=i: {"image": np.full((2, 2), i, np.int16)} for i in range(5)]
+    >>> [int(s["image"][0, 0]) for s in ThreadedVolumeLoader(items, num_threads=2)]
+    [0, 1, 2, 3, 4]
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        *,
+        num_threads: int = 2,
+        prefetch: int | None = None,
+        pin_memory: bool = False,
+        default_key: str = "image",
+    ) -> None:
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        self.sources = sources
+        self.num_threads = int(num_threads)
+        self.prefetch = int(prefetch) if prefetch is not None else 2 * self.num_threads
+        if self.prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        self.pin_memory = bool(pin_memory)
+        self.default_key = default_key
+        self._slots = [_Slot(self.pin_memory) for _ in range(self.prefetch + 1)]
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @property
+    def allocations(self) -> int:
+        """How many buffers the ring has allocated so far (stays flat once every slot has seen the largest sample)."""
+        return sum(s.allocations for s in self._slots)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the ring."""
+        return sum(int(b.numel()) for s in self._slots for b in s.buffers.values())
+
+    # -- one item -------------------------------------------------------------------------------------
+    def _fill_one(self, slot: _Slot, key: str, item: Any) -> Any:
+        if isinstance(item, (str, os.PathLike)):
+            return read_into(item, slot.alloc, key)
+        if callable(item):
+            got = item(slot.alloc) if _takes_argument(item) else item()
+            return got
+        raise TypeError(f"ThreadedVolumeLoader: item of type {type(item).__name__} is not a path or a callable")
+
+    def _to_slot(self, slot: _Slot, key: str, arr: Any) -> np.ndarray:
+        import torch
+
+        if isinstance(arr, torch.Tensor):
+            arr = arr.numpy()
+        arr = np.asarray(arr)
+        if any(np.may_share_memory(arr, b.numpy()) for b in slot.buffers.values()):
+            return arr  # decoded straight into the ring (alloc path)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        out = slot.alloc(key, arr.shape, arr.dtype, "F" if (arr.flags.f_contiguous and not arr.flags.c_contiguous) else "C")
+        np.copyto(out, arr)
+        return out
+
+    def _fill(self, slot: _Slot, index: int, item: Any) -> dict[str, Any]:
+        import torch
+
+        if isinstance(item, Mapping):
+            raw = {k: self._fill_one(slot, k, v) for k, v in item.items()}
+        else:
+            raw = self._fill_one(slot, self.default_key, item)
+        if not isinstance(raw, Mapping):
+            raw = {self.default_key: raw}
+        out: dict[str, Any] = {"index": index}
+        for k, v in raw.items():
+            if isinstance(v, (np.ndarray, torch.Tensor)):
+                out[k] = torch.from_numpy(self._to_slot(slot, k, v))
+            else:
+                out[k] = v
+        return out
+
+    # -- iteration ------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        n = len(self.sources)
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("ThreadedVolumeLoader: one iteration at a time (its ring buffers are shared)")
+        free = collections.deque(self._slots)
+        pending: collections.deque[tuple[_Slot, Future]] = collections.deque()
+        held: _Slot | None = None
+        pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="radgenome-loader")
+        nxt = 0
+        try:
+            for _ in range(n):
+                if held is not None:
+                    free.append(held)
+                    held = None
+                while nxt < n and len(pending) < self.prefetch and free:
+                    slot = free.popleft()
+                    pending.append((slot, pool.submit(self._fill, slot, nxt, self.sources[nxt])))
+                    nxt += 1
+                slot, fut = pending.popleft()
+                result = fut.result()
+                held = slot
+                yield result
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._lock.release()
