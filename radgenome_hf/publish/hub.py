@@ -258,6 +258,17 @@ def _hub_error(e: Exception, what: str) -> HubAccessError:
     return HubAccessError(msg)
 
 
+def _remote_files(api: Any, repo_id: str, revision: str | None) -> dict[str, Any]:
+    """The files of a revision (path -> tree entry with blob id / LFS sha256); empty for a new repo or branch."""
+    if revision is None:
+        return {}
+    try:
+        return {f.path: f for f in api.list_repo_tree(repo_id, repo_type="dataset", revision=revision,
+                                                      recursive=True) if hasattr(f, "blob_id")}
+    except HfHubHTTPError as e:
+        raise _hub_error(e, f"listing the files of {repo_id}@{revision}") from None
+
+
 def plan_release(folder: str | Path, repo_id: str, *, branch: str = "main", token: str | bool | None = None,
                  endpoint: str | None = None, delete: bool = True, api: Any = None) -> PublishPlan:
     """Compute the plan (nothing is written, on the Hub or locally)."""
@@ -278,13 +289,7 @@ def plan_release(folder: str | Path, repo_id: str, *, branch: str = "main", toke
     heads = {b.name: b.target_commit for b in refs.branches}
     head = heads.get(branch)
     base = head if head is not None else heads.get("main")
-    remote: dict[str, Any] = {}
-    if base is not None:
-        try:
-            remote = {f.path: f for f in api.list_repo_tree(repo_id, repo_type="dataset", revision=base,
-                                                            recursive=True) if hasattr(f, "blob_id")}
-        except HfHubHTTPError as e:
-            raise _hub_error(e, f"listing the files of {repo_id}@{base}") from None
+    remote = _remote_files(api, repo_id, base)
     return PublishPlan(repo_id, branch, base, _diff(folder, remote, delete=delete), True, head is not None)
 
 
@@ -570,13 +575,7 @@ def publish_release(
     head = heads.get(branch, heads.get("main"))
 
     # 2. plan
-    remote: dict[str, Any] = {}
-    if head is not None:
-        try:
-            remote = {f.path: f for f in api.list_repo_tree(repo_id, repo_type="dataset", revision=head,
-                                                            recursive=True) if hasattr(f, "blob_id")}
-        except HfHubHTTPError as e:
-            raise _hub_error(e, f"listing {repo_id}@{head}") from None
+    remote = _remote_files(api, repo_id, head)
     plan = PublishPlan(repo_id, branch, head, _diff(folder, remote, delete=delete), repo_exists, branch in heads)
     counts = plan.counts()
     if tag is not None and tag in tags and (plan.has_changes or tags[tag] != head):
