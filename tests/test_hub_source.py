@@ -1,0 +1,53 @@
+"""The builder reads an upstream release straight from a Hub repo (hf://), against the local Hub server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from radgenome_hf.testing.hub_server import HubServer
+
+CODE = r"""
+import json, sys
+from huggingface_hub import HfApi
+api = HfApi()
+api.create_repo(REPO, repo_type="dataset")
+api.upload_folder(repo_id=REPO, repo_type="dataset", folder_path=ROOT,
+                  allow_patterns=["dataset/radgenome_files/*", "dataset/*_preprocessed/**"])
+import radgenome_hf
+out = {}
+for streaming in (False, True):
+    ds = radgenome_hf.load_dataset("vqa", data_dir="hf://datasets/" + REPO, split="train", streaming=streaming,
+                                   cache_dir=CACHE + str(streaming))
+    rows = list(ds)
+    vol = rows[0]["volume"]
+    out[str(streaming)] = {"n": len(rows), "volume": repr(vol), "shape": list(vol.array().shape),
+                           "types": sorted({r["question_type"] for r in rows})}
+print(json.dumps(out))
+"""
+
+
+def test_vqa_from_an_hf_url_normal_and_streaming(synthetic_release, tmp_path):
+    import csv
+
+    root = str(synthetic_release.radgenome_root)
+    files = os.path.join(root, "dataset", "radgenome_files")
+    expected = 0
+    for name in ("train_vqa_abnormality.csv", "train_vqa_location.csv", "train_vqa_presence.csv",
+                 "train_vqa_size.csv", "train_case_disorders.csv"):
+        with open(os.path.join(files, name), newline="") as f:
+            expected += sum(1 for _ in csv.DictReader(f))
+    with HubServer() as hub:
+        env = dict(os.environ, **hub.client_env(tmp_path / "hf"), RADGENOME_CACHE=str(tmp_path / "rg"))
+        code = CODE.replace("REPO", repr("radgenome-test/rg")).replace("ROOT", repr(root)).replace(
+            "CACHE", repr(str(tmp_path / "c")))
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for streaming, got in out.items():
+        assert got["n"] == expected, streaming
+        assert got["types"] == ["abnormality", "disorders", "location", "presence", "size"]
+        assert got["shape"] == list(synthetic_release.config.grid_shape)
+        assert "train_1_a_1" in got["volume"]
