@@ -286,19 +286,22 @@ def _first_false(mask) -> int | None:
     return pc.index(mask, False).as_py()
 
 
+def _require(ok, label: str, column: str, values, describe) -> None:
+    """Raise :class:`MalformedFileError` at the first row where ``ok`` is False (or null).
+
+    ``describe(value)`` says what is wrong with that row's cell (``values[row]``).
+    """
+    bad = _first_false(ok)
+    if bad is not None:
+        raise MalformedFileError(label, describe(values[bad].as_py()), row=bad + 1, column=column)
+
+
 def _volume_names(label: str, col: pa.ChunkedArray, column: str) -> pa.ChunkedArray:
     """``train_1_a_1.nii.gz`` -> ``train_1_a_1``, validated against the volume-name pattern."""
     stems = pc.replace_substring_regex(col, _SUFFIX_PATTERN, "")
-    bad = _first_false(pc.match_substring_regex(stems, _STEM_PATTERN))
-    if bad is not None:
-        value = col[bad].as_py()
-        raise MalformedFileError(
-            label,
-            f"{value!r} is not a volume name: expected <train|valid>_<patient>_<scan letter(s)>_<reconstruction>"
-            "[.nii.gz], e.g. 'train_1_a_1.nii.gz'",
-            row=bad + 1,
-            column=column,
-        )
+    _require(pc.match_substring_regex(stems, _STEM_PATTERN), label, column, col, lambda v: (
+        f"{v!r} is not a volume name: expected <train|valid>_<patient>_<scan letter(s)>_<reconstruction>"
+        "[.nii.gz], e.g. 'train_1_a_1.nii.gz'"))
     return stems
 
 
@@ -324,20 +327,11 @@ def _null_if(col, tokens: Sequence[str]):
 def _to_number(label: str, col, column: str, dtype: pa.DataType):
     trimmed, is_null = _null_if(col, _NULL_TOKENS)
     ok = pc.or_(is_null, pc.match_substring_regex(trimmed, _NUM_RE))
-    bad = _first_false(ok)
-    if bad is not None:
-        raise MalformedFileError(
-            label, f"{col[bad].as_py()!r} is not a number (expected e.g. 1.5, or a blank cell)", row=bad + 1,
-            column=column,
-        )
+    _require(ok, label, column, col, lambda v: f"{v!r} is not a number (expected e.g. 1.5, or a blank cell)")
     values = pc.cast(pc.if_else(is_null, pa.scalar(None, pa.string()), trimmed), pa.float64())
     if pa.types.is_integer(dtype):
         ok = pc.fill_null(pc.equal(pc.floor(values), values), True)
-        bad = _first_false(ok)
-        if bad is not None:
-            raise MalformedFileError(
-                label, f"{col[bad].as_py()!r} is not a whole number", row=bad + 1, column=column
-            )
+        _require(ok, label, column, col, lambda v: f"{v!r} is not a whole number")
         values = pc.cast(values, dtype)
     return values
 
@@ -346,15 +340,8 @@ def _to_float_list(label: str, col, column: str) -> pa.Array:
     """``"[0.341796875, 0.341796875]"`` -> list<float64>; blank (or ``[]``/``nan``) -> null."""
     trimmed, is_null = _null_if(col, _NULL_TOKENS)
     ok = pc.or_(is_null, pc.match_substring_regex(trimmed, _LIST_RE))
-    bad = _first_false(ok)
-    if bad is not None:
-        raise MalformedFileError(
-            label,
-            f"{col[bad].as_py()!r} is not a list of numbers (expected e.g. \"[0.341796875, 0.341796875]\", "
-            "or a blank cell)",
-            row=bad + 1,
-            column=column,
-        )
+    _require(ok, label, column, col, lambda v: (
+        f"{v!r} is not a list of numbers (expected e.g. \"[0.341796875, 0.341796875]\", or a blank cell)"))
     inner = pc.utf8_slice_codeunits(trimmed, 1, -1)
     inner = pc.if_else(is_null, pa.scalar(None, pa.string()), inner)
     if isinstance(inner, pa.ChunkedArray):
@@ -368,12 +355,7 @@ def _age_years(label: str, col, column: str) -> pa.Array:
     """DICOM AS ``036Y`` -> 36; ``018M``/``010W``/``200D`` -> completed years (floor); blank -> null."""
     trimmed, is_null = _null_if(col, _NULL_TOKENS)
     ok = pc.or_(is_null, pc.match_substring_regex(trimmed, _AGE_RE))
-    bad = _first_false(ok)
-    if bad is not None:
-        raise MalformedFileError(
-            label, f"{col[bad].as_py()!r} is not a DICOM age (expected e.g. '036Y', '018M', or blank)",
-            row=bad + 1, column=column,
-        )
+    _require(ok, label, column, col, lambda v: f"{v!r} is not a DICOM age (expected e.g. '036Y', '018M', or blank)")
     upper = pc.utf8_upper(trimmed)
     number = pc.cast(
         pc.if_else(is_null, pa.scalar(None, pa.string()), pc.replace_substring_regex(upper, r"[YMWD]$", "")),
@@ -433,12 +415,7 @@ def read_vqa(path: Source, kind: str) -> pa.Table:
     table = _radgenome(path, f"vqa_{kind}")
     if kind == "presence":
         ok = pc.is_in(table["presence"], value_set=pa.array(PRESENCE_VALUES))
-        bad = _first_false(ok)
-        if bad is not None:
-            raise MalformedFileError(
-                _label(path), f"Presence must be 'Yes.' or 'No.', got {table['presence'][bad].as_py()!r}",
-                row=bad + 1, column="Presence",
-            )
+        _require(ok, _label(path), "Presence", table["presence"], lambda v: f"Presence must be 'Yes.' or 'No.', got {v!r}")
     return table
 
 
@@ -531,11 +508,8 @@ def read_ctrate_labels(path: Source) -> pa.Table:
     allowed = pa.array(["0", "1", "0.0", "1.0", ""], pa.string())
     for name in CTRATE_LABELS:
         trimmed = pc.utf8_trim_whitespace(raw[name])
-        bad = _first_false(pc.is_in(trimmed, value_set=allowed))
-        if bad is not None:
-            raise MalformedFileError(
-                label, f"label value {raw[name][bad].as_py()!r} is not 0, 1 or blank", row=bad + 1, column=name
-            )
+        _require(pc.is_in(trimmed, value_set=allowed), label, name, raw[name],
+                 lambda v: f"label value {v!r} is not 0, 1 or blank")
         values = pc.cast(pc.starts_with(trimmed, "1"), pa.int8())
         cols[name] = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.int8()), values)
     return pa.table(cols)
