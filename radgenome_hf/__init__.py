@@ -7,8 +7,8 @@ stable entry point with the same arguments.
 
 __version__ = "0.1.0"
 
-from .loading import load_dataset, load_dataset_builder, register  # noqa: E402
+from .loading import lazy, load_dataset, load_dataset_builder, load_packed, register  # noqa: E402
 
 register()
 
-__all__ = ["__version__", "load_dataset", "load_dataset_builder", "register"]
+__all__ = ["__version__", "lazy", "load_dataset", "load_dataset_builder", "load_packed", "register"]

@@ -39,7 +39,7 @@ def load_packed(path: str):
         if hit is not None:
             _PACKED_CACHE.move_to_end(path)
             return hit
-    packed = PackedMasks.load(path)
+    packed = PackedMasks.load(local_path(path))
     with _PACKED_LOCK:
         _PACKED_CACHE[path] = packed
         while len(_PACKED_CACHE) > _PACKED_CACHE_SIZE:
@@ -173,6 +173,19 @@ class MaskSet:
         return f"MaskSet(region masks={n_r}, anatomy masks={n_a})"
 
 
+def resolve(path: str | None, base: str | None) -> str | None:
+    """A row's path made usable: relative paths (packed releases) are joined onto ``base`` (a folder or an
+    ``hf://datasets/<repo>@<rev>`` URL); absolute paths and URLs are returned as they are."""
+    if path is None or base is None or "://" in path or path.startswith("/"):
+        return path
+    return base.rstrip("/") + "/" + path
+
+
+def local_path(path: str, token_per_repo_id=None) -> str:
+    """A local file for a path or ``hf://`` URL (downloaded once into the Hugging Face cache)."""
+    return _fetch_from_hub(path, token_per_repo_id) if path.startswith("hf://") else path
+
+
 def _open_volume(value: dict, token_per_repo_id=None):
     from .volume import Volume
 
@@ -180,7 +193,7 @@ def _open_volume(value: dict, token_per_repo_id=None):
     if path is None:
         return None
     if path.startswith("hf://"):
-        path = _fetch_from_hub(path, token_per_repo_id)
+        path = local_path(path, token_per_repo_id)
     else:
         import os
 
@@ -238,6 +251,8 @@ class CTVolume:
             "rescale": pa.list_(pa.float32()),
         }
     )
+    #: folder or ``hf://datasets/<repo>@<rev>`` that relative paths are relative to (packed releases)
+    base: Optional[str] = None
     _type: str = field(default="CTVolume", init=False, repr=False)
 
     def __call__(self):
@@ -256,7 +271,7 @@ class CTVolume:
     def decode_example(self, value, token_per_repo_id=None):
         if value is None or not isinstance(value, dict):
             return value
-        return _open_volume(value, token_per_repo_id)
+        return _open_volume({**value, "path": resolve(value.get("path"), self.base)}, token_per_repo_id)
 
 
 @dataclass
@@ -274,6 +289,8 @@ class StructureMask:
             "shape": pa.list_(pa.int32()),
         }
     )
+    #: folder or ``hf://datasets/<repo>@<rev>`` that relative paths are relative to (packed releases)
+    base: Optional[str] = None
     _type: str = field(default="StructureMask", init=False, repr=False)
 
     def __call__(self):
@@ -290,7 +307,8 @@ class StructureMask:
     def decode_example(self, value, token_per_repo_id=None):
         if value is None or not isinstance(value, dict):
             return value
-        return LazyMask(value.get("path"), value.get("structure"), value.get("source") or "whole", value.get("shape"))
+        return LazyMask(resolve(value.get("path"), self.base), value.get("structure"), value.get("source") or "whole",
+                        value.get("shape"))
 
 
 @dataclass
@@ -301,6 +319,8 @@ class VolumeMasks:
     id: Optional[str] = field(default=None, repr=False)
     dtype: ClassVar[str] = "radgenome_hf.features.MaskSet"
     pa_type: ClassVar[Any] = pa.struct({"region": pa.string(), "anatomy": pa.string()})
+    #: folder or ``hf://datasets/<repo>@<rev>`` that relative paths are relative to (packed releases)
+    base: Optional[str] = None
     _type: str = field(default="VolumeMasks", init=False, repr=False)
 
     def __call__(self):
@@ -318,7 +338,7 @@ class VolumeMasks:
             return value
         if value.get("region") is None and value.get("anatomy") is None:
             return None
-        return MaskSet(value.get("region"), value.get("anatomy"))
+        return MaskSet(resolve(value.get("region"), self.base), resolve(value.get("anatomy"), self.base))
 
 
 def register_features() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 BUILDER_NAME = "radgenome"
 BUILDER_MODULE = "radgenome_hf.radgenome"
+PACKED_MANIFEST = "release_manifest.json"
 
 _registered = False
 
@@ -62,9 +63,58 @@ def load_dataset(config: str = "vqa", *args: Any, **kwargs: Any):
     import datasets
 
     register()
-    if "trust_remote_code" in kwargs:
-        kwargs.pop("trust_remote_code")
+    kwargs.pop("trust_remote_code", None)
+    data_dir = kwargs.get("data_dir")
+    if data_dir is not None and is_packed_release(data_dir):
+        kwargs.pop("data_dir")
+        return load_packed(data_dir, config, *args, **kwargs)
     return datasets.load_dataset(BUILDER_NAME, config, *args, **kwargs)
+
+
+def is_packed_release(path: str | os.PathLike) -> bool:
+    """Whether a local folder is a packed release (what ``radgenome-hf build`` writes and the Hub serves)."""
+    return os.path.isfile(os.path.join(os.fspath(path), PACKED_MANIFEST))
+
+
+def lazy(dataset, base: str | os.PathLike | None = None):
+    """Make a packed release's ``volume`` / ``mask`` / ``masks`` columns decode lazily, like the builder's.
+
+    Works on ``Dataset``, ``IterableDataset`` and their dicts, however they were loaded (plain
+    ``datasets.load_dataset(repo, "vqa")`` included). ``base`` is what the rows' relative paths are relative to:
+    the release folder, or ``hf://datasets/<repo>@<revision>`` (files are then fetched on first decode).
+    """
+    import datasets
+
+    from .features import CTVolume, StructureMask, VolumeMasks
+
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return type(dataset)({k: lazy(v, base) for k, v in dataset.items()})
+    base = None if base is None else (os.fspath(base) if "://" in os.fspath(base) else os.path.abspath(base))
+    for column, feature in (("volume", CTVolume), ("mask", StructureMask), ("masks", VolumeMasks)):
+        if dataset.features is not None and column in dataset.features:
+            dataset = dataset.cast_column(column, feature(base=base))
+    return dataset
+
+
+def load_packed(path_or_repo: str | os.PathLike, config: str = "vqa", *args: Any, revision: str | None = None,
+                **kwargs: Any):
+    """Load a packed release (a local folder, or a Hub repo id) with volumes and masks decoding lazily.
+
+    Same arguments as ``datasets.load_dataset``. Example::
+
+        ds = radgenome_hf.load_packed("org/radgenome-chestct", "vqa", revision="v1.0", split="train")
+        ds[0]["volume"]     # Volume(...), downloaded on first decode
+    """
+    import datasets
+
+    register()
+    path = os.fspath(path_or_repo)
+    ds = datasets.load_dataset(path, config, *args, revision=revision, **kwargs)
+    if os.path.isdir(path):
+        base = os.path.abspath(path)
+    else:
+        base = f"hf://datasets/{path}@{revision or 'main'}"
+    return lazy(ds, base)
 
 
 def load_dataset_builder(config: str = "vqa", **kwargs: Any):

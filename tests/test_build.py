@@ -98,3 +98,21 @@ def test_failed_build_leaves_nothing(synthetic_release, tmp_path, monkeypatch):
         build_release(synthetic_release.root, out, configs=("vqa",))
     assert not out.exists()
     assert not list(tmp_path.glob("release.tmp-*"))
+
+
+def test_with_the_package_volumes_and_masks_decode_lazily(packed, tmp_path):
+    import radgenome_hf
+    from radgenome_hf.features import LazyMask, MaskSet
+    from radgenome_hf.volume import Volume
+
+    out, report = packed
+    ds = radgenome_hf.load_dataset("vqa", data_dir=str(out), cache_dir=str(tmp_path / "c"))  # detects a packed release
+    assert {k: len(v) for k, v in ds.items()} == report.rows["vqa"]
+    row = next(r for r in ds["train"] if r["mask"].source == "anatomy")
+    assert isinstance(row["volume"], Volume) and "loaded=False" in repr(row["volume"])
+    assert isinstance(row["mask"], LazyMask) and row["mask"].path.startswith(str(out))
+    m = row["mask"].array()
+    assert m.shape == row["volume"].shape and m.sum() == row["mask"].voxel_count > 0
+    seg = radgenome_hf.load_packed(out, "segmentation", split="train", streaming=True, cache_dir=str(tmp_path / "s"))
+    first = next(iter(seg))
+    assert isinstance(first["masks"], MaskSet) and first["masks"].mask("heart").any()

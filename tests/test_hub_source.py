@@ -51,3 +51,32 @@ def test_vqa_from_an_hf_url_normal_and_streaming(synthetic_release, tmp_path):
         assert got["types"] == ["abnormality", "disorders", "location", "presence", "size"]
         assert got["shape"] == list(synthetic_release.config.grid_shape)
         assert "train_1_a_1" in got["volume"]
+
+
+LAZY = r"""
+import json, radgenome_hf
+ds = radgenome_hf.load_packed(REPO, "vqa", revision="v0.1", split="train", cache_dir=CACHE)
+row = next(r for r in ds if r["mask"].source != "whole")
+print(json.dumps({"n": len(ds), "volume": repr(row["volume"]), "shape": list(row["volume"].array().shape),
+                  "mask": row["mask"].path, "voxels": int(row["mask"].array().sum()), "count": row["mask"].voxel_count}))
+"""
+
+
+def test_packed_release_from_the_hub_decodes_lazily(synthetic_release, tmp_path):
+    from radgenome_hf.generate.build import build_release
+    from radgenome_hf.publish.hub import publish_release
+
+    packed = build_release(synthetic_release.root, tmp_path / "packed")
+    repo = "radgenome-test/packed"
+    with HubServer() as hub:
+        with hub.patch_client():  # in-process client: no Xet, this server
+            publish_release(packed.folder, repo, tag="v0.1", endpoint=hub.endpoint, token=hub.token, verify=False)
+        env = dict(os.environ, **hub.client_env(tmp_path / "hf"), RADGENOME_CACHE=str(tmp_path / "rg"))
+        code = LAZY.replace("REPO", repr(repo)).replace("CACHE", repr(str(tmp_path / "c")))
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["n"] == packed.rows["vqa"]["train"]
+    assert got["mask"].startswith(f"hf://datasets/{repo}@v0.1/masks/")
+    assert got["voxels"] == got["count"] > 0
+    assert got["shape"] == list(synthetic_release.config.grid_shape)
