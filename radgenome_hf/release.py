@@ -189,14 +189,47 @@ class UpstreamRelease:
 
     def mask_source(self, split: Split, kind: MaskKind):
         """Where a split's masks of a kind are (:class:`radgenome_hf.archives.MaskSource`): folder preferred, then
-        ``.tar.gz``, then split parts; ``None`` if the release has none (or is remote: masks on the Hub are packed
-        from a local download, never read per row from an archive)."""
+        ``.tar.gz``, then split parts; ``None`` if the release has none.
+
+        On the Hub, a mask archive (or its parts) is downloaded once into the Hugging Face cache (resumable,
+        with the token) and then read in one local pass; per-structure mask folders on the Hub are not listed
+        (millions of files), so such releases ground to region/whole scan unless a local copy is given.
+        """
         from .archives import find_mask_sources
 
         root = self._join(self.radgenome_root, "dataset")
-        if root is None or _is_url(root) or not os.path.isdir(root):
+        if root is None:
+            return None
+        if _is_url(root):
+            return self._remote_mask_source(root, split, kind)
+        if not os.path.isdir(root):
             return None
         return find_mask_sources(root, split, kind)
+
+    def _remote_mask_source(self, root: str, split: Split, kind: MaskKind):
+        from .archives import MaskSource
+        from .features import local_path
+
+        try:
+            names = {p.rsplit("/", 1)[-1] for p in self.fs.ls(root, detail=False)}
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001
+            raise _hub_error(root, exc) from exc
+        base = f"{split}_{kind}_mask"
+        token = {self._repo_id(): self.token} if isinstance(self.token, str) else None
+        if f"{base}.tar.gz" in names:
+            return MaskSource("tar.gz", (Path(local_path(f"{root}/{base}.tar.gz", token)),), split, kind)
+        parts = sorted(n for n in names if n.startswith(base + "_") and n[len(base) + 1:].isalpha())
+        parts = parts or sorted(n for n in names if n.startswith(f"{base}.tar.gz.part-"))
+        if parts:
+            return MaskSource("split", tuple(Path(local_path(f"{root}/{n}", token)) for n in parts), split, kind)
+        return None
+
+    def _repo_id(self) -> str:
+        rest = (self.radgenome_root or "")[len("hf://datasets/"):]
+        org, name = rest.split("/")[:2]
+        return f"{org}/{name.split('@')[0]}"
 
     def generated_rows(self, kind: str, split: Split) -> str | None:
         """Rows the generation module wrote for a derived config: ``dataset/<kind>/<split>.jsonl``."""

@@ -1,4 +1,5 @@
-"""The builder reads an upstream release straight from a Hub repo (hf://), against the local Hub server."""
+"""The builder reads an upstream release straight from a Hub repo (hf://), against the local Hub server:
+CSVs at prepare time, mask archives fetched once and packed, volumes fetched on first decode."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from huggingface_hub import HfApi
 api = HfApi()
 api.create_repo(REPO, repo_type="dataset")
 api.upload_folder(repo_id=REPO, repo_type="dataset", folder_path=ROOT,
-                  allow_patterns=["dataset/radgenome_files/*", "dataset/*_preprocessed/**"])
+                  allow_patterns=["dataset/radgenome_files/*", "dataset/*_preprocessed/**", "dataset/*_mask*"])
 import radgenome_hf
 out = {}
 for streaming in (False, True):
@@ -24,7 +25,10 @@ for streaming in (False, True):
     rows = list(ds)
     vol = rows[0]["volume"]
     out[str(streaming)] = {"n": len(rows), "volume": repr(vol), "shape": list(vol.array().shape),
-                           "types": sorted({r["question_type"] for r in rows})}
+                           "types": sorted({r["question_type"] for r in rows}),
+                           "sources": sorted({r["mask"].source for r in rows}),
+                           "voxels_ok": all(r["mask"].array().sum() == r["mask"].voxel_count
+                                            for r in rows[:40] if r["mask"].source != "whole")}
 print(json.dumps(out))
 """
 
@@ -51,6 +55,8 @@ def test_vqa_from_an_hf_url_normal_and_streaming(synthetic_release, tmp_path):
         assert got["types"] == ["abnormality", "disorders", "location", "presence", "size"]
         assert got["shape"] == list(synthetic_release.config.grid_shape)
         assert "train_1_a_1" in got["volume"]
+        # mask archives (tar.gz and split _aa/_ab parts) were fetched once and packed: rows ground to real masks
+        assert got["sources"] == ["anatomy", "region", "whole"] and got["voxels_ok"]
 
 
 LAZY = r"""
