@@ -623,10 +623,19 @@ def safe_extract(
             dest = _check_member(label, member, root)
             if select is not None and not select(_clean(member.name)):
                 continue
-            if member.isdir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if member.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                if dest.is_dir():
+                    raise IsADirectoryError(f"{dest} is a folder")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, IsADirectoryError, NotADirectoryError) as e:
+                # e.g. a file member "a" then "a/b", or a folder member and a file member of the same name
+                raise MalformedFileError(
+                    label, f"member {member.name!r} clashes with a file or folder already extracted ({e}); the "
+                    "archive is malformed"
+                ) from e
             if not dest.parent.resolve().is_relative_to(root):  # a link created between check and write
                 raise UnsafeArchiveError(label, member.name, "parent folder resolves outside the target")
             tmp = dest.parent / f".{dest.name}.part-{os.getpid()}"

@@ -84,3 +84,19 @@ class UnknownAnatomyError(RadGenomeError, KeyError):
 
 class ManifestError(RadGenomeError):
     """A generation stage's manifest is unreadable or belongs to another run."""
+
+
+class PublishTargetError(RadGenomeError, ValueError):
+    """A repo id, branch, tag or file path given to publishing is not valid for the Hub."""
+
+
+class PublishVerificationError(RadGenomeError):
+    """The pushed revision did not load back as expected; it was not tagged. ``.report`` has the details."""
+
+    def __init__(self, message: str, report: object) -> None:  # report: publish.hub.PublishReport
+        super().__init__(message)
+        self.report = report
+
+
+class UnsafeFileError(RadGenomeError):
+    """Reading a file would execute code from it (a pickle); it is read only on explicit request."""

@@ -124,7 +124,13 @@ def mask_dir(name: VolumeName | str, kind: MaskKind) -> str:
 
 
 def mask_path(name: VolumeName | str, kind: MaskKind, structure: str) -> str:
-    """Path of one structure's binary mask: ``dataset/train_anatomy_mask/seg_train_1_a_1/lung nodule.nii.gz``."""
+    """Path of one structure's binary mask: ``dataset/train_anatomy_mask/seg_train_1_a_1/lung nodule.nii.gz``.
+
+    A structure name is one file name: path separators, ``..`` and NUL are refused (a name must never
+    address a file outside its volume's mask folder).
+    """
+    if not structure or "/" in structure or "\\" in structure or "\x00" in structure or structure.strip() in (".", ".."):
+        raise ValueError(f"{structure!r} is not a structure name: it must be a single file name, e.g. 'lung nodule'")
     return f"{mask_dir(name, kind)}/{structure}.nii.gz"
 
 

@@ -245,6 +245,9 @@ def _read_strings(source: Source, header: Sequence[str]) -> pa.Table:
     read, parse, convert = _csv_options(header, use_threads=True)
     try:
         table = pacsv.read_csv(_open_input(source), read_options=read, parse_options=parse, convert_options=convert)
+        names = table.column_names  # pyarrow decodes header names lazily: a non-UTF-8 header fails here
+    except UnicodeDecodeError as e:
+        raise MalformedFileError(label, f"the header line is not UTF-8 text ({e.reason} at byte {e.start})") from e
     except pa.ArrowInvalid as e:
         msg = str(e)
         if "Empty CSV file" in msg:
@@ -258,7 +261,6 @@ def _read_strings(source: Source, header: Sequence[str]) -> pa.Table:
             f"{len(header)} fields ({','.join(header)}), fields with commas in double quotes",
             row=row,
         ) from e
-    names = table.column_names
     if tuple(names) != tuple(header):
         missing = [c for c in header if c not in names]
         extra = [c for c in names if c not in header]

@@ -283,13 +283,35 @@ class Volume:
         return img
 
     def _check_header(self, hdr) -> None:
-        shape = tuple(int(s) for s in hdr.get_data_shape())
+        where = self._where()
+        try:
+            dims = tuple(int(s) for s in hdr.get_data_shape())
+        except Exception as exc:  # nibabel: HeaderDataError on a dim[0] outside 1..7
+            raise CorruptVolumeError(where, f"header dims {list(hdr['dim'])} are impossible ({exc})") from exc
+        shape = dims
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
-        where = self._where()
         if len(shape) != 3 or any(s <= 0 for s in shape):
-            raise CorruptVolumeError(where, f"header dims {tuple(hdr.get_data_shape())} are not a 3D volume")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
+            raise CorruptVolumeError(where, f"header dims {dims} are not a 3D volume")
+        try:
+            dtype = hdr.get_data_dtype()
+        except Exception as exc:  # an unknown datatype code
+            raise CorruptVolumeError(
+                where, f"header datatype code {int(hdr['datatype'])} is not a NIfTI data type; the header is corrupt"
+            ) from exc
+        if dtype.kind not in "iuf" or dtype.fields is not None:
+            raise CorruptVolumeError(
+                where, f"header data type {dtype} (code {int(hdr['datatype'])}) is not a CT volume's integer/float type"
+            )
+        magic = bytes(hdr["magic"]).rstrip(b"\0")
+        if magic in (b"ni1", b"ni2"):
+            raise CorruptVolumeError(
+                where, f"magic {magic!r} marks a .hdr/.img pair (data in another file); convert it to a single .nii(.gz)"
+            )
+        offset = float(hdr["vox_offset"])
+        if not math.isfinite(offset) or offset > MAX_VOLUME_BYTES:
+            raise CorruptVolumeError(where, f"header vox_offset {offset} is impossible; the header is corrupt")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes > MAX_VOLUME_BYTES:
             raise CorruptVolumeError(
                 where,
@@ -304,6 +326,38 @@ class Volume:
                     f"header spacing {zooms} is zero/NaN; for a CT-RATE v1 file use Volume.from_ctrate(path, "
                     "metadata), or pass spacing=",
                 )
+
+    def _data_offset(self) -> int:
+        """Where the voxels start: ``vox_offset``, raised to the minimum (352 / 544) as nibabel's header fix does."""
+        hdr = self._header()
+        return max(int(hdr["vox_offset"]), int(hdr.single_vox_offset))
+
+    def _check_available(self, total: int) -> None:
+        """Refuse before allocating when the source cannot hold ``total`` decoded bytes (a lying header).
+
+        An uncompressed file must be at least that long; deflate expands at most ~1032x, so a gzip stream of
+        ``n`` bytes inflates to at most ``1032 * n`` (+ slack for the gzip header).
+        """
+        if self._kind == "path":
+            size = os.stat(self._source).st_size  # type: ignore[arg-type]
+        elif self._kind == "bytes":
+            size = len(self._source)  # type: ignore[arg-type]
+        else:
+            try:
+                import fsspec
+
+                fs, p = fsspec.core.url_to_fs(self._source)
+                size = int(fs.size(p))
+            except Exception:  # size unknown: the read itself detects truncation
+                return
+        limit = size * 1032 + (1 << 16) if self._gz else size
+        if total > limit:
+            raise CorruptVolumeError(
+                self._where(),
+                f"the header promises {total} bytes (dims {self._raw_shape()}, offset {self._data_offset()}) but the "
+                f"{'compressed ' if self._gz else ''}file has only {size} bytes: it is truncated or the header is "
+                "corrupt; re-download it",
+            )
 
     def _raw_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self._header().get_data_shape()[:3])  # type: ignore[return-value]
@@ -387,16 +441,18 @@ class Volume:
         hdr = self._header()
         dtype = hdr.get_data_dtype()
         shape = self._raw_shape()
-        offset = int(hdr.get_data_offset())
+        offset = self._data_offset()
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         total = offset + nbytes
         where = self._where()
+        self._check_available(total)  # before allocating: a hostile header cannot make us reserve gigabytes
         buf = np.empty(total, np.uint8)
         try:
             if self._kind == "path":
                 if self._gz:
                     with _gzip_reader(self._source) as f:
                         got = _readinto_full(f, memoryview(buf))
+                        _verify_gzip_end(f, got, total)
                 else:
                     with open(self._source, "rb") as f:  # type: ignore[arg-type]
                         got = _readinto_full(f, memoryview(buf))
@@ -410,6 +466,8 @@ class Volume:
                         data = f.read()
                 with (_gzip_reader(io.BytesIO(data)) if self._gz else io.BytesIO(data)) as f:  # type: ignore[arg-type]
                     got = _readinto_full(f, memoryview(buf))
+                    if self._gz:
+                        _verify_gzip_end(f, got, total)
         except (FileNotFoundError, PermissionError):
             raise
         except Exception as exc:  # zlib.error, EOFError, isal errors, OSError
@@ -472,7 +530,7 @@ class Volume:
             hdr = self._header()
             try:  # memory-mapped: only the crop's pages are read
                 mm = np.memmap(
-                    self._source, dtype=hdr.get_data_dtype(), mode="r", offset=int(hdr.get_data_offset()),
+                    self._source, dtype=hdr.get_data_dtype(), mode="r", offset=self._data_offset(),
                     shape=self._raw_shape(), order="F",
                 )
                 raw = np.array(mm[sl], order="F", dtype=mm.dtype.newbyteorder("="))
@@ -492,7 +550,7 @@ class Volume:
         dtype = hdr.get_data_dtype()
         X, Y, _ = self._raw_shape()
         plane = X * Y * dtype.itemsize
-        start = int(hdr.get_data_offset()) + b[2] * plane
+        start = self._data_offset() + b[2] * plane
         length = (b[5] - b[2]) * plane
         with fsspec.open(self._source, "rb", block_size=1 << 18) as f:
             f.seek(start)
@@ -548,6 +606,13 @@ class Volume:
         return self.crop(box), masks.crop(name, box)  # type: ignore[arg-type]
 
 
+def _verify_gzip_end(f, got: int, total: int) -> None:
+    """Read on past the voxels so gzip reaches its trailer and checks the CRC-32 and length (a flipped bit in
+    the deflate stream can otherwise decode to silently wrong voxels). Bounded: at most 1 MiB more is read."""
+    if got == total:
+        f.read(1 << 20)
+
+
 def _header_from_stream(f):
     """Read a NIfTI-1/2 header from an uncompressed stream (reads only the header and extensions)."""
     import nibabel as nib
@@ -558,6 +623,8 @@ def _header_from_stream(f):
     size = int.from_bytes(head, "little")
     if size not in (348, 540):
         size = int.from_bytes(head, "big")
+    if size not in (348, 540):  # never read an attacker-chosen length
+        raise CorruptVolumeError(None, f"not a NIfTI-1/2 file (sizeof_hdr field is {head!r}, expected 348 or 540)")
     cls = nib.Nifti2Header if size == 540 else nib.Nifti1Header
     rest = f.read(size - 4)
     if len(rest) < size - 4:

@@ -179,6 +179,34 @@ def _figures(out: Path, datasets_by_config: dict, stats: dict) -> list[str]:
     return figures
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_dead_temp_folders(out: Path) -> None:
+    """Remove ``<out>.tmp-<pid>`` / ``<out>.old-<pid>`` folders left by builds that were killed."""
+    for p in out.parent.glob(f"{out.name}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 1:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished release under its final name: the old one is renamed aside first, so at every instant
+    ``out`` is either the complete old release or the complete new one (never a half-deleted folder)."""
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def build_release(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -202,6 +230,7 @@ def build_release(
     out = Path(out)
     if out.exists() and not overwrite:
         raise RadGenomeError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    _sweep_dead_temp_folders(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -246,9 +275,7 @@ def build_release(
         (tmp / "release_manifest.json").write_text(json.dumps({"configs": report.rows}, indent=1))
         (tmp / "README.md").write_text(render_card(specs, stats, figures, repo_id=repo_id))
         shutil.rmtree(tmp / ".build-cache", ignore_errors=True)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

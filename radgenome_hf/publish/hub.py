@@ -46,7 +46,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
-from ..errors import HubAccessError, MalformedFileError, RadGenomeError, ReleaseNotFoundError
+from ..errors import (
+    HubAccessError, MalformedFileError, PublishTargetError, PublishVerificationError, ReleaseNotFoundError,
+)
 
 __all__ = ["publish_release", "plan_release", "PublishReport", "PublishPlan", "FileChange", "Verification",
            "PublishTargetError", "PublishVerificationError", "validate_target", "verify_release"]
@@ -60,18 +62,6 @@ _SKIP_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
 _SKIP_FILES = {".DS_Store", "Thumbs.db"}
 _MANIFEST = "release_manifest.json"
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
-
-
-class PublishTargetError(RadGenomeError, ValueError):
-    """A repo id, branch, tag or file path given to publishing is not valid for the Hub."""
-
-
-class PublishVerificationError(RadGenomeError):
-    """The pushed revision did not load back as expected; it was not tagged. ``.report`` has the details."""
-
-    def __init__(self, message: str, report: "PublishReport") -> None:
-        super().__init__(message)
-        self.report = report
 
 
 # --------------------------------------------------------------------------------------------- validation
