@@ -7,10 +7,14 @@ Sections (medians; ratio = baseline / ours, > 1 means we are faster; the machine
 1. CT-CLIP preset from a ``.nii.gz`` (first touch): Volume + ``ctclip_preprocess`` (float32 and int16) against the
    MONAI chain LoadImage + EnsureChannelFirst + Spacing + ScaleIntensityRange + ResizeWithPadOrCrop, and CT-CLIP's
    own steps (``get_fdata`` float64, rescale, transposes, float64 ``F.interpolate``, clip, crop/pad).
-2. Volumes/s per core into the loop, preprocessed CT int16 + uint8 label: ``ThreadedVolumeLoader`` (2 threads)
-   over PreparedCache blosc2 files against a plain ``DataLoader(num_workers=2)`` over ``.nii.gz`` + the MONAI chain.
-3. Region crops (96x96x64; 48x48x32 small) per second per core through ``ThreadedVolumeLoader`` (PreparedCache
-   chunked reads) against nibabel ``dataobj`` slicing of the ``.nii.gz``.
+2. Volumes/s per core into the loop, preprocessed CT int16 + uint8 label: ``ThreadedVolumeLoader`` with 1 and 2
+   threads over PreparedCache files (one-shot ``frame`` layout through ``cache.reader``, and chunked ``.b2nd``
+   paths), decoded into the ring's reused buffers, against a plain ``DataLoader(num_workers=2)`` over ``.nii.gz``
+   + the MONAI chain. "Per core" is printed two ways: wall rate / threads, and items per CPU-second of the
+   process (honest when other jobs share the cores).
+3. Region crops (96x96x64; 48x48x32 small) per second per core through ``ThreadedVolumeLoader`` (1 and 2
+   threads; ``cache.reader(key, bbox)`` decodes only the touched chunks into the ring) against nibabel
+   ``dataobj`` slicing of the ``.nii.gz``.
 4. Peak RSS streaming 50 and 500 small volumes with a 2-way loader (threads; and DataLoader with 2 workers over a
    streaming ``datasets`` dataset): it should be flat in N.
 """
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (2 if real else 3)
     n_files = 4
     print(f"raw grid {raw_shape} int16 at {spacing} mm -> CT-CLIP grid {target}; {CORES} threads; "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}; load average {os.getloadavg()}")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_presets_"))
     aff = np.diag([*spacing, 1.0])
@@ -195,8 +199,23 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_monai:
             chain = monai_chain(["image"], target)
             ops["MONAI chain"] = lambda: chain({"image": f})
-        times = interleaved(ops, rounds=rounds, warmup=False)
+        cpu: dict[str, list[float]] = {k: [] for k in ops}
+
+        def cpu_timed(name, fn):
+            def run():
+                c0 = time.process_time()
+                r = fn()
+                cpu[name].append(time.process_time() - c0)
+                return r
+            return run
+
+        times = interleaved({k: cpu_timed(k, f) for k, f in ops.items()}, rounds=rounds, warmup=False)
         base = {k: v for k, v in times.items() if not k.startswith("ours")}
+        for k in ops:
+            ref = "MONAI chain" if "MONAI chain" in cpu else "CT-CLIP loader (float64)"
+            notes.append(f"CT-CLIP preset CPU time (all threads of this process) {k}: {median_ms(cpu[k]):.0f} ms CPU "
+                         f"median; {ref} / this = {median_ms(cpu[ref]) / median_ms(cpu[k]):.1f}x "
+                         f"(load {os.getloadavg()[0]:.2f})")
         comps.append(Comparison("CT-CLIP preset, .nii.gz first touch", "ours float32", times["ours float32"], base))
         comps.append(Comparison("CT-CLIP preset, .nii.gz first touch", "ours int16", times["ours int16"], base))
         # numerical agreement with CT-CLIP's own loader
@@ -204,39 +223,56 @@ def main(argv: list[str] | None = None) -> int:
         b = ctclip_own_loader(f, 1.0, 0.0, spacing[0], spacing[2], target).numpy()
         notes.append(f"CT-CLIP preset vs CT-CLIP's loader: shape {a.shape}, max |diff| {np.abs(a - b).max():.2e}")
 
-    # prepared (CT-CLIP grid, int16 HU + uint8 label) volumes in the PreparedCache
-    cache = PreparedCache(tmp / "cache", max_bytes=1 << 40)
-    files = []
-    pre_bytes = 0
+    # prepared (CT-CLIP grid, int16 HU + uint8 label) volumes in the PreparedCache: both layouts
+    cache = PreparedCache(tmp / "cache", max_bytes=1 << 40)  # chunked 64^3 (crops)
+    fcache = PreparedCache(tmp / "fcache", max_bytes=1 << 40, layout="frame")  # one-shot frames (whole volumes)
+    files, fkeys = [], []
+    pre_bytes = fpre_bytes = 0
     for n in range(n_files):
         ct_t = ctclip_preprocess(Volume.open(cts[n]), target_shape=target, output="int16")[0]  # (D, H, W) C-order
         lb_t = ctclip_preprocess_mask(Volume.open(segs[n]), target_shape=target)[0]
         kc, kl = cache.key_for(cts[n], "ctclip-int16"), cache.key_for(segs[n], "ctclip-mask")
         files.append({"image": cache.put_array(kc, ct_t.numpy()), "label": cache.put_array(kl, lb_t.numpy())})
         pre_bytes += files[-1]["image"].stat().st_size + files[-1]["label"].stat().st_size
-    notes.append(f"prepared CT int16 + label uint8 per volume in the PreparedCache: {_mb(pre_bytes / n_files)}")
+        fc, fl = fcache.put_array(kc, ct_t.numpy()), fcache.put_array(kl, lb_t.numpy())
+        fkeys.append((kc, kl))
+        fpre_bytes += fc.stat().st_size + fl.stat().st_size
+    notes.append(f"prepared CT int16 + label uint8 per volume: chunked {_mb(pre_bytes / n_files)}, "
+                 f"frame {_mb(fpre_bytes / n_files)}")
+
+    def per_core(fn, n, threads):
+        """(items/s wall, items/s per core = wall rate / threads, items per CPU-second of this process)."""
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return n / wall, n / wall / threads, n / cpu
+
+    def fmt_rates(rs):
+        w, pc, cpu = (float(np.median([r[i] for r in rs])) for i in range(3))
+        return f"{w:.2f}/s wall = {pc:.2f}/s per core; {cpu:.2f} per CPU-second"
 
     # -- 2. vol/s per core into the training loop -----------------------------------------------------------
     if "2" in args.sections:
         n_loads = 16 if real else 32
-        items = [files[i % n_files] for i in range(n_loads)]
-        loader = ThreadedVolumeLoader(items, num_threads=CORES)
+        variants = {
+            "frame readers": [{"image": fcache.reader(fkeys[i % n_files][0]), "label": fcache.reader(fkeys[i % n_files][1])}
+                              for i in range(n_loads)],
+            "chunked .b2nd paths": [files[i % n_files] for i in range(n_loads)],
+        }
+        for threads in (1, CORES):
+            for vname, items in variants.items():
+                loader = ThreadedVolumeLoader(items, num_threads=threads)
 
-        def run_ours():
-            for s in loader:
-                assert s["image"].dtype == torch.int16 and s["label"].dtype == torch.uint8
-            return n_loads
+                def run_ours(loader=loader):
+                    for s in loader:
+                        assert s["image"].dtype == torch.int16 and s["label"].dtype == torch.uint8
 
-        def vps(fn, n):
-            t = time.perf_counter()
-            fn()
-            return n / (time.perf_counter() - t)
-
-        run_ours()  # warm-up epoch (allocates the ring)
-        ours = [vps(run_ours, n_loads) for _ in range(3)]
-        line = f"ThreadedVolumeLoader, cached blosc2 (PreparedCache) int16+uint8 {target}: " \
-               f"{np.median(ours):.2f} vol/s = {np.median(ours) / CORES:.2f} vol/s per core"
-        base_line = ""
+                run_ours()  # warm-up epoch (allocates the ring)
+                allocs = loader.allocations
+                rates = [per_core(run_ours, n_loads, threads) for _ in range(rounds + 1)]
+                assert loader.allocations == allocs  # no allocation after the first epoch
+                notes.append(f"ThreadedVolumeLoader({threads} thread{'s' * (threads > 1)}), {vname}, int16+uint8 "
+                             f"{target}: {fmt_rates(rates)} (load {os.getloadavg()[0]:.2f})")
         if not args.no_monai:
             n_base = 2 if real else 4
             ds = _MonaiDS([{"image": cts[i % n_files], "label": segs[i % n_files]} for i in range(n_base)],
@@ -246,9 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in dl:
                 pass
             base = n_base / (time.perf_counter() - t)
-            base_line = f"; DataLoader(2 workers) over .nii.gz + MONAI chain: {base:.3f} vol/s = " \
-                        f"{base / CORES:.3f} vol/s per core; ratio {np.median(ours) / base:.0f}x"
-        notes.append(line + base_line)
+            notes.append(f"baseline DataLoader(2 workers) over .nii.gz + MONAI chain: {base:.3f} vol/s = "
+                         f"{base / CORES:.3f} vol/s per core")
 
     # -- 3. crops/s per core ----------------------------------------------------------------------------------
     if "3" in args.sections:
@@ -261,29 +296,28 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(n_crops):
             lo = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape_dhw, cdhw)]
             boxes.append((*lo, *[a + c for a, c in zip(lo, cdhw)]))
+        items = [{"image": cache.reader(keys[n % n_files][0], boxes[n]), "label": cache.reader(keys[n % n_files][1], boxes[n])}
+                 for n in range(n_crops)]
+        for threads in (1, CORES):
+            crop_loader = ThreadedVolumeLoader(items, num_threads=threads)
 
-        def item(n):
-            kc, kl = keys[n % n_files]
-            box = boxes[n]
-            return lambda: {"image": cache.crop(kc, box), "label": cache.crop(kl, box)}
+            def run_crops(crop_loader=crop_loader):
+                for s in crop_loader:
+                    assert tuple(s["image"].shape) == cdhw
 
-        crop_loader = ThreadedVolumeLoader([item(n) for n in range(n_crops)], num_threads=CORES)
-        for _ in crop_loader:
-            pass
-        t = time.perf_counter()
-        for s in crop_loader:
-            assert tuple(s["image"].shape) == cdhw
-        cps = n_crops / (time.perf_counter() - t)
+            run_crops()
+            rates = [per_core(run_crops, n_crops, threads) for _ in range(3)]
+            notes.append(f"{cdhw} CT+label crops through ThreadedVolumeLoader({threads} thread"
+                         f"{'s' * (threads > 1)}, cache.reader into the ring): {fmt_rates(rates)} "
+                         f"(load {os.getloadavg()[0]:.2f})")
 
         def nii_crop():
             i0, j0, k0 = (s // 2 - c // 2 for s, c in zip(raw_shape, crop))
             return np.asanyarray(nib.load(cts[1]).dataobj[i0 : i0 + crop[0], j0 : j0 + crop[1], k0 : k0 + crop[2]])
 
         tn = interleaved({"nii": nii_crop}, rounds=3, warmup=False)["nii"]
-        notes.append(f"{cdhw} CT+label crops through ThreadedVolumeLoader: {cps:.0f} crops/s = "
-                     f"{cps / CORES:.0f} crops/s per core; nibabel .nii.gz dataobj crop (CT only, raw grid): "
-                     f"{median_ms(tn):.0f} ms = {1000 / median_ms(tn):.1f} crops/s; ratio "
-                     f"{cps / (1000 / median_ms(tn)):.0f}x")
+        notes.append(f"baseline nibabel .nii.gz dataobj crop (CT only, raw grid): {median_ms(tn):.0f} ms = "
+                     f"{1000 / median_ms(tn):.1f} crops/s")
 
     # -- 4. peak RSS, streaming 50 and 500 small volumes ------------------------------------------------------
     if "4" in args.sections:

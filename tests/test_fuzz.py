@@ -100,7 +100,7 @@ def csv_files(draw, header):
     for r in rows:
         w.writerow(r)
     data = buf.getvalue().encode("utf-8")
-    if draw(st.booleans()):  # break quoting / bytes on purpose (after the header: see the xfail below)
+    if draw(st.booleans()):  # break quoting / bytes on purpose (after the header)
         cut = draw(st.integers(data.index(b"\n") + 1, len(data)))
         junk = draw(st.sampled_from([b'"', b'"unterminated', b"\xff\xfe", b"\x00", b",,,\n", b"\r"]))
         data = data[:cut] + junk + data[cut:]
@@ -378,9 +378,6 @@ def test_hostile_mask_files_raise_package_errors(tmp_path_factory, edits, gz, cu
             pytest.fail(f"{type(exc).__name__} escaped from PackedMasks.from_nifti_files for {edits}: {exc}")
 
 
-@pytest.mark.xfail(strict=True, reason="masks.from_nifti_files raises ShapeMismatchError('packed masks need a 3D "
-                   "grid, got shape (0,)') without the file name for dim[0] < 3 or a zero dim (owner of masks.py: check arr.ndim == 3 "
-                   "in _load_nifti_mask and raise MalformedFileError(where, ...))")
 @pytest.mark.parametrize("dim", [[0, 8, 8, 4], [1, 8, 8, 4], [2, 8, 8, 4], [3, 0, 8, 4]])
 def test_mask_file_with_bad_dims_names_the_file(tmp_path, dim):
     from radgenome_hf.masks import PackedMasks
@@ -392,8 +389,6 @@ def test_mask_file_with_bad_dims_names_the_file(tmp_path, dim):
     _assert_names_file(e.value, p)
 
 
-@pytest.mark.xfail(strict=True, reason="masks._load_nifti_mask lets nibabel allocate what the header claims "
-                   "(owner of masks.py: decode through Volume.open(item).array(), which checks first)")
 def test_mask_file_size_limit_is_enforced_before_allocating(tmp_path):
     from radgenome_hf.masks import PackedMasks
 

@@ -166,3 +166,53 @@ def test_threaded_loader_prepared_cache_files(tmp_path):
         paths.append(cache.put_array(key, a))
     for s in ThreadedVolumeLoader(paths, num_threads=2):
         np.testing.assert_array_equal(s["image"].numpy(), arrays[s["index"]])  # (i, j, k), F-ordered view
+
+
+@pytest.mark.parametrize("layout", ["frame", "chunked"])
+def test_threaded_loader_cache_readers_no_allocation_on_second_epoch(tmp_path, layout):
+    from radgenome_hf.cache import PreparedCache
+
+    cache = PreparedCache(tmp_path / "cache", layout=layout)
+    rng = np.random.default_rng(2)
+    cts = [rng.integers(-1000, 1000, (12, 16, 14)).astype(np.int16) for _ in range(3)]  # C-ordered (D, H, W)
+    labs = [(c > 0).astype(np.uint8) + 1 for c in cts]
+    keys = []
+    for n, (c, lab) in enumerate(zip(cts, labs)):
+        kc, kl = cache.key_for(f"ct{n}".encode()), cache.key_for(f"lab{n}".encode())
+        cache.put_array(kc, c)
+        cache.put_array(kl, lab)
+        keys.append((kc, kl))
+    items = [{"image": cache.reader(keys[i % 3][0]), "label": cache.reader(keys[i % 3][1])} for i in range(9)]
+    loader = ThreadedVolumeLoader(items, num_threads=2, prefetch=2)
+    for s in loader:
+        i = s["index"] % 3
+        assert s["image"].dtype == torch.int16 and s["label"].dtype == torch.uint8
+        np.testing.assert_array_equal(s["image"].numpy(), cts[i])
+        np.testing.assert_array_equal(s["label"].numpy(), labs[i])
+    first = loader.allocations
+    assert first <= 2 * 3  # one buffer per key per ring slot, never per sample
+    ptrs = set()
+    for s in loader:  # second epoch: decoded into the same buffers, nothing allocated
+        ptrs.add(s["image"].data_ptr())
+        np.testing.assert_array_equal(s["image"].numpy(), cts[s["index"] % 3])
+    assert loader.allocations == first and len(ptrs) <= 3
+    # crops through the loader equal slicing of the full array
+    boxes = [(1, 2, 3, 9, 14, 11), (0, 0, 0, 12, 16, 14), (5, 7, 2, 6, 16, 9)]
+    crops = [{"image": cache.reader(keys[n][0], b), "label": cache.reader(keys[n][1], b)} for n, b in enumerate(boxes)]
+    for s in ThreadedVolumeLoader(crops, num_threads=2):
+        n = s["index"]
+        sl = tuple(slice(boxes[n][a], boxes[n][a + 3]) for a in range(3))
+        np.testing.assert_array_equal(s["image"].numpy(), cts[n][sl])
+        np.testing.assert_array_equal(s["label"].numpy(), labs[n][sl])
+
+
+def test_threaded_loader_frame_file_paths(tmp_path):
+    from radgenome_hf.cache import PreparedCache
+
+    cache = PreparedCache(tmp_path, layout="frame")
+    arrays = [np.asfortranarray(np.random.default_rng(n).integers(-9, 9, (10, 6, 4)).astype(np.int16)) for n in range(3)]
+    paths = [cache.put_array(cache.key_for(f"v{n}".encode()), a) for n, a in enumerate(arrays)]
+    assert all(p.suffix == ".b2f" for p in paths)
+    for s in ThreadedVolumeLoader(paths, num_threads=2):
+        assert s["image"].numpy().flags.f_contiguous  # (i, j, k) as put, zero-copy view of the ring
+        np.testing.assert_array_equal(s["image"].numpy(), arrays[s["index"]])

@@ -342,3 +342,29 @@ def test_region_crop_packed_masks_and_dict_transform():
     assert tuple(d["image"].shape) == (1, 8, 14, 14) and d["image"].dtype == torch.int16
     np.testing.assert_array_equal(d["image"][0].numpy(), ct[13:27, 8:22, 6:14].T)
     assert d["mask"].dtype == torch.uint8 and int(d["mask"].sum()) == masks["heart"].sum()
+
+
+@pytest.mark.parametrize("n_in,n_out", [(7, 7), (10, 4), (9, 23), (300, 200), (1, 5)])
+def test_linear_weights_match_torch_interpolate(n_in, n_out):
+    x = torch.randn(n_in)
+    ref = torch.nn.functional.interpolate(x[None, None], size=n_out, mode="linear", align_corners=False)[0, 0]
+    i0, i1, w = T._linear_weights(n_in, n_out)
+    got = x[torch.from_numpy(i0)] * (1 - torch.from_numpy(w)) + x[torch.from_numpy(i1)] * torch.from_numpy(w)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
+
+
+def test_ctclip_from_path_downsampling_and_rescale(tmp_path, no_float64):
+    import nibabel as nib
+
+    ct = phantom((60, 52, 40))
+    spacing = (0.5, 0.6, 0.9)  # finer than CT-CLIP's grid on every axis: the resample shrinks it
+    p = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct, np.diag([*spacing, 1.0])), p)
+    ref = ctclip_reference(ct, spacing, (44, 36, 26))
+    out = T.ctclip_preprocess(str(p), target_shape=(44, 36, 26))  # a path: read by Volume (isal when installed)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-5)
+    raw = (ct.astype(np.int32) + 1024).astype(np.int16)
+    ref2 = ctclip_reference(raw, spacing, (44, 36, 26), slope=1.0, intercept=-1024.0)
+    out2 = T.ctclip_preprocess(raw, spacing=spacing, rescale=(1.0, -1024.0), target_shape=(44, 36, 26), output="int16")
+    np.testing.assert_allclose(T.ctclip_normalize(out2).numpy(), ref2.numpy(), atol=0.5 / 1000 + 1e-5)
+    assert all(d == torch.float32 for d in no_float64)
