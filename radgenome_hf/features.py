@@ -17,12 +17,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import Any, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from .errors import MissingVolumeError
+
+if TYPE_CHECKING:
+    from .masks import MaskGrid
 
 # -- packed-mask file cache (one process) -------------------------------------------------------------
 _PACKED_CACHE: "OrderedDict[str, Any]" = OrderedDict()
@@ -81,13 +84,14 @@ class LazyMask:
             return int(np.prod(self.shape)) if self.shape else 0
         return int(self._packed().voxel_count(self.structure))
 
-    def array(self) -> np.ndarray:
-        """The full-grid boolean mask."""
+    def array(self, out: MaskGrid | None = None) -> np.ndarray:
+        """The full-grid boolean mask; with ``out=`` a :class:`~radgenome_hf.masks.MaskGrid`, a read-only view of
+        that reused grid (valid until its next use), which skips the page faults of a fresh grid."""
         if self.source == "whole" or self.structure is None:
             if self.shape is None:
                 raise ValueError("whole-scan mask of a row without a known volume shape: decode the volume instead")
-            return np.ones(self.shape, dtype=bool)
-        return self._packed().mask(self.structure)
+            return np.ones(self.shape, dtype=bool) if out is None else out.fill()
+        return self._packed().mask(self.structure, out=out)
 
     def crop(self, bbox: Sequence[int]) -> np.ndarray:
         if self.source == "whole" or self.structure is None:
@@ -137,9 +141,10 @@ class MaskSet:
                 return packed, key
         raise KeyError(f"no mask named {name!r}; this volume has {self.names}")
 
-    def mask(self, name: str) -> np.ndarray:
+    def mask(self, name: str, out: MaskGrid | None = None) -> np.ndarray:
+        """One structure's full-grid mask; ``out=`` as in :meth:`PackedMasks.mask`."""
         packed, key = self._find(name)
-        return packed.mask(key)
+        return packed.mask(key, out=out)
 
     def bbox(self, name: str):
         packed, key = self._find(name)

@@ -103,7 +103,10 @@ def _pack_one(root: Path, stem: str, kind: MaskKind, files: dict[str, object]) -
 
 def source_identity(source: MaskSource) -> str:
     """A fingerprint of a mask source that changes when its files change (names, sizes, mtimes)."""
-    h = hashlib.sha1(f"{source.form}|{source.split}|{source.kind}".encode())
+    from .masks import BIT_ORDER
+
+    # the bit order is part of the key, so packs written in an older, slower order are packed again
+    h = hashlib.sha1(f"{source.form}|{source.split}|{source.kind}|bits={BIT_ORDER}".encode())
     for p in source.paths:
         if source.form == "folder":
             for root, _dirs, files in os.walk(p):

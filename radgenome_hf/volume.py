@@ -491,8 +491,28 @@ class Volume:
             self._cache_key = self._cache.key_for(self._source, "hu", slope=slope, intercept=inter, **extra)  # type: ignore[arg-type]
         return self._cache_key
 
-    def array(self, dtype: Any = None) -> np.ndarray:
-        """The whole volume in HU, ``(i, j, k)``, Fortran order (kept in memory; ``release()`` drops it)."""
+    def array(self, dtype: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+        """The whole volume in HU, ``(i, j, k)``, Fortran order (kept in memory; ``release()`` drops it).
+
+        ``out``: a buffer of the volume's shape and HU dtype to fill and return instead, kept by the caller and
+        not by this object. From a prepared cache the volume decodes straight into it, which spares the kernel
+        mapping and zeroing a fresh array per call (the loop-over-volumes pattern).
+        """
+        if out is not None:
+            if dtype is not None:
+                raise ValueError("pass either dtype= or out= (out's dtype is the volume's HU dtype)")
+            if self._array is None and self._cache is not None:
+                got = self._cache.get_array(self._cache_key_for(), out=out)
+                if got is not None:
+                    return got
+            arr = self.array()
+            if out.shape != arr.shape or out.dtype != arr.dtype:
+                raise ValueError(
+                    f"out= has shape {out.shape} {out.dtype}, the volume is {arr.shape} {arr.dtype}; "
+                    "pass a buffer of that shape and dtype (or out=None)"
+                )
+            np.copyto(out, arr)
+            return out
         if self._array is None:
             arr = None
             if self._cache is not None:

@@ -72,7 +72,9 @@ def test_packed_masks_decode_with_numpy_alone(packed, synthetic_release):
     i0, j0, k0, i1, j1, k1 = rec["bbox"]
     extent = (i1 - i0, j1 - j0, k1 - k0)
     grid = np.zeros(rec["shape"], bool)
-    grid[i0:i1, j0:j1, k0:k1] = np.unpackbits(np.frombuffer(rec["bits"], np.uint8))[: np.prod(extent)].reshape(extent)
+    assert rec["bit_order"] == "F"  # i fastest: the grid's own (NIfTI) order
+    bits = np.unpackbits(np.frombuffer(rec["bits"], np.uint8))[: np.prod(extent)]
+    grid[i0:i1, j0:j1, k0:k1] = bits.reshape(extent, order=rec["bit_order"])
     assert grid.sum() == rec["voxel_count"] > 0
     # the same voxels as the builder's lazy mask
     import datasets
@@ -116,3 +118,10 @@ def test_with_the_package_volumes_and_masks_decode_lazily(packed, tmp_path):
     seg = radgenome_hf.load_packed(out, "segmentation", split="train", streaming=True, cache_dir=str(tmp_path / "s"))
     first = next(iter(seg))
     assert isinstance(first["masks"], MaskSet) and first["masks"].mask("heart").any()
+    # one reused grid for every structure of a volume gives the same masks as fresh arrays
+    from radgenome_hf.masks import MaskGrid
+
+    grid = MaskGrid(first["masks"].anatomy.shape)
+    for name in first["masks"].names:
+        np.testing.assert_array_equal(first["masks"].mask(name, out=grid), first["masks"].mask(name))
+    np.testing.assert_array_equal(row["mask"].array(out=MaskGrid(m.shape)), m)

@@ -189,3 +189,85 @@ def test_from_label_map_and_merge():
 def test_unknown_structure_message(packed):
     with pytest.raises(KeyError, match="random blob"):
         packed.mask("spleen")
+
+
+# -- MaskGrid: decoding into one reused grid -----------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from radgenome_hf.masks import MaskGrid  # noqa: E402
+
+_NAMES = ["random blob", "empty", "single", "border", "full"]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.lists(st.sampled_from(_NAMES), min_size=1, max_size=3), min_size=1, max_size=8))
+def test_mask_grid_sequence_matches_fresh_arrays(calls):
+    """Any sequence of mask/union calls through one grid gives exactly what fresh arrays give: nothing a
+    previous call wrote survives into the next one."""
+    pm = PackedMasks.from_arrays(_masks(), AFFINE)
+    grid = MaskGrid(pm.shape)
+    for names in calls:
+        if len(names) == 1:
+            got, want = pm.mask(names[0], out=grid), pm.mask(names[0])
+        else:
+            got, want = pm.union(names, out=grid), pm.union(names)
+        assert got.shape == SHAPE and got.dtype == bool and got.flags.f_contiguous
+        np.testing.assert_array_equal(got, want)
+    grid.clear()
+    assert not grid._array.any() and grid._dirty is None
+
+
+def test_mask_grid_view_is_read_only_and_reused(packed):
+    grid = MaskGrid(packed.shape)
+    first = packed.mask("single", out=grid)
+    assert not first.flags.writeable
+    with pytest.raises(ValueError):
+        first[0, 0, 0] = True
+    second = packed.mask("random blob", out=grid)
+    assert np.shares_memory(first, second)  # the documented contract: a view valid until the next use
+    assert not first[5, 6, 7] or _masks()["Random Blob.nii.gz"][5, 6, 7]
+    assert "dirty box=(3, 4, 2" in repr(grid) and "memory=" in repr(grid)
+    np.testing.assert_array_equal(grid.fill((1, 1, 1, 3, 3, 3)), np.pad(np.ones((2, 2, 2), bool), [(1, 20), (1, 16), (1, 8)]))
+
+
+def test_mask_grid_errors(packed):
+    with pytest.raises(ShapeMismatchError, match="one MaskGrid per grid shape"):
+        packed.mask("single", out=MaskGrid((4, 4, 4)))
+    with pytest.raises(TypeError, match="MaskGrid"):
+        packed.mask("single", out=np.zeros(SHAPE, bool))
+    with pytest.raises(ShapeMismatchError):
+        MaskGrid((4, 4))
+    grid = MaskGrid(packed.shape)
+    packed.mask("single", out=grid)
+    with pytest.raises(KeyError):
+        packed.union(["single", "nope"], out=grid)
+    assert grid._dirty == (5, 6, 7, 6, 7, 8)  # a failed call leaves the grid as it was
+
+
+def test_files_with_c_ordered_bits_still_decode(packed, tmp_path):
+    """Packs written before the bit_order column (bits of mask[bbox] in C order, no column) read as before."""
+    import pyarrow.parquet as pq
+
+    table = packed.to_arrow("v")
+    assert set(table["bit_order"].to_pylist()) == {"F"}
+    ref = _masks()
+    legacy_bits = []
+    for name, raw in zip(table["structure"].to_pylist(), ref.values()):
+        bb = packed.bbox(name)
+        crop = np.asarray(raw, bool)[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]] if bb else np.zeros(0, bool)
+        legacy_bits.append(np.packbits(crop, axis=None).tobytes() if bb else b"")
+    legacy = table.drop_columns(["bit_order"]).set_column(
+        table.schema.get_field_index("bits"), "bits", pa.array(legacy_bits, pa.binary())
+    )
+    pq.write_table(legacy, tmp_path / "legacy.parquet")
+    old = PackedMasks.load(tmp_path / "legacy.parquet")
+    _check_same(old, ref)
+    assert old == packed  # same voxels, whichever order the bits are in
+    grid = MaskGrid(SHAPE)
+    np.testing.assert_array_equal(old.mask("random blob", out=grid), ref["Random Blob.nii.gz"])
+    np.testing.assert_array_equal(old.union(["single", "border"]), packed.union(["single", "border"]))
+    np.testing.assert_array_equal(old.label_map(), packed.label_map())
+    np.testing.assert_array_equal(old.crop("random blob", (2, 2, 2, 9, 9, 9)), packed.crop("random blob", (2, 2, 2, 9, 9, 9)))
+    with pytest.raises(ValueError, match="bit_order"):
+        old.add_packed("x", (0, 0, 0, 1, 1, 1), b"\x80", 1, bit_order="K")

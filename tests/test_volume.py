@@ -246,3 +246,25 @@ def test_cache_used_transparently(hu_file, tmp_path):
     full = w.array()
     np.testing.assert_array_equal(full, _hu())
     assert full.dtype == np.int16 and full.flags.f_contiguous
+
+
+def test_array_into_a_reused_buffer(hu_file, tmp_path):
+    cache = PreparedCache(tmp_path / "cache")
+    Volume.open(hu_file, cache=cache).array()  # fill the cache
+    buf = np.full(SHAPE, 7, np.int16, order="F")
+    w = Volume.open(hu_file, cache=cache)
+    w._decode_raw = None  # type: ignore[assignment]  # a cache hit must not decode the NIfTI
+    got = w.array(out=buf)
+    assert got is buf and not w.loaded  # the caller keeps the buffer; the volume holds nothing
+    np.testing.assert_array_equal(buf, _hu())
+    # without a cache (and once loaded) the result is copied in
+    plain = Volume.open(hu_file)
+    buf[...] = 0
+    assert plain.array(out=buf) is buf
+    np.testing.assert_array_equal(buf, _hu())
+    with pytest.raises(ValueError, match="pass a buffer of that shape"):
+        plain.array(out=np.zeros((2, 2, 2), np.int16))
+    with pytest.raises(ValueError, match="pass a buffer of that shape"):
+        Volume.open(hu_file, cache=cache).array(out=np.zeros(SHAPE, np.float32))
+    with pytest.raises(ValueError, match="either dtype= or out="):
+        plain.array(np.float32, out=buf)

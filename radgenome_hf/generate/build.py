@@ -12,7 +12,7 @@ The packed release is what :mod:`radgenome_hf.publish` pushes to the Hub. Plain
     figures/*.png                     a slice with mask overlays and its grounded sentence; distributions
 
 Decoding a packed mask with any parquet reader + numpy: take the row of the structure, ``np.unpackbits(bits)
-[:prod(bbox extent)].reshape(extent)`` and place it at ``bbox`` in a zero grid of ``shape``.
+[:prod(bbox extent)].reshape(extent, order=bit_order)`` and place it at ``bbox`` in a zero grid of ``shape``.
 The build is atomic: it writes ``<out>.tmp-<pid>`` and renames it, so a failure (a full disk) leaves no partial
 release.
 """
