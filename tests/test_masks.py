@@ -197,7 +197,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 from radgenome_hf.masks import MaskGrid  # noqa: E402
 
-_NAMES = ["random blob", "empty", "single", "border", "full"]
+_NAMES = ["random blob", "empty", "single", "border", "full", "column"]
+
+
+def _grid_masks() -> dict[str, np.ndarray]:
+    column = np.zeros(SHAPE, bool)  # one voxel wide in i, long in j: the grid clears its box row by row
+    column[2, 1:15, 3:5] = True
+    return {**_masks(), "column": column}
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -205,7 +211,7 @@ _NAMES = ["random blob", "empty", "single", "border", "full"]
 def test_mask_grid_sequence_matches_fresh_arrays(calls):
     """Any sequence of mask/union calls through one grid gives exactly what fresh arrays give: nothing a
     previous call wrote survives into the next one."""
-    pm = PackedMasks.from_arrays(_masks(), AFFINE)
+    pm = PackedMasks.from_arrays(_grid_masks(), AFFINE)
     grid = MaskGrid(pm.shape)
     for names in calls:
         if len(names) == 1:
