@@ -235,3 +235,51 @@ def test_corrupt_frame_is_a_miss_and_reader(tmp_path):
 
     with pytest.raises(MissingVolumeError, match="not in the prepared cache"):
         r()
+
+
+def test_crop_read_ahead_asks_for_exactly_the_touched_chunks(tmp_path, monkeypatch):
+    """A chunked entry records where each chunk lies; a crop hints the kernel (POSIX_FADV_WILLNEED) for the
+    chunks it touches and no others. The index is only a hint: a wrong one never changes what a crop returns."""
+    import blosc2
+
+    from radgenome_hf import cache as cache_mod
+
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise on this platform")
+    cache = PreparedCache(tmp_path, chunks=(16, 16, 8), blocks=(8, 8, 4))
+    a = _vol(5)
+    a[:, :, :8] = -1000  # constant chunks (blosc2 stores them as short runs) are indexed too
+    key = cache.key_for(b"ct")
+    path = cache.put_array(key, a)
+    b2 = blosc2.open(str(path))
+    index = b2.schunk.meta["radgenome"]["chunk_index"]
+    n = b2.schunk.nchunks
+    offsets = np.frombuffer(index, np.int64, n)
+    sizes = np.frombuffer(index, np.int32, n, offset=8 * n)
+    data = path.read_bytes()
+    for i in range(n):  # every chunk found, at the bytes blosc2 itself returns for it
+        assert offsets[i] >= 0 and data[offsets[i] : offsets[i] + sizes[i]] == b2.schunk.get_chunk(i)
+
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(cache_mod.os, "posix_fadvise",
+                        lambda fd, off, size, advice: (calls.append((off, size)), real(fd, off, size, advice))[1])
+    box = (20, 3, 9, 40, 30, 17)  # (i, j, k); stored (k, j, i) with chunks (16, 16, 8)
+    np.testing.assert_array_equal(cache.crop(key, box), a[20:40, 3:30, 9:17])
+    grid = [-(-s // c) for s, c in zip(b2.shape, b2.chunks)]
+    want = {int(np.ravel_multi_index((ck, cj, ci), grid))
+            for ck in range(9 // 16, (17 - 1) // 16 + 1)
+            for cj in range(3 // 16, (30 - 1) // 16 + 1)
+            for ci in range(20 // 8, (40 - 1) // 8 + 1)}
+    hinted = set()
+    for off, size in calls:
+        hinted |= {i for i in range(n) if off <= offsets[i] and offsets[i] + sizes[i] <= off + size}
+    assert hinted == want
+    # a corrupt index only misdirects the hint: the crop is still right
+    calls.clear()
+    bad = {"reversed": True, "chunk_index": np.full(3 * n, 7, np.int32).tobytes()}
+    writable = blosc2.open(str(path), mode="a")  # keep the array alive while its schunk is written
+    writable.schunk.meta["radgenome"] = bad
+    del writable
+    np.testing.assert_array_equal(cache.crop(key, box), a[20:40, 3:30, 9:17])
+    assert calls  # it did hint, at the wrong place
