@@ -55,7 +55,7 @@ def masks_schema():
             pa.field("voxel_count", pa.int64()),
             pa.field("bits", pa.binary()),
             # "F": bits of mask[bbox] with i fastest (NIfTI's on-disk order, i.e. the (k, j, i) tensor order);
-            # "C": k fastest (files written before 0.1.0's MaskGrid; a missing column means "C")
+            # "C": k fastest (files written before this column existed; a missing column means "C")
             pa.field("bit_order", pa.string()),
         ]
     )
@@ -213,9 +213,14 @@ class MaskGrid:
 
     def fill(self, bbox: Sequence[int] | None = None) -> np.ndarray:
         """Clear, then set ``bbox`` (default: the whole grid) True; the read-only view, as :meth:`PackedMasks.mask`."""
-        box: BBox = (0, 0, 0, *self.shape) if bbox is None else tuple(int(x) for x in bbox)  # type: ignore[assignment]
-        self._take(self.shape)[_slices(box)] = True
-        self._mark(box)
+        b = (0, 0, 0, *self.shape) if bbox is None else tuple(int(x) for x in bbox)
+        if len(b) != 6:
+            raise ValueError(f"bbox must be (i0, j0, k0, i1, j1, k1), got {bbox!r}")
+        box: BBox = tuple(min(max(b[a], 0), self.shape[a % 3]) for a in range(6))  # type: ignore[assignment]
+        grid = self._take(self.shape)
+        if all(box[a + 3] > box[a] for a in range(3)):  # clipped to the grid, like numpy slicing
+            grid[_slices(box)] = True
+            self._mark(box)
         return self._view()
 
     def __repr__(self) -> str:

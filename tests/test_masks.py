@@ -235,6 +235,9 @@ def test_mask_grid_view_is_read_only_and_reused(packed):
     assert not first[5, 6, 7] or _masks()["Random Blob.nii.gz"][5, 6, 7]
     assert "dirty box=(3, 4, 2" in repr(grid) and "memory=" in repr(grid)
     np.testing.assert_array_equal(grid.fill((1, 1, 1, 3, 3, 3)), np.pad(np.ones((2, 2, 2), bool), [(1, 20), (1, 16), (1, 8)]))
+    past_edge = grid.fill((20, -4, 9, 40, 2, 99))  # clipped to the grid like numpy slicing
+    assert past_edge.sum() == 3 * 2 * 2 and past_edge[20:, :2, 9:].all()
+    assert not grid.fill((5, 5, 5, 5, 9, 9)).any()  # an empty box leaves an empty grid
 
 
 def test_mask_grid_errors(packed):
