@@ -150,26 +150,34 @@ class MaskSet:
         packed, key = self._find(name)
         return packed.bbox(key)
 
-    def union(self, names: Sequence[str]) -> np.ndarray:
-        out = None
+    def _boxes(self, names: Sequence[str]):
+        """(grid shape, [(slices of its bbox, mask inside the bbox) or None per name]): only bboxes are decoded."""
+        if not names:
+            raise ValueError("no structures named")
+        shape, boxes = None, []
         for n in names:
-            m = self.mask(n)
-            out = m if out is None else (out | m)
-        if out is None:
-            raise ValueError("union of no structures")
+            packed, key = self._find(n)
+            shape = shape or packed.shape
+            bb = packed.bbox(key)
+            boxes.append(None if bb is None else (tuple(slice(bb[a], bb[a + 3]) for a in range(3)), packed.crop(key, bb)))
+        return shape, boxes
+
+    def union(self, names: Sequence[str]) -> np.ndarray:
+        """Full-grid OR of several structures (anatomy and region masks may be mixed), Fortran order."""
+        shape, boxes = self._boxes(names)
+        out = np.zeros(shape, dtype=bool, order="F")
+        for box in boxes:
+            if box is not None:
+                out[box[0]] |= box[1]
         return out
 
     def label_map(self, names: Sequence[str]) -> np.ndarray:
-        """Label map with value i+1 for ``names[i]`` (later names win where they overlap)."""
-        out = None
-        dtype = np.uint8 if len(names) < 256 else np.uint16
-        for i, n in enumerate(names):
-            m = self.mask(n)
-            if out is None:
-                out = np.zeros(m.shape, dtype=dtype)
-            out[m] = i + 1
-        if out is None:
-            raise ValueError("label map of no structures")
+        """Label map with value i+1 for ``names[i]`` (later names win where they overlap), Fortran order."""
+        shape, boxes = self._boxes(names)
+        out = np.zeros(shape, dtype=np.uint8 if len(names) < 256 else np.uint16, order="F")
+        for value, box in enumerate(boxes, start=1):
+            if box is not None:
+                out[box[0]][box[1]] = value
         return out
 
     def __repr__(self) -> str:

@@ -107,6 +107,18 @@ def test_segmentation_rows_list_structures_with_bboxes(loaded):
             assert m[i0:i1, j0:j1, k0:k1].sum() == s["voxel_count"]
     lm = masks.label_map(["left lung upper lobe", "heart"])
     assert set(np.unique(lm)) <= {0, 1, 2} and lm.shape == tuple(row["shape"])
+    # union and label map of anatomy and region masks together, against plain numpy on the full-grid masks
+    region_only = [n for n in masks.region.names if n not in masks.anatomy.names][:2]
+    assert region_only
+    names = ["heart", "trachea", *region_only, "left lung upper lobe"]
+    full = [masks.mask(n) for n in names]
+    np.testing.assert_array_equal(masks.union(names), np.logical_or.reduce(full))
+    ref = np.zeros(full[0].shape, np.uint8)
+    for value, m in enumerate(full, start=1):
+        ref[m] = value  # later names win
+    got = masks.label_map(names)
+    np.testing.assert_array_equal(got, ref)
+    assert got.dtype == np.uint8 and got.flags.f_contiguous and set(np.unique(got)) - {0}
 
 
 def test_reports_use_fixed_volumes_and_labels(loaded):
