@@ -150,6 +150,18 @@ class MaskSet:
         packed, key = self._find(name)
         return packed.bbox(key)
 
+    def crop(self, name: str, bbox: Sequence[int]) -> np.ndarray:
+        """One structure's mask inside ``bbox`` (see :meth:`PackedMasks.crop`); the full grid is never built."""
+        packed, key = self._find(name)
+        return packed.crop(key, bbox)
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        for packed in (self.anatomy, self.region):
+            if packed is not None:
+                return tuple(packed.shape)  # type: ignore[return-value]
+        return None
+
     def _boxes(self, names: Sequence[str]):
         """(grid shape, [(slices of its bbox, mask inside the bbox) or None per name]): only bboxes are decoded."""
         if not names:

@@ -277,3 +277,20 @@ def test_stable_entry_point_matches_datasets(synthetic_release, tmp_path):
                                   cache_dir=str(tmp_path / "a"), split="validation")
     b = _load(synthetic_release.root, "grounded_reports", tmp_path / "b")["validation"]
     assert a["sentence"] == b["sentence"]
+
+
+def test_region_crop_from_a_rows_mask_set_reads_only_the_box(loaded, monkeypatch):
+    from radgenome_hf import transforms as T
+    from radgenome_hf.masks import PackedMasks
+
+    row = loaded["segmentation"]["train"][0]
+    masks, vol = row["masks"], row["volume"]
+    assert masks.shape == tuple(row["shape"])
+    as_dict = {n: masks.mask(n) for n in masks.names}  # the plain full-grid form, as a reference
+    monkeypatch.setattr(PackedMasks, "mask", lambda *a, **k: pytest.fail("a full-grid mask was built"))
+    for anatomy in ("heart", "lung/lung/left lung/left lung upper lobe"):
+        got = T.region_crop(vol, masks, anatomy, margin=3, margin_unit="voxel")
+        ref = T.region_crop(vol.array(), as_dict, anatomy, margin=3, margin_unit="voxel", spacing=vol.spacing)
+        assert got.bbox == ref.bbox and got.mask_name == ref.mask_name and got.mask.any()
+        np.testing.assert_array_equal(got.mask, ref.mask)
+        np.testing.assert_array_equal(got.image, ref.image)
