@@ -220,9 +220,11 @@ def _chunk_index(b2, path: Path) -> bytes | None:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         view = memoryview(data)
         try:
-            pos = data.find(b2.schunk.get_chunk(0)) if n else 0
+            pos = 0
             for i in range(n):
                 chunk = b2.schunk.get_chunk(i)
+                if i == 0:  # the frame header's length is blosc2's business: find the first chunk
+                    pos = data.find(chunk)
                 if pos < 0 or view[pos : pos + len(chunk)] != chunk:
                     return None
                 offsets[i], sizes[i], pos = pos, len(chunk), pos + len(chunk)
@@ -238,14 +240,13 @@ def _prefetch_chunks(b2, meta: dict, path: str, start: Sequence[int], stop: Sequ
     index = meta.get("chunk_index")
     if not index or not hasattr(os, "posix_fadvise"):
         return
-    stored = tuple(int(x) for x in b2.shape)
     chunks = tuple(int(x) for x in b2.chunks)
-    n = _n_chunks(stored, chunks)
+    grid = [-(-int(s) // c) for s, c in zip(b2.shape, chunks)]
+    n = int(np.prod(grid))
     if len(index) != 12 * n:
         return
     offsets = np.frombuffer(index, np.int64, n)
     sizes = np.frombuffer(index, np.int32, n, offset=8 * n)
-    grid = [-(-s // c) for s, c in zip(stored, chunks)]
     axes = [range(lo // c, (hi - 1) // c + 1) for lo, hi, c in zip(start, stop, chunks)]
     ids = np.ravel_multi_index(np.meshgrid(*axes, indexing="ij"), grid).ravel()
     spans: list[list[int]] = []
