@@ -150,12 +150,12 @@ def fmt_bytes(n: float) -> str:
 def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     """An int16 HU chest-like phantom of realistic compressibility, F-ordered ``(i, j, k)``.
 
-    Uses ``radgenome_hf.synthetic.make_phantom`` when that exists, else this simple phantom: outside-FOV -1024,
+    Uses ``radgenome_hf.testing.synthetic.make_phantom`` when that exists, else this simple phantom: outside-FOV -1024,
     air, a body ellipse with fat ring and soft tissue, two lungs, heart, spine; spatially correlated noise
     (trilinear-upsampled) plus white noise, so ``gzip`` gives roughly 2-2.5x like real CT.
     """
     try:  # prefer the package's phantom when another engineer has shipped it
-        from radgenome_hf.synthetic import make_phantom  # type: ignore
+        from radgenome_hf.testing.synthetic import make_phantom  # type: ignore
 
         try:
             vol = make_phantom(shape=shape, seed=seed)

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     import blosc2
     import nibabel as nib
 
-    from radgenome_hf.cache import PreparedCache
-    from radgenome_hf.masks import MaskGrid, PackedMasks
-    from radgenome_hf.volume import Volume
+    from radgenome_hf.access.cache import PreparedCache
+    from radgenome_hf.access.masks import MaskGrid, PackedMasks
+    from radgenome_hf.access.volume import Volume
 
     shape = (512, 512, 300) if args.realistic else (256, 256, 120)
     n_blobs = args.blobs if args.blobs is not None else (16 if args.realistic else 8)

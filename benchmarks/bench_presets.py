@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     import nibabel as nib
     import torch
 
-    from radgenome_hf.cache import PreparedCache
+    from radgenome_hf.access.cache import PreparedCache
     from radgenome_hf.training import ThreadedVolumeLoader, make_dataloader
-    from radgenome_hf.transforms import ctclip_preprocess, ctclip_preprocess_mask
-    from radgenome_hf.volume import Volume
+    from radgenome_hf.training import ctclip_preprocess, ctclip_preprocess_mask
+    from radgenome_hf.access.volume import Volume
 
     torch.set_num_threads(CORES)
     real = args.realistic

@@ -49,8 +49,8 @@ def synthetic_quality(n_train: int, n_valid: int, seed: int) -> list[tuple[str, 
 
     from radgenome_hf.generate.ground import ground_reports
     from radgenome_hf.generate.vqa import build_vqa
-    from radgenome_hf.synthetic import SyntheticConfig, write_release
-    from radgenome_hf.tables import filter_volumes, read_ctrate_reports
+    from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
+    from radgenome_hf.io.tables import filter_volumes, read_ctrate_reports
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_quality_"))
     rel = write_release(tmp, SyntheticConfig(n_train_patients=n_train, n_valid_patients=n_valid, seed=seed,

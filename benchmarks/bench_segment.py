@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from monai.networks.nets import SegResNet
 
     from radgenome_hf.generate.backends.monai_bundle import MonaiBackend
-    from radgenome_hf.synthetic import make_phantom
+    from radgenome_hf.testing.synthetic import make_phantom
 
     device = args.device
     if device == "auto":

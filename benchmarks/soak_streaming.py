@@ -34,7 +34,7 @@ KEY_FIELDS = {
 
 def make_release(out: str | os.PathLike, patients: int, shape=(32, 32, 24), seed: int = 0) -> Path:
     """A synthetic upstream release with ``patients`` training patients (about 1.5 volumes each); reused if present."""
-    from radgenome_hf.synthetic import SyntheticConfig, write_release
+    from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
 
     out = Path(out)
     marker = out / f".soak-{patients}-{'x'.join(map(str, shape))}-{seed}"
@@ -100,7 +100,7 @@ def soak(root: str | os.PathLike, config: str = "segmentation", duration: float 
     import torch
     from torch.utils.data import DataLoader
 
-    from radgenome_hf.loading import register
+    from radgenome_hf.hf.loading import register
 
     register()
     root = Path(root)

@@ -5,7 +5,7 @@
 What it shows (the same calls work against the real Hub: drop ``endpoint=``, pass your token):
 
 1. start :class:`radgenome_hf.testing.hub_server.HubServer` on a free port;
-2. build a small release folder: with ``radgenome_hf.generate.build.build_release`` on a synthetic
+2. build a small release folder: with ``radgenome_hf.publish.build.build_release`` on a synthetic
    upstream release when that builder is available, else a tiny hand-made parquet release with a card
    from :func:`radgenome_hf.publish.card.render_card`;
 3. ``publish_release(..., branch="staging", tag="v0.1")``: one commit, loaded back in a fresh process,
@@ -65,8 +65,8 @@ def hand_made_release(out: Path) -> Path:
 
 def built_release(work: Path) -> Path:
     """The packed release built from a synthetic upstream release (what maintainers publish)."""
-    from radgenome_hf.generate.build import build_release
-    from radgenome_hf.synthetic import SyntheticConfig, write_release
+    from radgenome_hf.publish.build import build_release
+    from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
 
     upstream = write_release(work / "upstream", SyntheticConfig(), progress=False)
     report = build_release(upstream.root, work / "release")

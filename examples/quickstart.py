@@ -8,7 +8,7 @@ import tempfile
 import datasets
 
 import radgenome_hf  # registers the "radgenome" builder
-from radgenome_hf.synthetic import SyntheticConfig, write_release
+from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
 
 with tempfile.TemporaryDirectory() as tmp:
     release = write_release(f"{tmp}/release", SyntheticConfig(), progress=False)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from radgenome_hf.synthetic import SyntheticConfig, write_release
+from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
 from radgenome_hf.training import ThreadedVolumeLoader, make_dataloader
-from radgenome_hf.transforms import CTClipd, ctclip_normalize
+from radgenome_hf.training import CTClipd, ctclip_normalize
 
 TARGET = (48, 48, 32)  # CT-CLIP uses (480, 480, 240)
 SPACING = (3.0, 3.0, 6.0)  # CT-CLIP uses (0.75, 0.75, 1.5) mm; the synthetic volumes have 6 mm voxels
@@ -34,7 +34,7 @@ class LoadVolume:
     """Open the row's volume lazily (a Volume carries spacing and HU)."""
 
     def __call__(self, row: dict) -> dict:
-        from radgenome_hf.volume import Volume
+        from radgenome_hf.access.volume import Volume
 
         row["image"] = Volume.open(row["path"])
         return row
@@ -52,7 +52,7 @@ class Compose:
 
 def rows_of(release) -> dict[str, list]:
     from radgenome_hf.names import radgenome_volume_path
-    from radgenome_hf.tables import read_region_report
+    from radgenome_hf.io.tables import read_region_report
 
     table = read_region_report(release.radgenome_root / "dataset/radgenome_files/train_region_report.csv")
     rows = {"path": [], "volume_name": [], "anatomy": [], "sentence": []}
@@ -96,9 +96,9 @@ def main() -> None:
         print(f"streamed {n} rows in {time.perf_counter() - t0:.1f} s, last loss {loss.item():.3f}")
 
         # prepared cache once, then fast epochs from reused buffers
-        from radgenome_hf.cache import PreparedCache
-        from radgenome_hf.transforms import ctclip_preprocess
-        from radgenome_hf.volume import Volume
+        from radgenome_hf.access.cache import PreparedCache
+        from radgenome_hf.training import ctclip_preprocess
+        from radgenome_hf.access.volume import Volume
 
         cache = PreparedCache(Path(tmp) / "cache")
         files = []

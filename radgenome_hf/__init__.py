@@ -7,7 +7,7 @@ stable entry point with the same arguments.
 
 __version__ = "0.1.0"
 
-from .loading import lazy, load_dataset, load_dataset_builder, load_packed, register  # noqa: E402
+from .hf.loading import lazy, load_dataset, load_dataset_builder, load_packed, register  # noqa: E402
 
 register()
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .names import RADGENOME_CSV_SPLIT
-from .release import UpstreamRelease
+from .io.release import UpstreamRelease
 
 
 def _fmt_row(row: dict, width: int = 100) -> str:
@@ -30,8 +30,8 @@ def _fmt_row(row: dict, width: int = 100) -> str:
 def describe_release(data_dir: str | os.PathLike) -> str:
     """What the readers see in a release folder: files and row counts, one parsed row of each kind,
     one volume's geometry and HU range, one mask's voxel count."""
-    from . import tables
-    from .archives import list_members
+    from .io import tables
+    from .io.archives import list_members
 
     release = UpstreamRelease.discover(data_dir, need="any")
     lines = [f"release: RadGenome root {release.radgenome_root}", f"         CT-RATE root {release.ctrate_root}"]
@@ -77,7 +77,7 @@ def describe_release(data_dir: str | os.PathLike) -> str:
 def _describe_one_volume(release: UpstreamRelease) -> list[str]:
     import numpy as np
 
-    from .volume import Volume
+    from .access.volume import Volume
 
     root = release.radgenome_root
     if root is None or "://" in root:
@@ -89,8 +89,8 @@ def _describe_one_volume(release: UpstreamRelease) -> list[str]:
     arr = vol.array()
     out = [f"one volume: {vol!r}", f"  HU range [{int(arr.min())}, {int(arr.max())}], mean {float(arr.mean()):.1f}"]
     stem = vols[0].name[: -len(".nii.gz")]
-    from .archives import iter_masks
-    from .masks import PackedMasks
+    from .io.archives import iter_masks
+    from .access.masks import PackedMasks
 
     for kind in ("anatomy", "region"):
         src = release.mask_source(stem.split("_")[0], kind)
@@ -109,8 +109,8 @@ def _describe_one_volume(release: UpstreamRelease) -> list[str]:
 def run_demo(out: Path, *, seed: int = 0) -> None:
     """Write a synthetic upstream release to ``out/upstream``, describe it, run generation stage 2 into
     ``out/release`` (the derived ``scene_graph`` and ``anatomy_pairs`` rows), and load every config from it."""
-    from .radgenome import CONFIG_NAMES
-    from .synthetic import SyntheticConfig, write_release
+    from .hf.builder import CONFIG_NAMES
+    from .testing.synthetic import SyntheticConfig, write_release
 
     from .generate.pipeline import PipelineConfig, rebuild_release
 

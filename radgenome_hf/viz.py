@@ -26,7 +26,7 @@ DPI = 100
 
 def _as_volume_array(volume: Any, spacing: Sequence[float] | None) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     if isinstance(volume, (str, os.PathLike)):
-        from .volume import Volume
+        from .access.volume import Volume
 
         volume = Volume.open(volume)
     if hasattr(volume, "array") and hasattr(volume, "spacing") and callable(volume.array):
@@ -71,7 +71,7 @@ def render_region(
 ) -> Path:
     """Write a PNG: axial, coronal, sagittal slices through the region's centre, its mask outlined, a caption.
 
-    ``volume``: a :class:`~radgenome_hf.volume.Volume`, a path to a NIfTI file or an ``(i, j, k)`` HU array (then
+    ``volume``: a :class:`~radgenome_hf.access.volume.Volume`, a path to a NIfTI file or an ``(i, j, k)`` HU array (then
     ``spacing`` sets the pixel aspect). ``mask``: a bool array on the volume's grid, or ``None``. The slices are
     shown with the volume's orientation brought to RAS (anterior and superior up; patient's right on the left
     as radiologists read). Written atomically; the PNG is ``figsize × dpi`` pixels (1200 × 480 by default).
@@ -146,7 +146,7 @@ def find_region_sentence(region_report_csv: str | os.PathLike, volume_name: str,
     shortest path ending in the given node name; ``None`` if the volume has no such row."""
     from .names import VolumeName
     from .ontology import normalize_path
-    from .tables import read_region_report
+    from .io.tables import read_region_report
 
     table = read_region_report(region_report_csv)
     stem = VolumeName.parse(volume_name).stem
@@ -172,13 +172,13 @@ def load_grounding_mask(
     """The mask grounding ``anatomy`` for one volume of an upstream release: ``(bool mask or None, source, name)``.
 
     Only that one structure is read: from its ``seg_<stem>/<name>.nii.gz`` file when the release has mask folders,
-    else from the packed store of the mask archives (:class:`~radgenome_hf.maskstore.MaskStore`, packed once).
+    else from the packed store of the mask archives (:class:`~radgenome_hf.access.maskstore.MaskStore`, packed once).
     ``None`` with source ``"whole"`` when nothing more specific than the whole scan grounds it.
     """
-    from .masks import PackedMasks
+    from .access.masks import PackedMasks
     from .names import VolumeName
     from .ontology import normalize_name
-    from .transforms import resolve_region_mask
+    from .training import resolve_region_mask
 
     v = VolumeName.parse(volume_name)
     files: dict[str, dict[str, str]] = {}
@@ -192,7 +192,7 @@ def load_grounding_mask(
             }
             by_kind[kind] = list(files[kind])
         else:
-            from .maskstore import MaskStore
+            from .access.maskstore import MaskStore
 
             store = MaskStore.prepare(release, v.split, kind, progress=progress)
             if store is not None and v.stem in store:

@@ -30,7 +30,7 @@ def _isolated_hf_env(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def synthetic_release(tmp_path_factory: pytest.TempPathFactory):
     """A small synthetic release in the real layouts (built once per session; treat it as read-only)."""
-    from radgenome_hf.synthetic import SyntheticConfig, write_release
+    from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
 
     out = tmp_path_factory.mktemp("synthetic_release")
     return write_release(out, SyntheticConfig())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from radgenome_hf import archives as A
+from radgenome_hf.io import archives as A
 from radgenome_hf.errors import MalformedFileError, ReleaseNotFoundError, UnsafeArchiveError
 from radgenome_hf.names import VolumeName
 

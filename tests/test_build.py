@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from radgenome_hf.generate.build import build_release
+from radgenome_hf.publish.build import build_release
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def test_failed_build_leaves_nothing(synthetic_release, tmp_path, monkeypatch):
 
 def test_with_the_package_volumes_and_masks_decode_lazily(packed, tmp_path):
     import radgenome_hf
-    from radgenome_hf.features import LazyMask, MaskSet
-    from radgenome_hf.volume import Volume
+    from radgenome_hf.hf.features import LazyMask, MaskSet
+    from radgenome_hf.access.volume import Volume
 
     out, report = packed
     ds = radgenome_hf.load_dataset("vqa", data_dir=str(out), cache_dir=str(tmp_path / "c"))  # detects a packed release
@@ -119,7 +119,7 @@ def test_with_the_package_volumes_and_masks_decode_lazily(packed, tmp_path):
     first = next(iter(seg))
     assert isinstance(first["masks"], MaskSet) and first["masks"].mask("heart").any()
     # one reused grid for every structure of a volume gives the same masks as fresh arrays
-    from radgenome_hf.masks import MaskGrid
+    from radgenome_hf.access.masks import MaskGrid
 
     grid = MaskGrid(first["masks"].anatomy.shape)
     for name in first["masks"].names:

@@ -13,9 +13,9 @@ import pytest
 
 import radgenome_hf
 from radgenome_hf.errors import MissingVolumeError, ReleaseNotFoundError, ShapeMismatchError
-from radgenome_hf.features import LazyMask, MaskSet
+from radgenome_hf.hf.features import LazyMask, MaskSet
 from radgenome_hf.ontology import get_ontology
-from radgenome_hf.volume import Volume
+from radgenome_hf.access.volume import Volume
 
 CORE_CONFIGS = ["reports", "segmentation", "grounded_reports", "vqa"]
 
@@ -217,7 +217,7 @@ def test_missing_volume_is_an_error_unless_ignored(synthetic_release, tmp_path):
 def test_mask_that_does_not_match_its_volume(tmp_path):
     import nibabel as nib
 
-    from radgenome_hf.synthetic import SyntheticConfig, write_release
+    from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
 
     rel = write_release(tmp_path / "rel", SyntheticConfig(n_train_patients=1, n_valid_patients=1, mask_layout="folders"),
                         progress=False)
@@ -229,7 +229,7 @@ def test_mask_that_does_not_match_its_volume(tmp_path):
 
 
 def test_folder_and_archive_masks_decode_identically(synthetic_release, tmp_path):
-    from radgenome_hf.synthetic import SyntheticConfig, write_release
+    from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
 
     cfg = SyntheticConfig(mask_layout="folders")
     rel = write_release(tmp_path / "folders", cfg, progress=False)
@@ -280,8 +280,8 @@ def test_stable_entry_point_matches_datasets(synthetic_release, tmp_path):
 
 
 def test_region_crop_from_a_rows_mask_set_reads_only_the_box(loaded, monkeypatch):
-    from radgenome_hf import transforms as T
-    from radgenome_hf.masks import PackedMasks
+    from radgenome_hf import training as T
+    from radgenome_hf.access.masks import PackedMasks
 
     row = loaded["segmentation"]["train"][0]
     masks, vol = row["masks"], row["volume"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radgenome_hf.cache import PreparedCache, default_cache_root, source_identity
+from radgenome_hf.access.cache import PreparedCache, default_cache_root, source_identity
 
 SHAPE = (48, 40, 20)
 
@@ -242,7 +242,7 @@ def test_crop_read_ahead_asks_for_exactly_the_touched_chunks(tmp_path, monkeypat
     chunks it touches and no others. The index is only a hint: a wrong one never changes what a crop returns."""
     import blosc2
 
-    from radgenome_hf import cache as cache_mod
+    from radgenome_hf.access import cache as cache_mod
 
     if not hasattr(os, "posix_fadvise"):
         pytest.skip("no posix_fadvise on this platform")

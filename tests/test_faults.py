@@ -61,13 +61,13 @@ CONFIGS = ("vqa", "segmentation")
 
 
 def test_build_killed_midway_then_rerun_gives_the_same_release(synthetic_release, tmp_path):
-    from radgenome_hf.generate.build import build_release
+    from radgenome_hf.publish.build import build_release
 
     out = tmp_path / "killed" / "packed"
     out.parent.mkdir()
     proc = _spawn(f"""
         import os, time, sys
-        import radgenome_hf.generate.build as b
+        import radgenome_hf.publish.build as b
         real = b.pq.write_table
         n = [0]
         def write_table(*a, **k):
@@ -100,12 +100,12 @@ def test_build_killed_midway_then_rerun_gives_the_same_release(synthetic_release
 
 
 def test_rerun_after_a_killed_build_sweeps_its_temp_folder(synthetic_release, tmp_path):
-    from radgenome_hf.generate.build import build_release
+    from radgenome_hf.publish.build import build_release
 
     out = tmp_path / "packed"
     proc = _spawn(f"""
         import time
-        import radgenome_hf.generate.build as b
+        import radgenome_hf.publish.build as b
         real = b.pq.write_table
         def write_table(*a, **k):
             real(*a, **k); print("KILL-ME", flush=True); time.sleep(600)
@@ -125,7 +125,7 @@ def test_rerun_after_a_killed_build_sweeps_its_temp_folder(synthetic_release, tm
 def test_segmentation_killed_midway_resumes_and_matches(synthetic_release, tmp_path):
     from radgenome_hf.generate.backends import get_backend
     from radgenome_hf.generate.segment import MANIFEST_NAME, discover_volumes, run_segmentation
-    from radgenome_hf.masks import PackedMasks
+    from radgenome_hf.access.masks import PackedMasks
 
     inputs = discover_volumes(synthetic_release.root)[:5]
     assert len(inputs) == 5
@@ -134,7 +134,7 @@ def test_segmentation_killed_midway_resumes_and_matches(synthetic_release, tmp_p
         import time
         from radgenome_hf.generate.backends import get_backend
         from radgenome_hf.generate.segment import run_segmentation
-        from radgenome_hf.masks import PackedMasks
+        from radgenome_hf.access.masks import PackedMasks
         real = PackedMasks.save
         n = [0]
         def save(self, *a, **k):
@@ -177,7 +177,7 @@ def test_segmentation_killed_midway_resumes_and_matches(synthetic_release, tmp_p
 
 
 def test_cache_readers_keep_working_while_a_writer_is_killed(tmp_path):
-    from radgenome_hf.cache import PreparedCache
+    from radgenome_hf.access.cache import PreparedCache
 
     root = tmp_path / "cache"
     cache = PreparedCache(root, max_bytes=1 << 30)
@@ -186,7 +186,7 @@ def test_cache_readers_keep_working_while_a_writer_is_killed(tmp_path):
     big = "np.asfortranarray(np.random.default_rng(1).integers(-1024, 2000, (256, 256, 192), dtype=np.int16))"
     writer = _spawn(f"""
         import numpy as np
-        from radgenome_hf.cache import PreparedCache
+        from radgenome_hf.access.cache import PreparedCache
         c = PreparedCache({str(root)!r}, max_bytes=1 << 30)
         a = {big}
         i = 0
@@ -197,7 +197,7 @@ def test_cache_readers_keep_working_while_a_writer_is_killed(tmp_path):
     """)
     reader = _spawn(f"""
         import time, numpy as np
-        from radgenome_hf.cache import PreparedCache
+        from radgenome_hf.access.cache import PreparedCache
         c = PreparedCache({str(root)!r}, max_bytes=1 << 30)
         want = np.asfortranarray(np.random.default_rng(0).integers(-1024, 2000, (96, 96, 64), dtype=np.int16))
         t = time.monotonic(); n = 0

@@ -23,12 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from radgenome_hf import archives, tables
+from radgenome_hf.io import archives, tables
 from radgenome_hf.errors import (
     CorruptVolumeError, MalformedFileError, RadGenomeError, ShapeMismatchError, UnsafeArchiveError, VolumeNameError,
 )
 from radgenome_hf.names import VolumeName, parse_mask_member
-from radgenome_hf.volume import Volume
+from radgenome_hf.access.volume import Volume
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -358,7 +358,7 @@ def test_bitflip_in_deflate_data_is_caught_by_the_crc(tmp_path):
 @FUZZ
 @given(edits=header_edits(), gz=st.booleans(), cut=st.one_of(st.none(), st.integers(0, len(GOOD) - 1)))
 def test_hostile_mask_files_raise_package_errors(tmp_path_factory, edits, gz, cut):
-    from radgenome_hf.masks import PackedMasks
+    from radgenome_hf.access.masks import PackedMasks
 
     data = _patched(edits)
     if cut is not None:
@@ -380,7 +380,7 @@ def test_hostile_mask_files_raise_package_errors(tmp_path_factory, edits, gz, cu
 
 @pytest.mark.parametrize("dim", [[0, 8, 8, 4], [1, 8, 8, 4], [2, 8, 8, 4], [3, 0, 8, 4]])
 def test_mask_file_with_bad_dims_names_the_file(tmp_path, dim):
-    from radgenome_hf.masks import PackedMasks
+    from radgenome_hf.access.masks import PackedMasks
 
     p = tmp_path / "lung.nii.gz"
     p.write_bytes(gzip.compress(_patched({"dim": [*dim, 1, 1, 1, 1]})))
@@ -390,7 +390,7 @@ def test_mask_file_with_bad_dims_names_the_file(tmp_path, dim):
 
 
 def test_mask_file_size_limit_is_enforced_before_allocating(tmp_path):
-    from radgenome_hf.masks import PackedMasks
+    from radgenome_hf.access.masks import PackedMasks
 
     data = gzip.compress(_patched({"dim": [3, 1024, 1024, 256, 1, 1, 1, 1], "datatype": 2, "bitpix": 8}))
     tracemalloc.start()

@@ -69,7 +69,7 @@ print(json.dumps({"n": len(ds), "volume": repr(row["volume"]), "shape": list(row
 
 
 def test_packed_release_from_the_hub_decodes_lazily(synthetic_release, tmp_path):
-    from radgenome_hf.generate.build import build_release
+    from radgenome_hf.publish.build import build_release
     from radgenome_hf.publish.hub import publish_release
 
     packed = build_release(synthetic_release.root, tmp_path / "packed")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from radgenome_hf.errors import ShapeMismatchError
-from radgenome_hf.masks import PackedMasks, masks_schema, tight_bbox
+from radgenome_hf.access.masks import PackedMasks, masks_schema, tight_bbox
 
 SHAPE = (23, 19, 11)
 
@@ -195,7 +195,7 @@ def test_unknown_structure_message(packed):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from radgenome_hf.masks import MaskGrid  # noqa: E402
+from radgenome_hf.access.masks import MaskGrid  # noqa: E402
 
 _NAMES = ["random blob", "empty", "single", "border", "full", "column"]
 

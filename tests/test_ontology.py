@@ -8,7 +8,7 @@ import pytest
 
 from radgenome_hf.errors import UnknownAnatomyError
 from radgenome_hf.ontology import get_ontology, normalize_name, normalize_path
-from radgenome_hf.tables import CTRATE_LABELS, read_vqa
+from radgenome_hf.io.tables import CTRATE_LABELS, read_vqa
 
 RUL = "lung/lung/right lung/right lung upper lobe"
 T12 = "bone/bone/vertebrae/thoracic vertebrae/thoracic vertebrae 12 (t12)"

@@ -10,7 +10,7 @@ import pytest
 
 from radgenome_hf.generate.pipeline import PipelineConfig, rebuild_release
 from radgenome_hf.names import VolumeName
-from radgenome_hf.tables import RADGENOME_HEADERS
+from radgenome_hf.io.tables import RADGENOME_HEADERS
 
 
 @pytest.fixture(scope="module")

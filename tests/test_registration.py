@@ -9,7 +9,7 @@ import datasets.load as load
 import pytest
 
 import radgenome_hf
-from radgenome_hf.loading import BUILDER_MODULE, BUILDER_NAME
+from radgenome_hf.hf.loading import BUILDER_MODULE, BUILDER_NAME
 
 
 def test_datasets_still_resolves_names_through_dataset_module_factory():

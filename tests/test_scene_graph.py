@@ -26,7 +26,7 @@ from radgenome_hf.generate.scene_graph import (
     voxel_volume_ml,
     write_scene_graphs,
 )
-from radgenome_hf.masks import PackedMasks
+from radgenome_hf.access.masks import PackedMasks
 
 AFFINE = np.array([[-0.75, 0, 0, 10.0], [0, -0.75, 0, 20.0], [0, 0, 1.5, -30.0], [0, 0, 0, 1]])
 

@@ -17,7 +17,7 @@ import pytest
 
 import radgenome_hf
 from radgenome_hf.errors import MalformedFileError, RadGenomeError, UnsafeFileError, VolumeNameError
-from radgenome_hf.hierarchy import read_report_hierarchy
+from radgenome_hf.io.hierarchy import read_report_hierarchy
 from radgenome_hf.names import VolumeName, ctrate_volume_path, mask_dir, mask_path, radgenome_volume_path
 
 pytestmark = pytest.mark.timeout(180)
@@ -175,7 +175,7 @@ def _files_containing(root: Path, needle: bytes) -> list[str]:
 
 def test_token_is_never_written_to_outputs_logs_or_reports(synthetic_release, tmp_path, monkeypatch, caplog, capfd):
     from radgenome_hf.generate.backends import get_backend
-    from radgenome_hf.generate.build import build_release
+    from radgenome_hf.publish.build import build_release
     from radgenome_hf.generate.segment import discover_volumes, run_segmentation
     from radgenome_hf.publish.hub import publish_release
     from radgenome_hf.testing.hub_server import HubServer
@@ -213,7 +213,7 @@ HOSTILE = ["../train_1_a_1", "train_1_a_1/../../etc/passwd", "../../..", "/etc/p
 
 @pytest.mark.parametrize("text", HOSTILE)
 def test_paths_built_from_volume_names_stay_in_their_layout(text, tmp_path):
-    from radgenome_hf.release import UpstreamRelease
+    from radgenome_hf.io.release import UpstreamRelease
 
     try:
         v = VolumeName.parse(text)
@@ -259,7 +259,7 @@ def test_publish_rejects_bad_revisions(branch):
 
 def test_volume_open_rejects_missing_and_names_the_file(tmp_path):
     from radgenome_hf.errors import MissingVolumeError
-    from radgenome_hf.volume import Volume
+    from radgenome_hf.access.volume import Volume
 
     with pytest.raises(MissingVolumeError, match="nope.nii.gz"):
         Volume.open(tmp_path / "../nope.nii.gz")

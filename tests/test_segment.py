@@ -35,9 +35,9 @@ from radgenome_hf.generate.segment import (
     run_segmentation,
     segment_volume,
 )
-from radgenome_hf.masks import PackedMasks
+from radgenome_hf.access.masks import PackedMasks
 from radgenome_hf.ontology import get_ontology
-from radgenome_hf.synthetic import make_phantom
+from radgenome_hf.testing.synthetic import make_phantom
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,14 +16,14 @@ import pytest
 
 from radgenome_hf import names
 from radgenome_hf.ontology import get_ontology, normalize_name
-from radgenome_hf.synthetic import (
+from radgenome_hf.testing.synthetic import (
     REALISTIC_SHAPE,
     REALISTIC_SPACING,
     SyntheticConfig,
     make_phantom,
     write_release,
 )
-from radgenome_hf.tables import (
+from radgenome_hf.io.tables import (
     CTRATE_LABEL_HEADER,
     CTRATE_LABELS,
     CTRATE_METADATA_HEADER,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from radgenome_hf import tables as T
+from radgenome_hf.io import tables as T
 from radgenome_hf.errors import MalformedFileError, ReleaseNotFoundError
 from radgenome_hf.names import VolumeName
 from radgenome_hf.ontology import get_ontology

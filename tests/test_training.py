@@ -156,7 +156,7 @@ def _fill(alloc, n):
 
 
 def test_threaded_loader_prepared_cache_files(tmp_path):
-    cache_mod = pytest.importorskip("radgenome_hf.cache")
+    cache_mod = pytest.importorskip("radgenome_hf.access.cache")
     cache = cache_mod.PreparedCache(tmp_path / "cache", max_bytes=1 << 30)
     rng = np.random.default_rng(1)
     arrays = [np.asfortranarray(rng.integers(-1000, 1000, (20, 18, 9)).astype(np.int16)) for _ in range(3)]
@@ -170,7 +170,7 @@ def test_threaded_loader_prepared_cache_files(tmp_path):
 
 @pytest.mark.parametrize("layout", ["frame", "chunked"])
 def test_threaded_loader_cache_readers_no_allocation_on_second_epoch(tmp_path, layout):
-    from radgenome_hf.cache import PreparedCache
+    from radgenome_hf.access.cache import PreparedCache
 
     cache = PreparedCache(tmp_path / "cache", layout=layout)
     rng = np.random.default_rng(2)
@@ -207,7 +207,7 @@ def test_threaded_loader_cache_readers_no_allocation_on_second_epoch(tmp_path, l
 
 
 def test_threaded_loader_frame_file_paths(tmp_path):
-    from radgenome_hf.cache import PreparedCache
+    from radgenome_hf.access.cache import PreparedCache
 
     cache = PreparedCache(tmp_path, layout="frame")
     arrays = [np.asfortranarray(np.random.default_rng(n).integers(-9, 9, (10, 6, 4)).astype(np.int16)) for n in range(3)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from radgenome_hf import transforms as T
+from radgenome_hf import training as T
 
 _interpolate = F.interpolate  # the references keep the real one when a test spies on F.interpolate
 
@@ -184,8 +184,8 @@ def test_ctclipd_in_monai_compose():
 
 
 def test_ctclip_accepts_volume():
-    pytest.importorskip("radgenome_hf.volume")
-    from radgenome_hf.volume import Volume
+    pytest.importorskip("radgenome_hf.access.volume")
+    from radgenome_hf.access.volume import Volume
 
     ct = phantom((30, 28, 16))
     v = Volume.from_array(ct, np.diag([1.0, 1.0, 2.0, 1.0]))
@@ -332,7 +332,7 @@ def test_region_crop_grounding_rule_and_whole_and_clamp():
 
 
 def test_region_crop_packed_masks_and_dict_transform():
-    pm_mod = pytest.importorskip("radgenome_hf.masks")
+    pm_mod = pytest.importorskip("radgenome_hf.access.masks")
     ct = phantom((40, 36, 20))
     masks = _masks()
     pm = pm_mod.PackedMasks.from_arrays(masks)
@@ -348,7 +348,9 @@ def test_region_crop_packed_masks_and_dict_transform():
 def test_linear_weights_match_torch_interpolate(n_in, n_out):
     x = torch.randn(n_in)
     ref = torch.nn.functional.interpolate(x[None, None], size=n_out, mode="linear", align_corners=False)[0, 0]
-    i0, i1, w = T._linear_weights(n_in, n_out)
+    from radgenome_hf.training.ctclip import _linear_weights
+
+    i0, i1, w = _linear_weights(n_in, n_out)
     got = x[torch.from_numpy(i0)] * (1 - torch.from_numpy(w)) + x[torch.from_numpy(i1)] * torch.from_numpy(w)
     np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
 

@@ -9,11 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from radgenome_hf import volume as volume_mod
-from radgenome_hf.cache import PreparedCache
+from radgenome_hf.access import volume as volume_mod
+from radgenome_hf.access.cache import PreparedCache
 from radgenome_hf.errors import CorruptVolumeError, MalformedFileError, MissingVolumeError, UnknownAnatomyError
-from radgenome_hf.masks import PackedMasks
-from radgenome_hf.volume import Volume, apply_rescale
+from radgenome_hf.access.masks import PackedMasks
+from radgenome_hf.access.volume import Volume, apply_rescale
 
 SHAPE = (40, 36, 24)
 LPS = np.diag([-0.75, -0.75, 1.5, 1.0])

@@ -15,7 +15,7 @@ from radgenome_hf.generate.vqa import (
     rederive_location_presence,
     write_vqa,
 )
-from radgenome_hf.tables import RADGENOME_HEADERS, write_csv
+from radgenome_hf.io.tables import RADGENOME_HEADERS, write_csv
 
 REPORTS = {
     "train_1_a_1": ("Trachea and both main bronchi are open. A 6x4 mm nodule is seen in the right lower lobe. "
@@ -128,7 +128,7 @@ def test_rederive_reproduces_real_rows(real_sample_dir, tmp_path):
 
 
 def test_rederive_on_reader_columns(real_sample_dir):
-    from radgenome_hf.tables import read_vqa
+    from radgenome_hf.io.tables import read_vqa
 
     abn = read_vqa(real_sample_dir / "train_vqa_abnormality.csv", "abnormality")
     location, yes = rederive_location_presence(abn)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..radgenome import CONFIG_NAMES
+    from ..hf.builder import CONFIG_NAMES
 
     p = sub.add_parser("build", help="build the packed release folder that `publish` pushes to the Hub")
     p.add_argument("out", type=Path, help="folder to write (atomically)")
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..generate.build import build_release
+    from ..publish.build import build_release
 
     report = build_release(
         args.data_dir, args.out, configs=tuple(args.configs), num_shards=args.num_shards,

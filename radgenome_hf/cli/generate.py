@@ -31,8 +31,8 @@ def _add_grounding(p: argparse.ArgumentParser) -> None:
 def _reports_of(upstream: str, split: str | None):
     import pyarrow as pa
 
-    from ..release import UpstreamRelease
-    from ..tables import read_ctrate_reports
+    from ..io.release import UpstreamRelease
+    from ..io.tables import read_ctrate_reports
 
     release = UpstreamRelease.discover(upstream, need="ctrate")
     tables = []
@@ -89,7 +89,7 @@ def _cmd_vqa(args: argparse.Namespace) -> int:
 
 
 def _masks_loader(masks_dir: str | None):
-    from ..masks import PackedMasks
+    from ..access.masks import PackedMasks
 
     def load(stem: str):
         if not masks_dir:
@@ -115,7 +115,7 @@ def _cmd_anatomy_pairs(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     from ..generate.anatomy_pairs import build_anatomy_pairs, write_anatomy_pairs
-    from ..tables import read_ctrate_labels
+    from ..io.tables import read_ctrate_labels
 
     release, grounded = _grounded(args)
     labels = [read_ctrate_labels(p) for s in ("train", "valid") if (p := release.ctrate_labels(s))]

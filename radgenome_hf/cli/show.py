@@ -33,9 +33,9 @@ def _is_path(text: str) -> bool:
 
 
 def _masks_from_option(path: Path, anatomy: str):
-    from ..masks import PackedMasks
+    from ..access.masks import PackedMasks
     from ..ontology import normalize_name
-    from ..transforms import resolve_region_mask
+    from ..training import resolve_region_mask
 
     if path.is_dir():
         files = {normalize_name(f): path / f for f in sorted(os.listdir(path)) if f.endswith((".nii", ".nii.gz"))}
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     release = None
     if args.data_dir is not None:
-        from ..release import UpstreamRelease
+        from ..io.release import UpstreamRelease
 
         release = UpstreamRelease.discover(args.data_dir)
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             # a file inside a release (<root>/dataset/<split>_preprocessed/...): use that release for masks/captions
             for parent in vol_path.resolve().parents:
                 if parent.name == "dataset":
-                    from ..release import UpstreamRelease
+                    from ..io.release import UpstreamRelease
 
                     try:
                         release = UpstreamRelease.discover(radgenome_dir=parent.parent)
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if csv is not None and vname is not None:
         sentence = find_region_sentence(csv, vname, args.anatomy)
 
-    from ..volume import Volume
+    from ..access.volume import Volume
 
     volume = Volume.open(vol_path)
     out = args.out or Path(f"{vname or 'volume'}_{(args.anatomy or 'whole').replace('/', '_').replace(' ', '_')}.png")

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synthetic import SyntheticConfig, write_release
+    from ..testing.synthetic import SyntheticConfig, write_release
 
     cfg = SyntheticConfig(
         n_train_patients=args.patients_train,

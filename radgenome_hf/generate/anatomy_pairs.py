@@ -30,7 +30,7 @@ from ..ontology import get_ontology
 from .ground import GroundedReport, Sentence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..masks import PackedMasks
+    from ..access.masks import PackedMasks
 
 __all__ = ["ANATOMY_PAIRS_FEATURES", "fvlm_organs", "organ_sentences", "caption_for", "build_anatomy_pairs",
            "normal_template", "clean_part", "write_anatomy_pairs"]
@@ -131,7 +131,7 @@ def build_anatomy_pairs(grounded: Mapping[str, GroundedReport], *, labels: Any =
     """Rows of the ``anatomy_pairs`` config (keys of :data:`ANATOMY_PAIRS_FEATURES`), volume by volume.
 
     ``labels``: a ``tables.read_ctrate_labels`` table or ``{volume: {label: 0/1}}``; ``masks_of(stem)``: the
-    volume's :class:`~radgenome_hf.masks.PackedMasks` or None.
+    volume's :class:`~radgenome_hf.access.masks.PackedMasks` or None.
     """
     from tqdm.auto import tqdm
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ..names import VolumeName
 from ..ontology import Ontology, get_ontology, normalize_name, normalize_path
-from ..tables import RADGENOME_HEADERS, write_csv
+from ..io.tables import RADGENOME_HEADERS, write_csv
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ReleaseNotFoundError
 from ..names import VolumeName, mask_dir, radgenome_csv_name, radgenome_volume_path
-from ..tables import RADGENOME_HEADERS, write_csv
+from ..io.tables import RADGENOME_HEADERS, write_csv
 from .anatomy_pairs import build_anatomy_pairs
 from .ground import GroundedReport, ground_reports, region_report_rows
 from .scene_graph import build_scene_graphs
@@ -41,7 +41,7 @@ from .splits import assign_splits, split_report, write_splits
 from .vqa import build_vqa, check_invariants
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..masks import PackedMasks
+    from ..access.masks import PackedMasks
     from .llm import GroundingBackend
 
 __all__ = ["PipelineConfig", "PipelineReport", "rebuild_release", "MASKS_FROM"]
@@ -138,7 +138,7 @@ class _Masks:
         self.files.setdefault(stem, {})[kind] = path
 
     def kind(self, stem: str, kind: str) -> "PackedMasks | None":
-        from ..masks import PackedMasks
+        from ..access.masks import PackedMasks
 
         p = self.files.get(stem, {}).get(kind)
         return PackedMasks.load(p) if p is not None else None
@@ -181,7 +181,7 @@ def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Pa
         return out
     if cfg.masks_from != "release":
         raise ValueError(f"masks_from must be one of {MASKS_FROM}, got {cfg.masks_from!r}")
-    from ..maskstore import MaskStore
+    from ..access.maskstore import MaskStore
 
     for split in _SPLITS:
         for kind in ("anatomy", "region"):
@@ -203,7 +203,7 @@ def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Pa
 def _reports(release: Any) -> tuple[Any, Any]:
     import pyarrow as pa
 
-    from ..tables import read_ctrate_labels, read_ctrate_reports
+    from ..io.tables import read_ctrate_labels, read_ctrate_reports
 
     reports, labels = [], []
     for split in _SPLITS:
@@ -225,7 +225,7 @@ def _reports(release: Any) -> tuple[Any, Any]:
 def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
                     config: PipelineConfig | None = None) -> PipelineReport:
     """Rebuild every derived table of ``upstream`` into a new release folder ``out`` (see the module docs)."""
-    from ..release import UpstreamRelease
+    from ..io.release import UpstreamRelease
     from .segment import discover_volumes
 
     cfg = config or PipelineConfig()
@@ -251,7 +251,7 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
             report.skipped[s] = "no CT-RATE report row"
     if not stems:
         raise ReleaseNotFoundError(f"{upstream}: no volume has a report row; nothing to rebuild")
-    from ..tables import filter_volumes
+    from ..io.tables import filter_volumes
 
     reports = filter_volumes(reports, stems)
 
@@ -342,7 +342,7 @@ def _regions_from(anatomy: "PackedMasks | None") -> "PackedMasks | None":
     """Region masks for a segmentation output: its structures named like a top-level region."""
     if anatomy is None:
         return None
-    from ..masks import PackedMasks
+    from ..access.masks import PackedMasks
     from ..ontology import get_ontology
 
     regions = set(get_ontology().region_masks)

@@ -38,7 +38,7 @@ from .ground import GroundedReport, Lexicon, Sentence, _dedupe, normalize_findin
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from ..masks import PackedMasks
+    from ..access.masks import PackedMasks
 
 __all__ = [
     "SCENE_GRAPH_FEATURES", "arrow_schema", "object_path", "voxel_volume_ml", "bbox_mm", "prior_volumes",

@@ -1,6 +1,6 @@
 """Generation stage 1: segment CT volumes into ontology-named packed masks, with pluggable backends.
 
-One interface (:class:`SegmentationBackend`: HU array + affine in, :class:`~radgenome_hf.masks.PackedMasks` on the
+One interface (:class:`SegmentationBackend`: HU array + affine in, :class:`~radgenome_hf.access.masks.PackedMasks` on the
 same grid out) and four backends in :mod:`radgenome_hf.generate.backends` (``threshold``, ``monai``,
 ``totalsegmentator``, ``sat``). :func:`run_segmentation` runs a backend over many volumes — in this process, in a
 local process pool, or on Ray Data — writing ``<out_dir>/<volume_name>.masks.parquet`` per volume, resumably
@@ -9,7 +9,7 @@ parameters), recording every failure.
 
 >>> import numpy as np
 >>> from radgenome_hf.generate.backends import get_backend
->>> from radgenome_hf.synthetic import make_phantom
+>>> from radgenome_hf.testing.synthetic import make_phantom
 >>> ph = make_phantom((48, 48, 32), None, 0)
 >>> masks = segment_volume(ph.ct, get_backend("threshold"), affine=ph.affine)
 >>> masks.shape == ph.ct.shape, "left lung" in masks
@@ -30,7 +30,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..errors import CorruptVolumeError, MissingVolumeError, RadGenomeError, ReleaseNotFoundError
-from ..masks import PackedMasks
+from ..access.masks import PackedMasks
 from ..names import VolumeName
 from .manifest import Manifest, ManifestKey, params_hash
 

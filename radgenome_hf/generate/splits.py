@@ -103,7 +103,7 @@ def write_splits(path: str | Path, table: "pa.Table") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if path.suffix == ".csv":
-        from ..tables import write_csv
+        from ..io.tables import write_csv
 
         write_csv(tmp, table.column_names, (tuple(r.values()) for r in table.to_pylist()))
     else:

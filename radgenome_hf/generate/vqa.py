@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..names import VolumeName, radgenome_csv_name
 from ..ontology import get_ontology
-from ..tables import RADGENOME_HEADERS, write_csv
+from ..io.tables import RADGENOME_HEADERS, write_csv
 from .ground import GroundedReport, Sentence, _dedupe, normalize_finding, path_sort_key
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -182,7 +182,7 @@ def local_files(folder: str | Path) -> dict[str, Path]:
     root = Path(folder)
     if not root.is_dir():
         raise ReleaseNotFoundError(f"{root}: release folder not found (build it first, e.g. with "
-                                   "radgenome_hf.generate.build)")
+                                   "radgenome_hf.publish.build)")
     out: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ...errors import ShapeMismatchError
-from ...masks import PackedMasks
+from ...access.masks import PackedMasks
 from ...ontology import get_ontology, normalize_name
 
 #: Ontology mask names a backend output gets as the union of its finer structures, when the backend does not

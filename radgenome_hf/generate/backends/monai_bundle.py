@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...errors import MalformedFileError, RadGenomeError, ReleaseNotFoundError
-from ...masks import PackedMasks
+from ...access.masks import PackedMasks
 from ..manifest import file_hash, params_hash
 from ._common import label_map_to_masks
 

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...errors import MalformedFileError, RadGenomeError, ReleaseNotFoundError
-from ...masks import PackedMasks
+from ...access.masks import PackedMasks
 from ...ontology import get_ontology, normalize_name
 from ._common import masks_with_derived, ontology_name
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ...masks import PackedMasks
+from ...access.masks import PackedMasks
 from ._common import masks_with_derived
 
 
@@ -43,7 +43,7 @@ def _bbox_slices(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
 class ThresholdBackend:
     """HU-threshold segmentation of body, lungs, airway and bone (see the module docstring).
 
-    >>> from radgenome_hf.synthetic import make_phantom
+    >>> from radgenome_hf.testing.synthetic import make_phantom
     >>> ph = make_phantom((48, 48, 32), None, 0)
     >>> m = ThresholdBackend().segment(ph.ct, ph.affine)
     >>> sorted(m.names)

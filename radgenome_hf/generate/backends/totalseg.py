@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import RadGenomeError
-from ...masks import PackedMasks
+from ...access.masks import PackedMasks
 from ._common import label_map_to_masks, ontology_name
 
 _INSTALL = "pip install 'radgenome-hf[totalsegmentator]'"

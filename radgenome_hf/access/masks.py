@@ -32,8 +32,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import MalformedFileError, ShapeMismatchError
-from .ontology import normalize_name
+from ..errors import MalformedFileError, ShapeMismatchError
+from ..ontology import normalize_name
 
 BBox = tuple[int, int, int, int, int, int]
 
@@ -244,7 +244,7 @@ def _pack(mask: np.ndarray, source: str) -> _Packed:
 
 def _load_nifti_mask(item: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes."""
-    from .errors import RadGenomeError
+    from ..errors import RadGenomeError
     from .volume import Volume
 
     where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
@@ -488,7 +488,7 @@ class PackedMasks:
         if out is None:
             return np.zeros(self.shape, dtype=bool, order="F")  # calloc: only the pages the bbox touches get faulted
         if not isinstance(out, MaskGrid):
-            raise TypeError(f"out= must be a MaskGrid (see radgenome_hf.masks.MaskGrid), got {type(out).__name__}")
+            raise TypeError(f"out= must be a MaskGrid (see radgenome_hf.access.masks.MaskGrid), got {type(out).__name__}")
         return out._take(self.shape)
 
     def crop(self, name: str, bbox: Sequence[int]) -> np.ndarray:

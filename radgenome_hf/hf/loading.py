@@ -14,20 +14,20 @@ import os
 from typing import Any
 
 BUILDER_NAME = "radgenome"
-BUILDER_MODULE = "radgenome_hf.radgenome"
+BUILDER_MODULE = "radgenome_hf.hf.builder"
 PACKED_MANIFEST = "release_manifest.json"
 
 _registered = False
 
 
 def register() -> None:
-    """Make ``datasets.load_dataset("radgenome", config, …)`` resolve to :class:`radgenome_hf.radgenome.RadGenome`."""
+    """Make ``datasets.load_dataset("radgenome", config, …)`` resolve to :class:`radgenome_hf.hf.builder.RadGenome`."""
     global _registered
     if _registered:
         return
     import datasets.load as load
 
-    from . import __version__
+    from .. import __version__
     from .features import register_features
 
     register_features()
@@ -53,7 +53,7 @@ def load_dataset(config: str = "vqa", *args: Any, **kwargs: Any):
     ``radgenome_hf.load_dataset("vqa", data_dir="release", split="train", streaming=True)`` is
     ``datasets.load_dataset("radgenome", "vqa", data_dir="release", split="train", streaming=True)``.
     Builder options (``ignore_missing_volumes``, ``num_shards``, ``ctrate_dir``, ``token`` …) are
-    :class:`radgenome_hf.radgenome.RadGenomeConfig` fields.
+    :class:`radgenome_hf.hf.builder.RadGenomeConfig` fields.
 
     Example:
         >>> import radgenome_hf                                             # doctest: +SKIP

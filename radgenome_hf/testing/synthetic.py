@@ -35,9 +35,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import names
-from .ontology import get_ontology, normalize_name
-from .tables import (
+from .. import names
+from ..ontology import get_ontology, normalize_name
+from ..io.tables import (
     CTRATE_LABEL_HEADER,
     CTRATE_LABELS,
     CTRATE_METADATA_HEADER,

@@ -1,4 +1,4 @@
-"""Feeding CT volumes into a PyTorch training loop: collate, a DataLoader recipe, a threaded ring loader.
+"""Feeding CT volumes into a PyTorch training loop: a DataLoader recipe and a threaded ring loader.
 
 Three pieces:
 
@@ -40,110 +40,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch.utils.data import DataLoader
+
+from .collate import collate_volumes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["collate_volumes", "dist_info", "make_dataloader", "ThreadedVolumeLoader", "read_into"]
+__all__ = ["dist_info", "make_dataloader", "ThreadedVolumeLoader", "read_into"]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# collate
-# ----------------------------------------------------------------------------------------------------------
-def _is_array(v: Any) -> bool:
-    import torch
-
-    return (isinstance(v, np.ndarray) and v.dtype != object) or isinstance(v, torch.Tensor)
-
-
-def _to_tensor(v: Any) -> "torch.Tensor":
-    import torch
-
-    if isinstance(v, np.ndarray):
-        if v.dtype == np.float64:
-            v = v.astype(np.float32)
-        if any(s < 0 for s in v.strides):
-            v = np.ascontiguousarray(v)
-        t = torch.from_numpy(v) if v.flags.writeable else torch.from_numpy(v.copy())
-    else:
-        t = v
-    if t.dtype == torch.float64:
-        t = t.float()
-    return t
-
-
-def collate_volumes(
-    batch: Sequence[Mapping[str, Any]],
-    *,
-    pad: bool = True,
-    pad_values: Mapping[str, float] | None = None,
-    default_pad_value: float = 0,
-    shape_suffix: str = "_shape",
-) -> dict[str, Any]:
-    """Batch dict samples whose arrays may differ in shape.
-
-    For every key whose values are all arrays/tensors of one rank: same shapes are stacked; different shapes are
-    padded at the end of each axis to the largest shape with ``pad_values[key]`` (else ``default_pad_value``), or
-    returned as a list when ``pad=False``. ``batch[f"{key}{shape_suffix}"]`` holds the original shapes, an int64
-    ``(B, ndim)`` tensor. Any other field (strings, numbers, Volumes, None…) becomes a list.
-
-    >>> import numpy as np
-    >>> b = collate_volumes([{"ct": np.zeros((2, 3), np.int16), "id": "a"}, {"ct": np.ones((3, 1), np.int16), "id": "b"}],
-    ...                     pad_values={"ct": -1000})
-    >>> b["ct"].shape, b["ct_shape"].tolist(), b["id"], int(b["ct"][1, 2, 1])
-    (torch.Size([2, 3, 3]), [[2, 3], [3, 1]], ['a', 'b'], -1000)
-    """
-    import torch
-
-    if not batch:
-        return {}
-    if not all(isinstance(s, Mapping) for s in batch):
-        from torch.utils.data import default_collate
-
-        return default_collate(list(batch))
-    keys: list[str] = []
-    for s in batch:
-        for k in s:
-            if k not in keys:
-                keys.append(k)
-    pad_values = dict(pad_values or {})
-    out: dict[str, Any] = {}
-    for key in keys:
-        values = [s.get(key) for s in batch]
-        if all(_is_array(v) for v in values) and len({np.ndim(v) for v in values}) == 1:
-            tensors = [_to_tensor(v) for v in values]
-            ndim = tensors[0].dim()
-            if ndim == 0:
-                out[key] = torch.stack(tensors)
-                continue
-            shapes = [tuple(t.shape) for t in tensors]
-            out[f"{key}{shape_suffix}"] = torch.tensor(shapes, dtype=torch.int64)
-            dtype = tensors[0].dtype
-            for t in tensors[1:]:
-                dtype = torch.promote_types(dtype, t.dtype)
-            if len(set(shapes)) == 1:
-                if all(t.dtype == dtype for t in tensors):
-                    out[key] = torch.stack(tensors)
-                else:
-                    out[key] = torch.stack([t.to(dtype) for t in tensors])
-            elif not pad:
-                out[key] = tensors
-            else:
-                big = tuple(max(s[a] for s in shapes) for a in range(ndim))
-                fill = pad_values.get(key, default_pad_value)
-                res = torch.full((len(tensors), *big), fill, dtype=dtype)
-                for b, t in enumerate(tensors):
-                    res[(b, *[slice(0, n) for n in t.shape])].copy_(t)
-                out[key] = res
-        else:
-            out[key] = values
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# DataLoader recipe
-# ----------------------------------------------------------------------------------------------------------
 def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """(rank, world_size): the arguments if given, else ``torch.distributed`` if initialised, else ``$RANK`` /
     ``$WORLD_SIZE``, else (0, 1)."""
@@ -275,9 +180,6 @@ def make_dataloader(
     return DataLoader(dataset, **loader_kwargs)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# threaded ring loader
-# ----------------------------------------------------------------------------------------------------------
 Alloc = Callable[..., np.ndarray]  # alloc(key, shape, dtype, order="C") -> a reused buffer of that shape
 
 
@@ -302,7 +204,7 @@ def _read_npy(path: Path, alloc: Alloc, key: str) -> np.ndarray:
 
 
 def _read_b2(path: Path, alloc: Alloc, key: str) -> np.ndarray:
-    from .cache import read_file_into
+    from ..access.cache import read_file_into
 
     # PreparedCache files: a .b2f frame decodes in one GIL-free call, a .b2nd NDArray chunk by chunk; both
     # straight into the ring buffer, single-threaded (the loader's threads are the parallelism)
@@ -310,7 +212,7 @@ def _read_b2(path: Path, alloc: Alloc, key: str) -> np.ndarray:
 
 
 def _read_nifti(path: Path, alloc: Alloc, key: str) -> np.ndarray:
-    from .volume import Volume
+    from ..access.volume import Volume
 
     arr = Volume.open(path).array()
     out = alloc(key, arr.shape, arr.dtype, "F" if arr.flags.f_contiguous else "C")

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RadGenomeError
-from ..radgenome import CONFIG_NAMES
+from ..hf.builder import CONFIG_NAMES
 
 PATH_COLUMNS = {"volume": ("path",), "mask": ("path",), "masks": ("region", "anatomy")}
 
@@ -221,9 +221,9 @@ def build_release(
     """Build the packed release of an upstream-layout folder ``source`` into ``out`` (atomically)."""
     import datasets
 
-    from ..loading import register
-    from ..publish.card import ConfigSpec, render_card
-    from ..release import UpstreamRelease
+    from ..hf.loading import register
+    from .card import ConfigSpec, render_card
+    from ..io.release import UpstreamRelease
 
     register()
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Upstream masks are one binary ``.nii.gz`` per structure, in folders or inside ``.tar.gz`` archives (sometimes one
 tar.gz cut into ``_aa``, ``_ab``… parts). An archive cannot be seeked, so it is read in ONE streaming pass and every
-structure goes into the packed form (:class:`~radgenome_hf.masks.PackedMasks`: bbox + packed bits), one parquet file
+structure goes into the packed form (:class:`~radgenome_hf.access.masks.PackedMasks`: bbox + packed bits), one parquet file
 per (volume, kind) under the cache. Rows then decode masks from those files, never from the archive.
 
 The store is keyed by the source's fingerprint (file sizes and mtimes), so a changed source is packed again.
@@ -17,10 +17,10 @@ from typing import Iterable, Iterator
 
 import hashlib
 
-from .errors import VolumeNameError
-from .names import MaskKind, Split, VolumeName
-from .archives import MaskSource
-from .release import UpstreamRelease
+from ..errors import VolumeNameError
+from ..names import MaskKind, Split, VolumeName
+from ..io.archives import MaskSource
+from ..io.release import UpstreamRelease
 
 
 def default_cache_root() -> Path:
@@ -91,7 +91,7 @@ class MaskStore:
 def _pack_one(root: Path, stem: str, kind: MaskKind, files: dict[str, object]) -> dict:
     from .masks import PackedMasks
 
-    from .ontology import normalize_name
+    from ..ontology import normalize_name
 
     # structure order is by name, whatever order the folder listing or archive had
     ordered = dict(sorted(files.items(), key=lambda kv: normalize_name(kv[0])))
@@ -141,7 +141,7 @@ def _iter_volumes(source: MaskSource, progress: bool) -> Iterator[tuple[str, dic
                 yield stem, files
         return
 
-    from .archives import iter_masks
+    from ..io.archives import iter_masks
 
     # One streaming pass. Members of one volume are contiguous in the upstream archives, but do not rely on it:
     # buffer per volume and flush a volume when the stream moves on (memory bounded by one volume's masks).

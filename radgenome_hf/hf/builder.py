@@ -9,8 +9,8 @@
 | ``scene_graph`` | one volume as an anatomy-centred graph (from a release that contains the generated files) |
 | ``anatomy_pairs`` | one (volume, organ) image–text pair (likewise) |
 
-The builder reads an upstream release as it is (see :mod:`radgenome_hf.release`): CSVs with pyarrow at prepare
-time, masks packed in one pass (:mod:`radgenome_hf.maskstore`), volumes referenced by path and decoded lazily.
+The builder reads an upstream release as it is (see :mod:`radgenome_hf.io.release`): CSVs with pyarrow at prepare
+time, masks packed in one pass (:mod:`radgenome_hf.access.maskstore`), volumes referenced by path and decoded lazily.
 
 Examples:
     >>> import radgenome_hf, datasets                                       # doctest: +SKIP
@@ -33,13 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import __version__
-from .errors import MalformedFileError, MissingVolumeError, ShapeMismatchError
+from .. import __version__
+from ..errors import MalformedFileError, MissingVolumeError, ShapeMismatchError
 from .features import CTVolume, StructureMask, VolumeMasks, register_features
-from .names import HF_SPLIT, Split, VolumeName
-from .ontology import get_ontology
-from .release import UpstreamRelease
-from .tables import CTRATE_LABELS
+from ..names import HF_SPLIT, Split, VolumeName
+from ..ontology import get_ontology
+from ..io.release import UpstreamRelease
+from ..io.tables import CTRATE_LABELS
 
 register_features()
 
@@ -126,12 +126,12 @@ def config_features(name: str) -> datasets.Features:
             mask=StructureMask(),
         )
     elif name == "scene_graph":
-        from .generate.scene_graph import SCENE_GRAPH_FEATURES
+        from ..generate.scene_graph import SCENE_GRAPH_FEATURES
 
         f.update(_python_schema_to_features(SCENE_GRAPH_FEATURES, skip=set(f)))
         f["volume"] = CTVolume()
     elif name == "anatomy_pairs":
-        from .generate.anatomy_pairs import ANATOMY_PAIRS_FEATURES
+        from ..generate.anatomy_pairs import ANATOMY_PAIRS_FEATURES
 
         f.update(_python_schema_to_features(ANATOMY_PAIRS_FEATURES, skip=set(f)))
         f["volume"] = CTVolume()
@@ -258,7 +258,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
                 raise
 
     def _masks(self, release: UpstreamRelease, split: Split) -> dict:
-        from .maskstore import prepare_mask_stores
+        from ..access.maskstore import prepare_mask_stores
 
         return prepare_mask_stores(
             release, split, cache_root=self.config.mask_cache_dir, progress=self.config.progress
@@ -311,8 +311,8 @@ class RadGenome(datasets.ArrowBasedBuilder):
 
     # -- configs ---------------------------------------------------------------------------------------
     def _table_vqa(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
-        from .tables import read_case_disorders, read_vqa
-        from .templates import QuestionTemplates
+        from ..io.tables import read_case_disorders, read_vqa
+        from ..templates import QuestionTemplates
 
         files = {t: release.radgenome_csv(split, f"vqa_{t}") for t in VQA_TYPES[:4]}
         files["disorders"] = release.radgenome_csv(split, "case_disorders")
@@ -390,7 +390,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
         return table
 
     def _table_grounded_reports(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
-        from .tables import read_region_report
+        from ..io.tables import read_region_report
 
         path = release.radgenome_csv(split, "region_report")
         if path is None:
@@ -452,7 +452,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
         return table
 
     def _table_reports(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
-        from .tables import read_ctrate_labels, read_ctrate_metadata, read_ctrate_reports
+        from ..io.tables import read_ctrate_labels, read_ctrate_metadata, read_ctrate_reports
 
         path = release.ctrate_reports(split)
         if path is None:
@@ -630,7 +630,7 @@ def _check_mask_grid(volume_path: str, stem: str, stores: dict) -> None:
     try:
         vshape = tuple(nib.load(volume_path).shape[:3])
     except Exception as exc:  # noqa: BLE001
-        from .errors import CorruptVolumeError
+        from ..errors import CorruptVolumeError
 
         raise CorruptVolumeError(volume_path, f"cannot read the NIfTI header ({exc})") from exc
     for kind, shape in shapes.items():

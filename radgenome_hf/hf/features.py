@@ -2,7 +2,7 @@
 
 * :class:`CTVolume` stores a reference to a NIfTI file (local path or ``hf://`` URL) plus, for CT-RATE v1 volumes
   whose headers are blank, the spacing and rescale from the metadata CSV. It decodes to a lazy
-  :class:`~radgenome_hf.volume.Volume`: nothing is read until an array is asked for.
+  :class:`~radgenome_hf.access.volume.Volume`: nothing is read until an array is asked for.
 * :class:`StructureMask` stores a reference to one structure in a packed-mask file (or the whole scan) and
   decodes to a :class:`LazyMask`.
 * :class:`VolumeMasks` stores references to a volume's packed region and anatomy masks and decodes to a
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .errors import MissingVolumeError
+from ..errors import MissingVolumeError
 
 if TYPE_CHECKING:
-    from .masks import MaskGrid
+    from ..access.masks import MaskGrid
 
 # -- packed-mask file cache (one process) -------------------------------------------------------------
 _PACKED_CACHE: "OrderedDict[str, Any]" = OrderedDict()
@@ -35,7 +35,7 @@ _PACKED_CACHE_SIZE = 16
 
 def load_packed(path: str):
     """Load a packed-mask file, keeping the last few in memory (rows of one volume come together)."""
-    from .masks import PackedMasks
+    from ..access.masks import PackedMasks
 
     with _PACKED_LOCK:
         hit = _PACKED_CACHE.get(path)
@@ -85,7 +85,7 @@ class LazyMask:
         return int(self._packed().voxel_count(self.structure))
 
     def array(self, out: MaskGrid | None = None) -> np.ndarray:
-        """The full-grid boolean mask; with ``out=`` a :class:`~radgenome_hf.masks.MaskGrid`, a read-only view of
+        """The full-grid boolean mask; with ``out=`` a :class:`~radgenome_hf.access.masks.MaskGrid`, a read-only view of
         that reused grid (valid until its next use), which skips the page faults of a fresh grid."""
         if self.source == "whole" or self.structure is None:
             if self.shape is None:
@@ -133,7 +133,7 @@ class MaskSet:
         return out
 
     def _find(self, name: str):
-        from .ontology import normalize_name
+        from ..ontology import normalize_name
 
         key = normalize_name(name)
         for packed in (self.anatomy, self.region):
@@ -212,7 +212,7 @@ def local_path(path: str, token_per_repo_id=None) -> str:
 
 
 def _open_volume(value: dict, token_per_repo_id=None):
-    from .volume import Volume
+    from ..access.volume import Volume
 
     path = value.get("path")
     if path is None:
@@ -243,7 +243,7 @@ def _fetch_from_hub(url: str, token_per_repo_id=None) -> str:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HfHubHTTPError
 
-    from .errors import HubAccessError
+    from ..errors import HubAccessError
 
     rest = url[len("hf://"):]
     if not rest.startswith("datasets/"):
@@ -256,18 +256,18 @@ def _fetch_from_hub(url: str, token_per_repo_id=None) -> str:
     try:
         return hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision or None, token=token)
     except HfHubHTTPError as exc:
-        from .release import _hub_error
+        from ..io.release import _hub_error
 
         raise _hub_error(url, exc) from exc
 
 
 @dataclass
 class CTVolume:
-    """A CT volume stored by reference; decodes to a lazy :class:`~radgenome_hf.volume.Volume`."""
+    """A CT volume stored by reference; decodes to a lazy :class:`~radgenome_hf.access.volume.Volume`."""
 
     decode: bool = True
     id: Optional[str] = field(default=None, repr=False)
-    dtype: ClassVar[str] = "radgenome_hf.volume.Volume"
+    dtype: ClassVar[str] = "radgenome_hf.access.volume.Volume"
     pa_type: ClassVar[Any] = pa.struct(
         {
             "path": pa.string(),
@@ -305,7 +305,7 @@ class StructureMask:
 
     decode: bool = True
     id: Optional[str] = field(default=None, repr=False)
-    dtype: ClassVar[str] = "radgenome_hf.features.LazyMask"
+    dtype: ClassVar[str] = "radgenome_hf.hf.features.LazyMask"
     pa_type: ClassVar[Any] = pa.struct(
         {
             "path": pa.string(),
@@ -342,7 +342,7 @@ class VolumeMasks:
 
     decode: bool = True
     id: Optional[str] = field(default=None, repr=False)
-    dtype: ClassVar[str] = "radgenome_hf.features.MaskSet"
+    dtype: ClassVar[str] = "radgenome_hf.hf.features.MaskSet"
     pa_type: ClassVar[Any] = pa.struct({"region": pa.string(), "anatomy": pa.string()})
     #: folder or ``hf://datasets/<repo>@<rev>`` that relative paths are relative to (packed releases)
     base: Optional[str] = None

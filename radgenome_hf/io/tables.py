@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .errors import MalformedFileError, ReleaseNotFoundError
-from .names import _NAME_RE, VolumeName
-from .ontology import normalize_path
+from ..errors import MalformedFileError, ReleaseNotFoundError
+from ..names import _NAME_RE, VolumeName
+from ..ontology import normalize_path
 
 #: Exact headers of the RadGenome CSVs, keyed by the table part of the file name
 #: (``train_vqa_presence.csv`` -> ``vqa_presence``).

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Literal, Sequence, Union
 
-from .errors import MalformedFileError, ReleaseNotFoundError, UnsafeArchiveError
-from .names import MaskKind, Split, VolumeName, parse_mask_member
+from ..errors import MalformedFileError, ReleaseNotFoundError, UnsafeArchiveError
+from ..names import MaskKind, Split, VolumeName, parse_mask_member
 
 __all__ = [
     "MaskSource",

@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import CorruptVolumeError
+from ..errors import CorruptVolumeError
 
 __all__ = ["PreparedCache", "CacheReader", "source_identity", "default_cache_root", "DEFAULT_MAX_BYTES", "read_file_into"]
 
@@ -380,7 +380,7 @@ class CacheReader:
         """Decode into ``alloc(name, shape, dtype, order)`` (the loader's signature); raises on a cache miss."""
         path = self.cache.file_for(self.key)
         if path is None:
-            from .errors import MissingVolumeError
+            from ..errors import MissingVolumeError
 
             raise MissingVolumeError(
                 f"{self.cache.path_for(self.key)}: key {self.key} is not in the prepared cache (evicted?); "

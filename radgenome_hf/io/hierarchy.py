@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .errors import MalformedFileError, ReleaseNotFoundError, UnsafeFileError
+from ..errors import MalformedFileError, ReleaseNotFoundError, UnsafeFileError
 
 __all__ = ["read_report_hierarchy"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import HubAccessError, ReleaseNotFoundError
-from .names import (
+from ..errors import HubAccessError, ReleaseNotFoundError
+from ..names import (
     CTRATE_LABEL_SPLIT,
     CTRATE_REPORT_SPLIT,
     RADGENOME_CSV_SPLIT,
@@ -188,7 +188,7 @@ class UpstreamRelease:
         }
 
     def mask_source(self, split: Split, kind: MaskKind):
-        """Where a split's masks of a kind are (:class:`radgenome_hf.archives.MaskSource`): folder preferred, then
+        """Where a split's masks of a kind are (:class:`radgenome_hf.io.archives.MaskSource`): folder preferred, then
         ``.tar.gz``, then split parts; ``None`` if the release has none.
 
         On the Hub, a mask archive (or its parts) is downloaded once into the Hugging Face cache (resumable,
@@ -208,7 +208,7 @@ class UpstreamRelease:
 
     def _remote_mask_source(self, root: str, split: Split, kind: MaskKind):
         from .archives import MaskSource
-        from .features import local_path
+        from ..hf.features import local_path
 
         try:
             names = {p.rsplit("/", 1)[-1] for p in self.fs.ls(root, detail=False)}

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import CorruptVolumeError, MalformedFileError, MissingVolumeError, ShapeMismatchError, UnknownAnatomyError
-from .ontology import get_ontology, normalize_name, normalize_path
+from ..errors import CorruptVolumeError, MalformedFileError, MissingVolumeError, ShapeMismatchError, UnknownAnatomyError
+from ..ontology import get_ontology, normalize_name, normalize_path
 
 try:  # isal's igzip inflates ~1.6x faster than zlib; the stdlib is the fallback
     from isal import igzip as _igzip  # type: ignore
@@ -158,7 +158,7 @@ class Volume:
 
         ``spacing`` (mm, i/j/k) replaces the header geometry: the affine becomes ``diag(spacing)``.
         ``rescale=(slope, intercept)`` replaces the header's ``scl_slope``/``scl_inter``.
-        ``cache=True`` (or a :class:`~radgenome_hf.cache.PreparedCache`) stores the decoded array once and serves
+        ``cache=True`` (or a :class:`~radgenome_hf.access.cache.PreparedCache`) stores the decoded array once and serves
         later ``array()``/``crop()`` calls from it.
         """
         v = cls()

@@ -1,0 +1,73 @@
+"""Every environment variable the package reads, with its default: the one place that reads ``os.environ``.
+
+Values are read when asked for (never at import time), so a test or a notebook can change a variable and the
+next call sees it.
+
+| variable | default | what |
+| --- | --- | --- |
+| ``RADGENOME_CACHE`` | ``~/.cache/radgenome_hf`` | root of the package's caches: prepared volumes, packed masks |
+| ``RADGENOME_CACHE_MAX_BYTES`` | 200 GiB | size bound of the prepared-volume cache |
+| ``RADGENOME_MAX_VOLUME_BYTES`` | 16 GiB | largest decoded volume a header may ask for (larger = corrupt) |
+| ``RADGENOME_LLM_ENDPOINT`` / ``RADGENOME_LLM_MODEL`` | unset | the optional LLM grounding backend |
+| ``RADGENOME_LLM_API_KEY`` (else ``OPENAI_API_KEY``) | unset | its key, sent in a header only |
+| ``RANK`` / ``WORLD_SIZE`` | 0 / 1 | the node split when ``torch.distributed`` is not initialised |
+
+>>> import os
+>>> os.environ["RADGENOME_CACHE"] = "/tmp/rg-cache"
+>>> cache_root(), masks_cache_root()
+(PosixPath('/tmp/rg-cache'), PosixPath('/tmp/rg-cache/masks'))
+>>> del os.environ["RADGENOME_CACHE"]
+>>> max_volume_bytes() == 16 << 30
+True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "cache_root", "masks_cache_root", "prepared_cache_max_bytes", "max_volume_bytes", "llm_settings", "dist_env",
+]
+
+
+def _int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"${name}={text!r} is not an integer (bytes)") from None
+
+
+def cache_root() -> Path:
+    """``$RADGENOME_CACHE`` or ``~/.cache/radgenome_hf``: the prepared-volume cache lives here."""
+    env = os.environ.get("RADGENOME_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "radgenome_hf"
+
+
+def masks_cache_root() -> Path:
+    """Where packed masks of upstream mask sources are kept: ``<cache_root>/masks``."""
+    return cache_root() / "masks"
+
+
+def prepared_cache_max_bytes() -> int:
+    """``$RADGENOME_CACHE_MAX_BYTES`` or 200 GiB."""
+    return _int("RADGENOME_CACHE_MAX_BYTES", 200 << 30)
+
+
+def max_volume_bytes() -> int:
+    """``$RADGENOME_MAX_VOLUME_BYTES`` or 16 GiB: a header asking for more is treated as corrupt."""
+    return _int("RADGENOME_MAX_VOLUME_BYTES", 16 << 30)
+
+
+def llm_settings() -> tuple[str, str | None, str | None]:
+    """(endpoint, model, api key) of the LLM grounding backend from the environment (``""``/``None`` when unset)."""
+    key = os.environ.get("RADGENOME_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    return os.environ.get("RADGENOME_LLM_ENDPOINT") or "", os.environ.get("RADGENOME_LLM_MODEL"), key
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size) from ``$RANK`` / ``$WORLD_SIZE``, else (0, 1)."""
+    return _int("RANK", 0), _int("WORLD_SIZE", 1)
