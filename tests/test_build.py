@@ -104,7 +104,7 @@ def test_failed_build_leaves_nothing(synthetic_release, tmp_path, monkeypatch):
 
 def test_with_the_package_volumes_and_masks_decode_lazily(packed, tmp_path):
     import radgenome_hf
-    from radgenome_hf.hf.features import LazyMask, MaskSet
+    from radgenome_hf.access.lazymasks import LazyMask, MaskSet
     from radgenome_hf.access.volume import Volume
 
     out, report = packed

@@ -13,7 +13,7 @@ import pytest
 
 import radgenome_hf
 from radgenome_hf.errors import MissingVolumeError, ReleaseNotFoundError, ShapeMismatchError
-from radgenome_hf.hf.features import LazyMask, MaskSet
+from radgenome_hf.access.lazymasks import LazyMask, MaskSet
 from radgenome_hf.ontology import get_ontology
 from radgenome_hf.access.volume import Volume
 

@@ -53,7 +53,7 @@ def test_builder_lists_all_configs():
 def test_custom_feature_types_are_known_to_datasets():
     from datasets.features.features import _FEATURE_TYPES, generate_from_dict
 
-    for name in ("CTVolume", "StructureMask", "VolumeMasks"):
+    for name in ("VolumeFeature", "LazyMaskFeature", "MaskSetFeature"):
         assert name in _FEATURE_TYPES
         feat = generate_from_dict({"_type": name})
         assert type(feat).__name__ == name

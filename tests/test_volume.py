@@ -9,11 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from radgenome_hf.access import volume as volume_mod
+from radgenome_hf.io import compression as compression_mod
 from radgenome_hf.access.cache import PreparedCache
 from radgenome_hf.errors import CorruptVolumeError, MalformedFileError, MissingVolumeError, UnknownAnatomyError
 from radgenome_hf.access.masks import PackedMasks
-from radgenome_hf.access.volume import Volume, apply_rescale
+from radgenome_hf.access.volume import Volume
+from radgenome_hf.io.nifti import apply_rescale
 
 SHAPE = (40, 36, 24)
 LPS = np.diag([-0.75, -0.75, 1.5, 1.0])
@@ -53,7 +54,7 @@ def hu_file(tmp_path) -> Path:
 
 def test_lazy_open_and_repr(hu_file):
     v = Volume.open(hu_file)
-    assert not v.loaded and v._hdr is None  # nothing read at open
+    assert not v.loaded and v._file._hdr is None  # nothing read at open
     r = repr(v)
     assert r == (
         "Volume(name='train_1_a_1', shape=(40, 36, 24), spacing=(0.75, 0.75, 1.5), orientation='LPS', "
@@ -110,7 +111,7 @@ def test_absurd_header_rejected_before_allocation(tmp_path):
 
 def test_isal_and_stdlib_identical(hu_file, monkeypatch):
     fast = Volume.open(hu_file).array()
-    monkeypatch.setattr(volume_mod, "_igzip", None)
+    monkeypatch.setattr(compression_mod, "_igzip", None)
     slow = Volume.open(hu_file).array()
     np.testing.assert_array_equal(fast, slow)
     assert slow.dtype == fast.dtype == np.int16

@@ -25,7 +25,6 @@ np.int64(6)
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -33,7 +32,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import MalformedFileError, ShapeMismatchError
+from ..io.atomic import atomic_path
+from ..io.nifti import NiftiFile, apply_rescale, write_nifti
 from ..ontology import normalize_name
+from ._format import format_bytes
 
 BBox = tuple[int, int, int, int, int, int]
 
@@ -224,9 +226,7 @@ class MaskGrid:
         return self._view()
 
     def __repr__(self) -> str:
-        from .volume import _fmt_bytes
-
-        return f"MaskGrid(shape={self.shape}, memory={_fmt_bytes(self.nbytes)}, dirty box={self._dirty})"
+        return f"MaskGrid(shape={self.shape}, memory={format_bytes(self.nbytes)}, dirty box={self._dirty})"
 
 
 def _as_bool(mask: np.ndarray) -> np.ndarray:
@@ -245,15 +245,14 @@ def _pack(mask: np.ndarray, source: str) -> _Packed:
 def _load_nifti_mask(item: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes."""
     from ..errors import RadGenomeError
-    from .volume import Volume
 
     where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
     try:
-        # through Volume: the header's claimed size is checked against the data before anything is allocated,
-        # and the gzip CRC is verified
-        vol = Volume.open(bytes(item) if isinstance(item, (bytearray, memoryview)) else item)
-        arr = vol.array()
-        affine = np.asarray(vol.affine, dtype=np.float64)
+        # the one NIfTI reader: the header's claimed size is checked against the data before anything is
+        # allocated, and the gzip CRC is verified
+        f = NiftiFile.open(item)
+        arr = apply_rescale(f.read_raw(), *f.slope_inter())
+        affine = f.affine
     except RadGenomeError as exc:
         raise MalformedFileError(where, f"mask {name!r} is not a readable NIfTI file ({exc})") from exc
     except Exception as exc:  # nibabel raises many types for bad files
@@ -594,15 +593,8 @@ class PackedMasks:
         import pyarrow.parquet as pq
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             pq.write_table(self.to_arrow(volume_name), tmp, compression="zstd")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod
@@ -622,22 +614,9 @@ class PackedMasks:
     # -- NIfTI ------------------------------------------------------------------------------------
     def to_nifti_folder(self, folder: str | os.PathLike) -> list[Path]:
         """Write the upstream form: one binary uint8 ``<name>.nii.gz`` per structure, with this grid's affine."""
-        import nibabel as nib
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for name in self._items:
-            final = folder / f"{name}.nii.gz"
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=folder)
-            os.close(fd)
-            try:
-                img = nib.Nifti1Image(self.mask(name).view(np.uint8), self.affine)
-                img.header.set_data_dtype(np.uint8)
-                img.to_filename(tmp)
-                os.replace(tmp, final)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            written.append(final)
+            written.append(write_nifti(folder / f"{name}.nii.gz", self.mask(name), self.affine, dtype=np.uint8))
         return written

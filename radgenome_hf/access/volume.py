@@ -4,9 +4,12 @@ A :class:`Volume` wraps a local path (``.nii``/``.nii.gz``), raw file bytes, or 
 ``file://…``). Arrays are in nibabel voxel order ``(i, j, k)`` and Fortran-ordered (a view of the decoded file
 buffer, as nibabel returns them); :meth:`Volume.tensor` is the zero-copy ``(k, j, i)`` torch view.
 
-HU rules: the rescale (``scl_slope``/``scl_inter`` from the header, or ``rescale=(slope, intercept)`` given
-explicitly, which then replaces the header's) is applied exactly once. Integer data stay in their dtype when the
-slope is 1, the intercept is integral and the result fits (else int16 if that fits), otherwise float32. Never float64.
+The file is read through :class:`~radgenome_hf.io.nifti.NiftiFile` (header checks before any allocation, one
+decode buffer, crops of ``.nii`` that read only the crop). HU rules (:func:`~radgenome_hf.io.nifti.apply_rescale`):
+the rescale (``scl_slope``/``scl_inter`` from the header, or ``rescale=(slope, intercept)`` given explicitly, which
+then replaces the header's) is applied exactly once; integer data stay integer where the result fits; never
+float64. With a :class:`~radgenome_hf.access.cache.PreparedCache` the decoded HU array is stored once and later
+reads and crops come from it.
 
 >>> import numpy as np
 >>> v = Volume.from_array(np.zeros((4, 4, 2), np.int16), np.diag([0.75, 0.75, 1.5, 1.0]), name="train_1_a_1")
@@ -16,24 +19,17 @@ Volume(name='train_1_a_1', shape=(4, 4, 2), spacing=(0.75, 0.75, 1.5), orientati
 
 from __future__ import annotations
 
-import ast
-import gzip
-import io
 import math
 import os
-import re
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import CorruptVolumeError, MalformedFileError, MissingVolumeError, ShapeMismatchError, UnknownAnatomyError
+from ..errors import MalformedFileError, ShapeMismatchError, UnknownAnatomyError
+from ..io.nifti import NiftiFile, apply_rescale, ctrate_geometry, predict_dtype
 from ..ontology import get_ontology, normalize_name, normalize_path
-
-try:  # isal's igzip inflates ~1.6x faster than zlib; the stdlib is the fallback
-    from isal import igzip as _igzip  # type: ignore
-except ImportError:  # pragma: no cover
-    _igzip = None
+from ._format import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -41,101 +37,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .cache import PreparedCache
     from .masks import PackedMasks
 
-__all__ = ["Volume", "MAX_VOLUME_BYTES", "apply_rescale"]
-
-#: Largest decoded volume accepted (bytes); a header asking for more is treated as corrupt.
-MAX_VOLUME_BYTES = int(os.environ.get("RADGENOME_MAX_VOLUME_BYTES", 16 << 30))
-
-_GZ_MAGIC = b"\x1f\x8b"
-
-
-def _gzip_reader(fileobj_or_path: Any):
-    """A gzip reader over a path or file object: isal when importable, else the stdlib."""
-    mod = _igzip if _igzip is not None else gzip
-    if isinstance(fileobj_or_path, (str, os.PathLike)):
-        return mod.GzipFile(os.fspath(fileobj_or_path), "rb")
-    return mod.GzipFile(fileobj=fileobj_or_path, mode="rb")
-
-
-def _readinto_full(f, buf: memoryview) -> int:
-    total = 0
-    while total < len(buf):
-        n = f.readinto(buf[total:])
-        if not n:
-            break
-        total += n
-    return total
-
-
-def _fits(lo: float, hi: float, dtype: np.dtype) -> bool:
-    info = np.iinfo(dtype)
-    return info.min <= lo and hi <= info.max
-
-
-def apply_rescale(raw: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
-    """``slope * raw + intercept`` by the package's HU rules (may modify ``raw`` in place; never float64).
-
-    >>> apply_rescale(np.array([0, 1000], np.int16), 1, -1024)
-    array([-1024,   -24], dtype=int16)
-    >>> apply_rescale(np.array([0, 2], np.int16), 0.5, 0).dtype
-    dtype('float32')
-    """
-    slope = 1.0 if slope is None or not math.isfinite(slope) or slope == 0 else float(slope)
-    intercept = 0.0 if intercept is None or not math.isfinite(intercept) else float(intercept)
-    if raw.dtype.kind in "iu" and slope == 1.0 and intercept.is_integer():
-        if intercept == 0:
-            return raw
-        inter = int(intercept)
-        if raw.size == 0:
-            return raw
-        # exact int32 arithmetic on the range decides the dtype; the add itself runs in place
-        lo, hi = int(raw.min()) + inter, int(raw.max()) + inter
-        for cand in (raw.dtype, np.dtype(np.int16), np.dtype(np.int32)):
-            if cand.itemsize <= max(raw.dtype.itemsize, 2) and _fits(lo, hi, cand):
-                out = raw if cand == raw.dtype else raw.astype(cand)
-                np.add(out, inter, out=out, casting="unsafe")
-                return out
-    if raw.dtype.kind == "f" and slope == 1.0 and intercept == 0.0:
-        return raw if raw.dtype.itemsize <= 4 else raw.astype(np.float32)
-    out = raw.astype(np.float32)
-    if slope != 1.0:
-        np.multiply(out, np.float32(slope), out=out)
-    if intercept != 0.0:
-        np.add(out, np.float32(intercept), out=out)
-    return out
-
-
-def _predict_dtype(raw: np.dtype, slope: float, intercept: float) -> np.dtype:
-    if raw.kind in "iu" and slope == 1.0 and float(intercept).is_integer():
-        if intercept == 0 or raw.kind == "i":
-            return raw
-        return np.dtype(np.int16) if raw.itemsize <= 2 else raw
-    if raw.kind == "f" and slope == 1.0 and intercept == 0.0:
-        return raw if raw.itemsize <= 4 else np.dtype(np.float32)
-    return np.dtype(np.float32)
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"  # pragma: no cover
-
-
-def _is_url(text: str) -> bool:
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
+__all__ = ["Volume"]
 
 
 class Volume:
     """A lazily decoded CT volume. Build with :meth:`open`, :meth:`from_ctrate` or :meth:`from_array`."""
 
     def __init__(self) -> None:  # use the classmethods
-        self._source: str | bytes | None = None  # local path, URL, or raw file bytes
-        self._kind = "array"  # "path" | "url" | "bytes" | "array"
-        self._gz = False
+        self._file: NiftiFile | None = None  # None: an in-memory array
+        self._checked = False
         self._name: str | None = None
-        self._hdr = None
         self._spacing_override: tuple[float, float, float] | None = None
         self._rescale_override: tuple[float, float] | None = None
         self._affine: np.ndarray | None = None
@@ -162,24 +73,9 @@ class Volume:
         later ``array()``/``crop()`` calls from it.
         """
         v = cls()
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            v._kind, v._source = "bytes", bytes(source)
-            v._gz = v._source[:2] == _GZ_MAGIC
-        else:
-            text = os.fspath(source)
-            if text.startswith("file://"):
-                text = text[len("file://") :]
-            if _is_url(text):
-                v._kind, v._source = "url", text
-            else:
-                p = Path(text).expanduser()
-                if not p.is_file():
-                    raise MissingVolumeError(
-                        f"{p}: no such volume file; check the path (or download the volume first)"
-                    )
-                v._kind, v._source = "path", str(p)
-            v._gz = text.endswith(".gz")
-            stem = PurePosixPath(text).name
+        v._file = NiftiFile.open(source)
+        if v._file.kind != "bytes":
+            stem = PurePosixPath(str(v._file.source)).name
             for suffix in (".nii.gz", ".nii"):
                 if stem.endswith(suffix):
                     stem = stem[: -len(suffix)]
@@ -226,7 +122,7 @@ class Volume:
                 "a CT-RATE v1 volume has a blank header; pass its metadata row (xy_spacing, z_spacing, "
                 "rescale_slope, rescale_intercept) or open the *_fixed copy",
             )
-        spacing, rescale = _ctrate_geometry(metadata, text)
+        spacing, rescale = ctrate_geometry(metadata, text)
         return cls.open(path, spacing=spacing, rescale=rescale, cache=cache)
 
     @classmethod
@@ -245,130 +141,26 @@ class Volume:
 
     # -- header -----------------------------------------------------------------------------------
     def _where(self) -> str:
-        return "<bytes>" if self._kind == "bytes" else str(self._source)
+        return "<array>" if self._file is None else self._file.where
 
-    def _header(self):
-        if self._hdr is not None or self._kind == "array":
-            return self._hdr
-        try:
-            if self._kind == "path":
-                if self._gz:
-                    with _gzip_reader(self._source) as f:
-                        img = _header_from_stream(f)
-                else:
-                    with open(self._source, "rb") as f:  # type: ignore[arg-type]
-                        img = _header_from_stream(f)
-            elif self._kind == "bytes":
-                bio = io.BytesIO(self._source)  # type: ignore[arg-type]
-                with (gzip.GzipFile(fileobj=bio) if self._gz else bio) as f:
-                    img = _header_from_stream(f)
-            else:
-                import fsspec
-
-                with fsspec.open(self._source, "rb", block_size=1 << 16) as raw:
-                    with (gzip.GzipFile(fileobj=raw) if self._gz else raw) as f:
-                        img = _header_from_stream(f)
-        except CorruptVolumeError as exc:
-            if exc.path is None:
-                raise CorruptVolumeError(self._where(), str(exc)) from exc
-            raise
-        except (FileNotFoundError, PermissionError):
-            raise
-        except Exception as exc:
-            raise CorruptVolumeError(
-                self._where(), f"cannot read the NIfTI header ({type(exc).__name__}: {exc}); re-download the file"
-            ) from exc
-        self._check_header(img)
-        self._hdr = img
-        return img
-
-    def _check_header(self, hdr) -> None:
-        where = self._where()
-        try:
-            dims = tuple(int(s) for s in hdr.get_data_shape())
-        except Exception as exc:  # nibabel: HeaderDataError on a dim[0] outside 1..7
-            raise CorruptVolumeError(where, f"header dims {list(hdr['dim'])} are impossible ({exc})") from exc
-        shape = dims
-        while len(shape) > 3 and shape[-1] == 1:
-            shape = shape[:-1]
-        if len(shape) != 3 or any(s <= 0 for s in shape):
-            raise CorruptVolumeError(where, f"header dims {dims} are not a 3D volume")
-        try:
-            dtype = hdr.get_data_dtype()
-        except Exception as exc:  # an unknown datatype code
-            raise CorruptVolumeError(
-                where, f"header datatype code {int(hdr['datatype'])} is not a NIfTI data type; the header is corrupt"
-            ) from exc
-        if dtype.kind not in "iuf" or dtype.fields is not None:
-            raise CorruptVolumeError(
-                where, f"header data type {dtype} (code {int(hdr['datatype'])}) is not a CT volume's integer/float type"
-            )
-        magic = bytes(hdr["magic"]).rstrip(b"\0")
-        if magic in (b"ni1", b"ni2"):
-            raise CorruptVolumeError(
-                where, f"magic {magic!r} marks a .hdr/.img pair (data in another file); convert it to a single .nii(.gz)"
-            )
-        offset = float(hdr["vox_offset"])
-        if not math.isfinite(offset) or offset > MAX_VOLUME_BYTES:
-            raise CorruptVolumeError(where, f"header vox_offset {offset} is impossible; the header is corrupt")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes > MAX_VOLUME_BYTES:
-            raise CorruptVolumeError(
-                where,
-                f"header asks for {nbytes / 2**30:.1f} GiB (dims {shape}); this is more than the "
-                f"{MAX_VOLUME_BYTES / 2**30:.1f} GiB limit (RADGENOME_MAX_VOLUME_BYTES) - the header is corrupt",
-            )
-        if self._spacing_override is None:
-            zooms = [float(z) for z in hdr.get_zooms()[:3]]
-            if not all(math.isfinite(z) and z > 0 for z in zooms):
-                raise CorruptVolumeError(
-                    where,
-                    f"header spacing {zooms} is zero/NaN; for a CT-RATE v1 file use Volume.from_ctrate(path, "
-                    "metadata), or pass spacing=",
-                )
-
-    def _data_offset(self) -> int:
-        """Where the voxels start: ``vox_offset``, raised to the minimum (352 / 544) as nibabel's header fix does."""
-        hdr = self._header()
-        return max(int(hdr["vox_offset"]), int(hdr.single_vox_offset))
-
-    def _check_available(self, total: int) -> None:
-        """Refuse before allocating when the source cannot hold ``total`` decoded bytes (a lying header).
-
-        An uncompressed file must be at least that long; deflate expands at most ~1032x, so a gzip stream of
-        ``n`` bytes inflates to at most ``1032 * n`` (+ slack for the gzip header).
-        """
-        if self._kind == "path":
-            size = os.stat(self._source).st_size  # type: ignore[arg-type]
-        elif self._kind == "bytes":
-            size = len(self._source)  # type: ignore[arg-type]
-        else:
-            try:
-                import fsspec
-
-                fs, p = fsspec.core.url_to_fs(self._source)
-                size = int(fs.size(p))
-            except Exception:  # size unknown: the read itself detects truncation
-                return
-        limit = size * 1032 + (1 << 16) if self._gz else size
-        if total > limit:
-            raise CorruptVolumeError(
-                self._where(),
-                f"the header promises {total} bytes (dims {self._raw_shape()}, offset {self._data_offset()}) but the "
-                f"{'compressed ' if self._gz else ''}file has only {size} bytes: it is truncated or the header is "
-                "corrupt; re-download it",
-            )
+    def _nifti(self) -> NiftiFile:
+        """The file, its header read and checked once (spacing too, unless ``spacing=`` replaces it)."""
+        f = self._file
+        assert f is not None
+        if not self._checked:
+            f.header  # noqa: B018 - reads and checks the header
+            if self._spacing_override is None:
+                f.check_zooms()
+            self._checked = True
+        return f
 
     def _raw_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self._header().get_data_shape()[:3])  # type: ignore[return-value]
+        return self._nifti().shape
 
     def _rescale(self) -> tuple[float, float]:
         if self._rescale_override is not None:
             return self._rescale_override
-        slope, inter = self._header().get_slope_inter()
-        slope = 1.0 if slope is None or not math.isfinite(slope) or slope == 0 else float(slope)
-        inter = 0.0 if inter is None or not math.isfinite(inter) else float(inter)
-        return slope, inter
+        return self._nifti().slope_inter()
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -378,7 +170,8 @@ class Volume:
     @property
     def path(self) -> str | None:
         """Local path or URL of the source (``None`` for bytes or arrays)."""
-        return self._source if self._kind in ("path", "url") else None  # type: ignore[return-value]
+        f = self._file
+        return None if f is None or f.kind == "bytes" else f.source  # type: ignore[return-value]
 
     @property
     def loaded(self) -> bool:
@@ -395,7 +188,7 @@ class Volume:
             if self._spacing_override is not None:
                 self._affine = np.diag([*self._spacing_override, 1.0])
             else:
-                self._affine = np.asarray(self._header().get_best_affine(), np.float64)
+                self._affine = self._nifti().affine
         return self._affine.copy()
 
     @property
@@ -418,7 +211,7 @@ class Volume:
         """Dtype of :meth:`array` (predicted from the header until loaded)."""
         if self._array is not None:
             return self._array.dtype
-        return _predict_dtype(self._header().get_data_dtype().newbyteorder("="), *self._rescale())
+        return predict_dtype(self._nifti().stored_dtype, *self._rescale())
 
     @property
     def nbytes(self) -> int:
@@ -430,65 +223,18 @@ class Volume:
             sp = tuple(round(x, 4) for x in self.spacing)
             return (
                 f"Volume(name={self._name!r}, shape={self.shape}, spacing={sp}, orientation={self.orientation!r}, "
-                f"dtype={self.dtype}, memory={_fmt_bytes(self.nbytes)}, loaded={self.loaded})"
+                f"dtype={self.dtype}, memory={format_bytes(self.nbytes)}, loaded={self.loaded})"
             )
         except Exception as exc:  # repr must not raise
             return f"Volume(name={self._name!r}, source={self._where()!r}, unreadable={exc!s:.120})"
 
     # -- decoding ---------------------------------------------------------------------------------
-    def _decode_raw(self) -> np.ndarray:
-        """The stored values, F-ordered (i, j, k), writable, native byte order."""
-        hdr = self._header()
-        dtype = hdr.get_data_dtype()
-        shape = self._raw_shape()
-        offset = self._data_offset()
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        total = offset + nbytes
-        where = self._where()
-        self._check_available(total)  # before allocating: a hostile header cannot make us reserve gigabytes
-        buf = np.empty(total, np.uint8)
-        try:
-            if self._kind == "path":
-                if self._gz:
-                    with _gzip_reader(self._source) as f:
-                        got = _readinto_full(f, memoryview(buf))
-                        _verify_gzip_end(f, got, total)
-                else:
-                    with open(self._source, "rb") as f:  # type: ignore[arg-type]
-                        got = _readinto_full(f, memoryview(buf))
-            else:
-                if self._kind == "bytes":
-                    data = self._source
-                else:
-                    import fsspec
-
-                    with fsspec.open(self._source, "rb") as f:
-                        data = f.read()
-                with (_gzip_reader(io.BytesIO(data)) if self._gz else io.BytesIO(data)) as f:  # type: ignore[arg-type]
-                    got = _readinto_full(f, memoryview(buf))
-                    if self._gz:
-                        _verify_gzip_end(f, got, total)
-        except (FileNotFoundError, PermissionError):
-            raise
-        except Exception as exc:  # zlib.error, EOFError, isal errors, OSError
-            raise CorruptVolumeError(
-                where, f"the compressed stream is corrupt or truncated ({type(exc).__name__}: {exc}); re-download it"
-            ) from exc
-        if got < total:
-            raise CorruptVolumeError(
-                where, f"file is truncated: {got - offset} of {nbytes} data bytes present; re-download it"
-            )
-        arr = np.ndarray(shape, dtype=dtype, buffer=buf, offset=offset, order="F")
-        if not dtype.isnative:
-            arr = arr.astype(dtype.newbyteorder("="))
-        return arr
-
     def _cache_key_for(self) -> str:
         if self._cache_key is None:
             assert self._cache is not None
             slope, inter = self._rescale()
             extra = {} if self._spacing_override is None else {"spacing": list(self._spacing_override)}
-            self._cache_key = self._cache.key_for(self._source, "hu", slope=slope, intercept=inter, **extra)  # type: ignore[arg-type]
+            self._cache_key = self._cache.key_for(self._file.source, "hu", slope=slope, intercept=inter, **extra)  # type: ignore[arg-type]
         return self._cache_key
 
     def array(self, dtype: Any = None, out: np.ndarray | None = None) -> np.ndarray:
@@ -518,7 +264,7 @@ class Volume:
             if self._cache is not None:
                 arr = self._cache.get_array(self._cache_key_for())
             if arr is None:
-                arr = apply_rescale(self._decode_raw(), *self._rescale())
+                arr = apply_rescale(self._nifti().read_raw(), *self._rescale())
                 if self._cache is not None:
                     self._cache.put_array(self._cache_key_for(), arr)
             self._array = arr
@@ -526,7 +272,7 @@ class Volume:
 
     def release(self) -> None:
         """Drop the decoded array (a file-backed volume can decode again later)."""
-        if self._kind != "array":
+        if self._file is not None:
             self._array = None
 
     def _check_bbox(self, bbox: Sequence[int]) -> tuple[int, ...]:
@@ -546,39 +292,11 @@ class Volume:
             got = self._cache.crop(self._cache_key_for(), b)
             if got is not None:
                 return got
-        elif self._kind == "path" and not self._gz:
-            hdr = self._header()
-            try:  # memory-mapped: only the crop's pages are read
-                mm = np.memmap(
-                    self._source, dtype=hdr.get_data_dtype(), mode="r", offset=self._data_offset(),
-                    shape=self._raw_shape(), order="F",
-                )
-                raw = np.array(mm[sl], order="F", dtype=mm.dtype.newbyteorder("="))
-                del mm
-            except (ValueError, OSError) as exc:
-                raise CorruptVolumeError(self._where(), f"cannot read the crop ({exc}); re-download it") from exc
-            return apply_rescale(raw, *self._rescale())
-        elif self._kind == "url" and not self._gz:
-            return apply_rescale(self._remote_slab(b), *self._rescale())
+        else:
+            raw = self._nifti().read_raw_crop(b)  # a .nii reads only the crop's bytes; gzip data cannot
+            if raw is not None:
+                return apply_rescale(raw, *self._rescale())
         return self.array()[sl].copy(order="K")
-
-    def _remote_slab(self, b: Sequence[int]) -> np.ndarray:
-        """Raw crop of an uncompressed remote ``.nii``: one range read of the k-slab, then slicing in memory."""
-        import fsspec
-
-        hdr = self._header()
-        dtype = hdr.get_data_dtype()
-        X, Y, _ = self._raw_shape()
-        plane = X * Y * dtype.itemsize
-        start = self._data_offset() + b[2] * plane
-        length = (b[5] - b[2]) * plane
-        with fsspec.open(self._source, "rb", block_size=1 << 18) as f:
-            f.seek(start)
-            data = f.read(length)
-        if len(data) < length:
-            raise CorruptVolumeError(self._where(), "file is truncated inside the requested crop; re-download it")
-        slab = np.ndarray((X, Y, b[5] - b[2]), dtype=dtype, buffer=data, order="F")
-        return np.array(slab[b[0] : b[3], b[1] : b[4], :], order="F", dtype=dtype.newbyteorder("="))
 
     def tensor(self) -> "torch.Tensor":
         """``torch.from_numpy(array().T)``: a zero-copy ``(k, j, i)`` tensor sharing memory with :meth:`array`."""
@@ -624,61 +342,3 @@ class Volume:
             return self.crop(full), mask
         box = tuple(max(0, bb[a] - m[a]) for a in range(3)) + tuple(min(shape[a], bb[a + 3] + m[a]) for a in range(3))
         return self.crop(box), masks.crop(name, box)  # type: ignore[arg-type]
-
-
-def _verify_gzip_end(f, got: int, total: int) -> None:
-    """Read on past the voxels so gzip reaches its trailer and checks the CRC-32 and length (a flipped bit in
-    the deflate stream can otherwise decode to silently wrong voxels). Bounded: at most 1 MiB more is read."""
-    if got == total:
-        f.read(1 << 20)
-
-
-def _header_from_stream(f):
-    """Read a NIfTI-1/2 header from an uncompressed stream (reads only the header and extensions)."""
-    import nibabel as nib
-
-    head = f.read(4)
-    if len(head) < 4:
-        raise CorruptVolumeError(None, "file is empty or truncated before the header")
-    size = int.from_bytes(head, "little")
-    if size not in (348, 540):
-        size = int.from_bytes(head, "big")
-    if size not in (348, 540):  # never read an attacker-chosen length
-        raise CorruptVolumeError(None, f"not a NIfTI-1/2 file (sizeof_hdr field is {head!r}, expected 348 or 540)")
-    cls = nib.Nifti2Header if size == 540 else nib.Nifti1Header
-    rest = f.read(size - 4)
-    if len(rest) < size - 4:
-        raise CorruptVolumeError(None, "file is truncated inside the NIfTI header")
-    hdr = cls.from_fileobj(io.BytesIO(head + rest + b"\0" * 4), check=False)  # check=True would "fix" pixdim
-    if bytes(hdr["magic"]).rstrip(b"\0") not in (b"n+1", b"ni1", b"n+2", b"ni2"):
-        raise CorruptVolumeError(None, f"not a NIfTI file (magic {bytes(hdr['magic'])!r})")
-    return hdr
-
-
-def _ctrate_geometry(meta: Mapping[str, Any], where: str) -> tuple[tuple[float, float, float], tuple[float, float]]:
-    def get(*keys: str) -> Any:
-        for k in keys:
-            if k in meta and meta[k] is not None:
-                return meta[k]
-        return None
-
-    xy = get("xy_spacing", "XYSpacing")
-    z = get("z_spacing", "ZSpacing")
-    if isinstance(xy, str):
-        xy = ast.literal_eval(xy)
-    try:
-        xy = [float(x) for x in xy]  # type: ignore[union-attr]
-        if len(xy) == 1:
-            xy = xy * 2
-        spacing = (xy[0], xy[1], float(z))
-        if not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(spacing)
-    except Exception as exc:
-        raise MalformedFileError(
-            where, f"metadata spacing xy_spacing={get('xy_spacing', 'XYSpacing')!r} z_spacing={z!r} is not usable"
-        ) from exc
-    slope = get("rescale_slope", "RescaleSlope")
-    inter = get("rescale_intercept", "RescaleIntercept")
-    slope = 1.0 if slope is None or not math.isfinite(float(slope)) else float(slope)
-    inter = 0.0 if inter is None or not math.isfinite(float(inter)) else float(inter)
-    return spacing, (slope, inter)

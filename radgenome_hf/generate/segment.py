@@ -25,11 +25,11 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..errors import CorruptVolumeError, MissingVolumeError, RadGenomeError, ReleaseNotFoundError
+from ..errors import CorruptVolumeError, RadGenomeError, ReleaseNotFoundError
 from ..access.masks import PackedMasks
 from ..names import VolumeName
 from .manifest import Manifest, ManifestKey, params_hash
@@ -63,36 +63,23 @@ def backend_params(backend: SegmentationBackend) -> dict[str, Any]:
     return dict(p() if callable(p) else p)
 
 
-def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI volume as HU (the header's rescale applied once; int16 stays int16) and its affine.
+def load_volume(path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI volume as HU and its affine, read as every row reads it (:class:`~radgenome_hf.access.volume.Volume`).
 
-    Raises :class:`MissingVolumeError` / :class:`CorruptVolumeError` naming the file.
+    The header's rescale is applied once, integer data stay integer where the result fits; a CT-RATE v1 file
+    (blank header) takes its spacing and rescale from ``metadata``. Raises :class:`MissingVolumeError` /
+    :class:`CorruptVolumeError` naming the file.
     """
-    import nibabel as nib
+    from ..access.volume import Volume
 
-    p = Path(path)
-    if not p.is_file():
-        raise MissingVolumeError(f"{p}: volume file not found; check the path or re-download the release")
+    vol = Volume.from_ctrate(path, metadata) if metadata is not None else Volume.open(path)
     try:
-        img = nib.load(str(p))
-        slope, inter = img.header.get_slope_inter()
-        identity = (slope is None or slope == 1) and (inter is None or inter == 0)
-        if identity:
-            arr = np.asanyarray(img.dataobj)
-        else:
-            arr = np.asarray(img.dataobj, dtype=np.float32)
-        if arr.dtype == np.float64:
-            arr = arr.astype(np.float32)
-        affine = np.asarray(img.affine, np.float64)
+        arr = vol.array()
     except RadGenomeError:
         raise
-    except Exception as exc:  # nibabel raises many kinds on truncated / corrupt gzip or headers
-        raise CorruptVolumeError(p, f"cannot read the NIfTI volume ({type(exc).__name__}: {exc}); re-download it") from exc
-    if arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise CorruptVolumeError(p, f"expected a 3D CT volume, got shape {arr.shape}")
-    return arr, affine
+    except Exception as exc:  # noqa: BLE001 - an unexpected decoder failure still names the file
+        raise CorruptVolumeError(path, f"cannot read the NIfTI volume ({type(exc).__name__}: {exc}); re-download it") from exc
+    return arr, vol.affine
 
 
 def segment_volume(

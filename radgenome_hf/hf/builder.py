@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import datasets
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import __version__
 from ..errors import MalformedFileError, MissingVolumeError, ShapeMismatchError
-from .features import CTVolume, StructureMask, VolumeMasks, register_features
+from .features import VolumeFeature, LazyMaskFeature, MaskSetFeature, register_features
 from ..names import HF_SPLIT, Split, VolumeName
 from ..ontology import get_ontology
 from ..io.release import UpstreamRelease
@@ -75,7 +74,7 @@ def config_features(name: str) -> datasets.Features:
     f = _id_features()
     if name == "reports":
         f.update(
-            volume=CTVolume(),
+            volume=VolumeFeature(),
             clinical_information=datasets.Value("string"),
             technique=datasets.Value("string"),
             findings=datasets.Value("string"),
@@ -90,8 +89,8 @@ def config_features(name: str) -> datasets.Features:
         )
     elif name == "segmentation":
         f.update(
-            volume=CTVolume(),
-            masks=VolumeMasks(),
+            volume=VolumeFeature(),
+            masks=MaskSetFeature(),
             shape=datasets.List(datasets.Value("int32")),
             structures=datasets.List(
                 {
@@ -110,8 +109,8 @@ def config_features(name: str) -> datasets.Features:
             region=datasets.Value("string"),
             node=datasets.Value("string"),
             sentence=datasets.Value("string"),
-            volume=CTVolume(),
-            mask=StructureMask(),
+            volume=VolumeFeature(),
+            mask=LazyMaskFeature(),
         )
     elif name == "vqa":
         f.update(
@@ -122,20 +121,20 @@ def config_features(name: str) -> datasets.Features:
             region=datasets.Value("string"),
             finding=datasets.Value("string"),
             manually_verified=datasets.Value("bool"),
-            volume=CTVolume(),
-            mask=StructureMask(),
+            volume=VolumeFeature(),
+            mask=LazyMaskFeature(),
         )
     elif name == "scene_graph":
         from ..generate.scene_graph import SCENE_GRAPH_FEATURES
 
         f.update(_python_schema_to_features(SCENE_GRAPH_FEATURES, skip=set(f)))
-        f["volume"] = CTVolume()
+        f["volume"] = VolumeFeature()
     elif name == "anatomy_pairs":
         from ..generate.anatomy_pairs import ANATOMY_PAIRS_FEATURES
 
         f.update(_python_schema_to_features(ANATOMY_PAIRS_FEATURES, skip=set(f)))
-        f["volume"] = CTVolume()
-        f["mask"] = StructureMask()
+        f["volume"] = VolumeFeature()
+        f["mask"] = LazyMaskFeature()
     else:
         raise ValueError(f"unknown config {name!r}; choose one of {CONFIG_NAMES}")
     return datasets.Features(f)
@@ -265,7 +264,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
         )
 
     def _volume_refs(self, release: UpstreamRelease, split: Split, stems: list[str], stores: dict) -> list[dict | None]:
-        """One CTVolume reference per stem (None where absent and allowed); checks mask grids against volumes."""
+        """One VolumeFeature reference per stem (None where absent and allowed); checks mask grids against volumes."""
         has_tree = release.has_volume_tree(split)
         refs: list[dict | None] = []
         missing = []
@@ -376,7 +375,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
         (volume, anatomy) pair and spread with ``take`` (1.3M VQA rows have ~100x fewer unique pairs)."""
         stems_col = table.column("volume_name")
         unique = pc.unique(stems_col).to_pylist()
-        refs = pa.array(self._volume_refs(release, split, unique, stores), type=CTVolume.pa_type)
+        refs = pa.array(self._volume_refs(release, split, unique, stores), type=VolumeFeature.pa_type)
         table = _add_ids(table)
         table = table.append_column("volume", refs.take(pc.index_in(stems_col, value_set=pa.array(unique))))
         if with_mask:
@@ -386,7 +385,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
             for key in encoded.dictionary.to_pylist():
                 stem, anatomy = key.split("\x1f", 1)
                 masks.append(self._grounding(stores, stem, anatomy, self._shape_of(stores, stem)))
-            table = table.append_column("mask", pa.array(masks, type=StructureMask.pa_type).take(encoded.indices))
+            table = table.append_column("mask", pa.array(masks, type=LazyMaskFeature.pa_type).take(encoded.indices))
         return table
 
     def _table_grounded_reports(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
@@ -418,7 +417,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
             # no masks: volumes alone, if there are any
             return None
         onto = get_ontology()
-        from .features import load_packed
+        from ..access.lazymasks import open_packed_masks
 
         rows_structures, rows_masks, shapes = [], [], []
         for stem in stems:
@@ -427,7 +426,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
                 store = stores.get(kind)
                 if store is None or stem not in store:
                     continue
-                packed = load_packed(store.path(stem))
+                packed = open_packed_masks(store.path(stem))
                 for name in packed.names:
                     paths = onto.paths_ending_in(name) if kind == "anatomy" else ((name,) if name in onto else ())
                     bbox = packed.bbox(name)
@@ -446,7 +445,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
             shapes.append(self._shape_of(stores, stem))
         table = pa.table({"volume_name": stems})
         table = self._attach_volume_and_mask(release, split, table, stores, with_mask=False)
-        table = table.append_column("masks", pa.array(rows_masks, type=VolumeMasks.pa_type))
+        table = table.append_column("masks", pa.array(rows_masks, type=MaskSetFeature.pa_type))
         table = table.append_column("shape", pa.array(shapes, type=pa.list_(pa.int32())))
         table = table.append_column("structures", pa.array(rows_structures))
         return table
@@ -505,7 +504,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
         table = pa.table(
             {
                 "volume_name": stems,
-                "volume": pa.array(volumes, type=CTVolume.pa_type),
+                "volume": pa.array(volumes, type=VolumeFeature.pa_type),
                 "clinical_information": reports.column("clinical_information"),
                 "technique": reports.column("technique"),
                 "findings": reports.column("findings"),
@@ -540,13 +539,13 @@ class RadGenome(datasets.ArrowBasedBuilder):
         table = _add_ids(table)
         unique = list(dict.fromkeys(stems))
         refs = dict(zip(unique, self._volume_refs(release, split, unique, stores)))
-        table = table.append_column("volume", pa.array([refs[s] for s in stems], type=CTVolume.pa_type))
+        table = table.append_column("volume", pa.array([refs[s] for s in stems], type=VolumeFeature.pa_type))
         if "mask" in feats:
             paths = [r.get("anatomy_path") or "" for r in rows]
             table = table.append_column(
                 "mask",
                 pa.array([self._grounding(stores, s, p, self._shape_of(stores, s)) for s, p in zip(stems, paths)],
-                         type=StructureMask.pa_type),
+                         type=LazyMaskFeature.pa_type),
             )
         return table
 
@@ -625,14 +624,9 @@ def _check_mask_grid(volume_path: str, stem: str, stores: dict) -> None:
     shapes = {kind: store.shape(stem) for kind, store in stores.items() if stem in store}
     if not shapes:
         return
-    import nibabel as nib
+    from ..io.nifti import NiftiFile
 
-    try:
-        vshape = tuple(nib.load(volume_path).shape[:3])
-    except Exception as exc:  # noqa: BLE001
-        from ..errors import CorruptVolumeError
-
-        raise CorruptVolumeError(volume_path, f"cannot read the NIfTI header ({exc})") from exc
+    vshape = NiftiFile.open(volume_path).shape  # the header alone; CorruptVolumeError names the file
     for kind, shape in shapes.items():
         if shape is not None and tuple(shape) != vshape:
             raise ShapeMismatchError(

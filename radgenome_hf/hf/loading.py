@@ -85,12 +85,12 @@ def lazy(dataset, base: str | os.PathLike | None = None):
     """
     import datasets
 
-    from .features import CTVolume, StructureMask, VolumeMasks
+    from .features import VolumeFeature, LazyMaskFeature, MaskSetFeature
 
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return type(dataset)({k: lazy(v, base) for k, v in dataset.items()})
     base = None if base is None else (os.fspath(base) if "://" in os.fspath(base) else os.path.abspath(base))
-    for column, feature in (("volume", CTVolume), ("mask", StructureMask), ("masks", VolumeMasks)):
+    for column, feature in (("volume", VolumeFeature), ("mask", LazyMaskFeature), ("masks", MaskSetFeature)):
         if dataset.features is not None and column in dataset.features:
             dataset = dataset.cast_column(column, feature(base=base))
     return dataset

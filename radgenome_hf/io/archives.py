@@ -19,12 +19,10 @@ packs every mask; :func:`read_member` exists for inspection and tests, not for p
 from __future__ import annotations
 
 import bisect
-import gzip
 import io
 import os
 import re
 import tarfile
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import BinaryIO, Callable, Iterator, Literal, Sequence, Union
 
 from ..errors import MalformedFileError, ReleaseNotFoundError, UnsafeArchiveError
 from ..names import MaskKind, Split, VolumeName, parse_mask_member
+from .compression import GZIP_ERRORS, open_gzip
 
 __all__ = [
     "MaskSource",
@@ -334,22 +333,7 @@ def _label(source: MaskSource | BinaryIO) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 # Read errors that mean "corrupt or truncated archive" (write errors such as a full disk are not among them).
-_CORRUPT: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
-try:  # isal's inflate errors are not OSError subclasses
-    from isal import isal_zlib as _isal_zlib
-
-    _CORRUPT = (*_CORRUPT, _isal_zlib.error)
-except ImportError:  # pragma: no cover - isal is a dependency, this is belt and braces
-    _isal_zlib = None
-
-
-def _gzip_reader(fileobj: BinaryIO) -> BinaryIO:
-    try:
-        from isal import igzip  # ISA-L inflate: several times faster than zlib on multi-GB archives
-
-        return igzip.IGzipFile(fileobj=fileobj, mode="rb")  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        return gzip.GzipFile(fileobj=fileobj, mode="rb")  # type: ignore[return-value]
+_CORRUPT: tuple[type[BaseException], ...] = (tarfile.TarError, *GZIP_ERRORS)
 
 
 @contextmanager
@@ -376,7 +360,7 @@ def _open_tar(source: MaskSource | BinaryIO) -> Iterator[tuple[tarfile.TarFile, 
                 # members (.nii.gz inside .tar.gz, as in the real archives), 3-5x faster on compressible ones.
                 # tarfile's own bufsize stays at its default: a large one makes its buffer slicing quadratic
                 # on small members (measured: 16 s instead of 0.6 s).
-                gz = io.BufferedReader(_gzip_reader(raw), buffer_size=_BUFFER)  # type: ignore[arg-type]
+                gz = io.BufferedReader(open_gzip(raw), buffer_size=_BUFFER)  # type: ignore[arg-type]
                 tf = tarfile.open(fileobj=gz, mode="r|")
             else:
                 tf = tarfile.open(fileobj=raw, mode="r|*")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import HubAccessError, ReleaseNotFoundError
+from .hub import CTRATE_REPO, hub_error, is_url, local_path
 from ..names import (
     CTRATE_LABEL_SPLIT,
     CTRATE_REPORT_SPLIT,
@@ -34,13 +35,8 @@ from ..names import (
 )
 
 RADGENOME_REPO = "RadGenome/RadGenome-ChestCT"
-CTRATE_REPO = "ibrahimhamamci/CT-RATE"
 RADGENOME_DIRNAME = "RadGenome-ChestCT"
 CTRATE_DIRNAME = "CT-RATE"
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 @dataclass
@@ -70,7 +66,7 @@ class UpstreamRelease:
             return cls._from_hub_defaults(token, need)
         if data_dir is not None:
             d = str(data_dir)
-            if _is_url(d):
+            if is_url(d):
                 rg = rg or d
             else:
                 root = Path(d).expanduser()
@@ -137,25 +133,25 @@ class UpstreamRelease:
     def exists(self, path: str | None) -> bool:
         if path is None:
             return False
-        if _is_url(path):
+        if is_url(path):
             try:
                 return self.fs.exists(path)
             except Exception as exc:  # noqa: BLE001 - translated into a message that says what to do
-                raise _hub_error(path, exc) from exc
+                raise hub_error(exc, f"reading {path}") from exc
         return os.path.exists(path)
 
     def open(self, path: str, mode: str = "rb"):
-        if _is_url(path):
+        if is_url(path):
             try:
                 return self.fs.open(path, mode)
             except Exception as exc:  # noqa: BLE001
-                raise _hub_error(path, exc) from exc
+                raise hub_error(exc, f"reading {path}") from exc
         return open(path, mode)
 
     def _join(self, root: str | None, rel: str) -> str | None:
         if root is None:
             return None
-        return posixpath.join(root, rel) if _is_url(root) else os.path.join(root, rel)
+        return posixpath.join(root, rel) if is_url(root) else os.path.join(root, rel)
 
     # -- RadGenome files -------------------------------------------------------------------------------
     def radgenome_csv(self, split: Split, table: str) -> str | None:
@@ -179,7 +175,7 @@ class UpstreamRelease:
     def qa_template_files(self) -> dict[str, bytes]:
         """Upstream ``dataset/qa_templates/*_template.json`` files, if the release ships them."""
         root = self._join(self.radgenome_root, "dataset/qa_templates")
-        if root is None or _is_url(root) or not os.path.isdir(root):
+        if root is None or is_url(root) or not os.path.isdir(root):
             return {}
         return {
             os.path.join(root, f): Path(root, f).read_bytes()
@@ -200,7 +196,7 @@ class UpstreamRelease:
         root = self._join(self.radgenome_root, "dataset")
         if root is None:
             return None
-        if _is_url(root):
+        if is_url(root):
             return self._remote_mask_source(root, split, kind)
         if not os.path.isdir(root):
             return None
@@ -208,14 +204,13 @@ class UpstreamRelease:
 
     def _remote_mask_source(self, root: str, split: Split, kind: MaskKind):
         from .archives import MaskSource
-        from ..hf.features import local_path
 
         try:
             names = {p.rsplit("/", 1)[-1] for p in self.fs.ls(root, detail=False)}
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001
-            raise _hub_error(root, exc) from exc
+            raise hub_error(exc, f"listing {root}") from exc
         base = f"{split}_{kind}_mask"
         token = {self._repo_id(): self.token} if isinstance(self.token, str) else None
         if f"{base}.tar.gz" in names:
@@ -256,7 +251,7 @@ class UpstreamRelease:
     def ctrate_volume(self, name: VolumeName | str) -> tuple[str | None, bool]:
         """(path, fixed): the ``*_fixed`` volume when present, else the v1 volume (blank header)."""
         fixed = self._join(self.ctrate_root, ctrate_volume_path(name, fixed=True))
-        if fixed is not None and (_is_url(fixed) or os.path.exists(fixed)):
+        if fixed is not None and (is_url(fixed) or os.path.exists(fixed)):
             return fixed, True
         return self._join(self.ctrate_root, ctrate_volume_path(name)), False
 
@@ -269,23 +264,6 @@ class UpstreamRelease:
 def generated_rows_relpath(kind: str, split: Split) -> str:
     """Where a release keeps the rows of a generated config (``scene_graph``, ``anatomy_pairs``)."""
     return f"dataset/{kind}/{RADGENOME_CSV_SPLIT[split]}.jsonl"
-
-
-def _hub_error(path: str, exc: Exception) -> HubAccessError:
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    if isinstance(exc, GatedRepoError):
-        return HubAccessError(
-            f"{path}: this dataset is gated. Accept its terms on the dataset page while logged in "
-            "(https://huggingface.co/datasets/" + CTRATE_REPO + " for CT-RATE), then pass token=… or set HF_TOKEN "
-            "(`hf auth login`)."
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return HubAccessError(
-            f"{path}: repository not found, or private and no valid token was given. Check the repo id and pass "
-            "token=… or set HF_TOKEN."
-        )
-    return HubAccessError(f"{path}: could not be read from the Hugging Face Hub ({type(exc).__name__}: {exc})")
 
 
 def volumes_in(names: Iterable[str]) -> list[VolumeName]:

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Literal
 from ..errors import (
     HubAccessError, MalformedFileError, PublishTargetError, PublishVerificationError, ReleaseNotFoundError,
 )
+from ..io.hub import hub_error
 
 __all__ = ["publish_release", "plan_release", "PublishReport", "PublishPlan", "FileChange", "Verification",
            "PublishTargetError", "PublishVerificationError", "validate_target", "verify_release"]
@@ -224,30 +225,6 @@ def _diff(folder: Path, remote: dict[str, Any], *, delete: bool) -> list[FileCha
     return changes
 
 
-def _hub_error(e: Exception, what: str) -> HubAccessError:
-    """A HubAccessError naming the operation; never includes request headers (tokens)."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    server_msg = getattr(e, "server_message", None) or ""
-    if isinstance(e, GatedRepoError):
-        hint = "the repo is gated: accept its terms on the Hub and pass a token (--token or HF_TOKEN)"
-    elif isinstance(e, RepositoryNotFoundError):
-        hint = "the repo does not exist or is private: check the id and pass a token with write access"
-    elif status == 412:
-        hint = "the branch moved since the plan was made (someone else pushed): re-run publish"
-    elif status in (401, 403):
-        hint = "the token is missing or has no write access to this namespace (--token or HF_TOKEN)"
-    elif isinstance(e, HfHubHTTPError):
-        hint = f"HTTP {status}"
-    else:
-        hint = type(e).__name__
-    msg = f"{what} failed: {hint}"
-    if server_msg:
-        msg += f" (server said: {server_msg.strip()[:300]})"
-    return HubAccessError(msg)
-
-
 def _remote_files(api: Any, repo_id: str, revision: str | None) -> dict[str, Any]:
     """The files of a revision (path -> tree entry with blob id / LFS sha256); empty for a new repo or branch."""
     if revision is None:
@@ -255,8 +232,8 @@ def _remote_files(api: Any, repo_id: str, revision: str | None) -> dict[str, Any
     try:
         return {f.path: f for f in api.list_repo_tree(repo_id, repo_type="dataset", revision=revision,
                                                       recursive=True) if hasattr(f, "blob_id")}
-    except HfHubHTTPError as e:
-        raise _hub_error(e, f"listing the files of {repo_id}@{revision}") from None
+    except Exception as e:  # noqa: BLE001 - any failure of the listing (5xx, a branch deleted meanwhile)
+        raise hub_error(e, f"listing the files of {repo_id}@{revision}") from None
 
 
 def plan_release(folder: str | Path, repo_id: str, *, branch: str = "main", token: str | bool | None = None,
@@ -275,7 +252,7 @@ def plan_release(folder: str | Path, repo_id: str, *, branch: str = "main", toke
         return PublishPlan(repo_id, branch, None, _diff(folder, {}, delete=delete), repo_exists=False,
                            branch_exists=False)
     except HfHubHTTPError as e:
-        raise _hub_error(e, f"reading the refs of {repo_id}") from None
+        raise hub_error(e, f"reading the refs of {repo_id}") from None
     heads = {b.name: b.target_commit for b in refs.branches}
     head = heads.get(branch)
     base = head if head is not None else heads.get("main")
@@ -551,7 +528,7 @@ def publish_release(
                 api.update_repo_settings(repo_id, repo_type="dataset", **settings)
         refs = api.list_repo_refs(repo_id, repo_type="dataset") if (repo_exists or not dry_run) else None
     except HfHubHTTPError as e:
-        raise _hub_error(e, f"preparing {repo_id}") from None
+        raise hub_error(e, f"preparing {repo_id}") from None
 
     heads = {b.name: b.target_commit for b in refs.branches} if refs else {}
     tags = {t.name: t.target_commit for t in refs.tags} if refs else {}
@@ -561,7 +538,7 @@ def publish_release(
             heads[branch] = api.dataset_info(repo_id, revision=branch).sha
             created_branch = True
         except HfHubHTTPError as e:
-            raise _hub_error(e, f"creating branch {branch!r} of {repo_id}") from None
+            raise hub_error(e, f"creating branch {branch!r} of {repo_id}") from None
     head = heads.get(branch, heads.get("main"))
 
     # 2. plan
@@ -602,7 +579,7 @@ def publish_release(
                                        commit_description=desc, repo_type="dataset", revision=branch,
                                        parent_commit=head)
         except HfHubHTTPError as e:
-            err = _hub_error(e, f"pushing to {repo_id}@{branch}")
+            err = hub_error(e, f"pushing to {repo_id}@{branch}")
             raise HubAccessError(f"{err} -- nothing was committed: {branch!r} still points at {head}; re-run "
                                  "publish to resume (uploaded large files are reused)") from None
         report.commit = info_c.oid
@@ -628,7 +605,7 @@ def publish_release(
                 api.create_tag(repo_id, tag=tag, revision=revision, repo_type="dataset",
                                tag_message=commit_message or f"Release {tag}")
         except HfHubHTTPError as e:
-            raise _hub_error(e, f"tagging {repo_id}@{revision} as {tag!r}") from None
+            raise hub_error(e, f"tagging {repo_id}@{revision} as {tag!r}") from None
         report.tag = tag
     logger.info(report.summary())
     return report

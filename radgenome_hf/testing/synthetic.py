@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .. import names
+from ..io.compression import compress
 from ..ontology import get_ontology, normalize_name
 from ..io.tables import (
     CTRATE_LABEL_HEADER,
@@ -991,18 +992,6 @@ def make_phantom(
 # ============================================================================================================
 # Writing
 # ============================================================================================================
-def _gzip(data: bytes, level: int = 2) -> bytes:
-    """gzip bytes with a zero mtime (byte-reproducible), via ISA-L when available."""
-    try:
-        from isal import igzip
-
-        return igzip.compress(data, compresslevel=min(level, 3), mtime=0)
-    except ImportError:  # pragma: no cover
-        import gzip
-
-        return gzip.compress(data, compresslevel=level, mtime=0)
-
-
 _HEADER_CACHE: dict[tuple, bytes] = {}
 
 
@@ -1041,7 +1030,7 @@ def _nifti_bytes(arr: np.ndarray, affine: np.ndarray, *, slope_inter: tuple[floa
     """A gzip'd single-file NIfTI-1 (the bytes ``nibabel`` would write; header built once per grid)."""
     hdr = _nifti_header(arr.shape, arr.dtype, affine, slope_inter, blank)
     data = np.asfortranarray(arr).tobytes(order="F")
-    return _gzip(hdr + data, level)
+    return compress(hdr + data, level)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -1069,7 +1058,7 @@ def _tar_gz(members: list[tuple[str, bytes | None]]) -> bytes:
                 ti.mode = 0o644
                 ti.size = len(data)
                 tf.addfile(ti, io.BytesIO(data))
-    return _gzip(buf.getvalue(), 3)
+    return compress(buf.getvalue(), 3)
 
 
 def _split_suffixes() -> Iterator[str]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from ...errors import MalformedFileError, RadGenomeError, ReleaseNotFoundError
 from ...access.masks import PackedMasks
+from ...io.nifti import NiftiFile, apply_rescale, write_nifti
 from ...ontology import get_ontology, normalize_name
 from ._common import masks_with_derived, ontology_name
 
@@ -195,16 +196,13 @@ class SATBackend:
             raise RadGenomeError(f"sat command {self.command}: unknown placeholder {exc}") from exc
 
     def segment(self, volume: np.ndarray, affine: np.ndarray) -> PackedMasks:
-        import nibabel as nib
-
         if self.work_dir:
             Path(self.work_dir).mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="radgenome-sat-", dir=self.work_dir))
         try:
-            image = work / f"{_SAMPLE_ID}.nii.gz"
-            nib.save(nib.Nifti1Image(np.asarray(volume), np.asarray(affine, np.float64)), str(image))
+            image = write_nifti(work / f"{_SAMPLE_ID}.nii.gz", volume, affine)
             # SAT reads the file back: use the affine as stored (float32 in the header) for its geometry
-            stored_affine = np.asarray(nib.load(str(image)).affine, np.float64)
+            stored_affine = NiftiFile.open(image).affine
             jsonl = work / "sat.jsonl"
             row = {"image": str(image), "label": self.labels, "modality": self.modality, "dataset": self.dataset}
             jsonl.write_text(json.dumps(row) + "\n", encoding="utf-8")
@@ -231,8 +229,6 @@ class SATBackend:
     def _read_outputs(
         self, seg_dir: Path, volume: np.ndarray, stored_affine: np.ndarray, affine: np.ndarray
     ) -> PackedMasks:
-        import nibabel as nib
-
         if not seg_dir.is_dir():
             raise MalformedFileError(seg_dir, "SAT wrote no seg_<id> folder here; check the command's output")
         sat_shape, sat_affine = sat_geometry(volume, stored_affine)
@@ -241,9 +237,8 @@ class SATBackend:
             f = seg_dir / f"{label}.nii.gz"
             if not f.is_file():
                 raise MalformedFileError(f, f"SAT wrote no mask for prompt {label!r}")
-            arr = np.asanyarray(nib.load(str(f)).dataobj)
-            if arr.ndim == 4 and arr.shape[3] == 1:
-                arr = arr[..., 0]
+            out = NiftiFile.open(f)
+            arr = apply_rescale(out.read_raw(), *out.slope_inter())
             if tuple(arr.shape) != sat_shape:
                 raise MalformedFileError(
                     f, f"mask shape {arr.shape} is not SAT's grid {sat_shape} for this input (RAS, 1x1x3 mm, "

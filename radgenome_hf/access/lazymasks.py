@@ -1,0 +1,202 @@
+"""The mask objects a row decodes to: :class:`LazyMask` (one structure) and :class:`MaskSet` (a volume's masks).
+
+Both hold file references only; a packed-mask file is read on the first mask asked for, through a small
+per-process LRU (:func:`open_packed_masks`) so that the many rows of one volume parse it once. Reprs never read.
+
+>>> import numpy as np, tempfile, os
+>>> from radgenome_hf.access.masks import PackedMasks
+>>> m = np.zeros((8, 8, 4), bool); m[2:5, 2:6, 1:3] = True
+>>> path = os.path.join(tempfile.mkdtemp(), "train_1_a_1.masks.parquet")
+>>> _ = PackedMasks.from_arrays({"heart": m}, np.eye(4)).save(path)
+>>> lm = LazyMask(path, "heart", "anatomy", (8, 8, 4))
+>>> lm.bbox, lm.voxel_count
+((2, 2, 1, 5, 6, 3), 24)
+>>> MaskSet(None, path)
+MaskSet(region=None, anatomy='train_1_a_1.masks.parquet')
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from threading import Lock
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..io.hub import local_path
+from ..ontology import normalize_name
+from .masks import PackedMasks
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .masks import MaskGrid
+
+__all__ = ["LazyMask", "MaskSet", "open_packed_masks"]
+
+# -- packed-mask file cache (one process) -------------------------------------------------------------
+_PACKED_CACHE: "OrderedDict[str, Any]" = OrderedDict()
+_PACKED_LOCK = Lock()
+_PACKED_CACHE_SIZE = 16
+
+
+def open_packed_masks(path: str) -> "PackedMasks":
+    """A packed-mask file (local path or ``hf://`` URL), keeping the last few open (rows of one volume come
+    together, so each file is parsed once for all of them)."""
+    with _PACKED_LOCK:
+        hit = _PACKED_CACHE.get(path)
+        if hit is not None:
+            _PACKED_CACHE.move_to_end(path)
+            return hit
+    packed = PackedMasks.load(local_path(path))
+    with _PACKED_LOCK:
+        _PACKED_CACHE[path] = packed
+        while len(_PACKED_CACHE) > _PACKED_CACHE_SIZE:
+            _PACKED_CACHE.popitem(last=False)
+    return packed
+
+
+class LazyMask:
+    """One structure's binary mask, decoded on demand from the packed form.
+
+    ``source`` is ``anatomy`` or ``region`` (which upstream mask grounds it) or ``whole`` (the whole scan).
+    """
+
+    def __init__(self, path: str | None, structure: str | None, source: str, shape: Sequence[int] | None) -> None:
+        self.path = path
+        self.structure = structure
+        self.source = source
+        self._shape = tuple(shape) if shape is not None else None
+
+    def _packed(self):
+        return open_packed_masks(self.path) if self.path else None
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        if self._shape is None and self.path:
+            self._shape = tuple(self._packed().shape)
+        return self._shape
+
+    @property
+    def bbox(self) -> tuple[int, ...] | None:
+        """(i0, j0, k0, i1, j1, k1), half-open; the whole grid for the whole scan."""
+        if self.source == "whole" or self.structure is None:
+            return None if self.shape is None else (0, 0, 0, *self.shape)
+        return self._packed().bbox(self.structure)
+
+    @property
+    def voxel_count(self) -> int:
+        if self.source == "whole" or self.structure is None:
+            return int(np.prod(self.shape)) if self.shape else 0
+        return int(self._packed().voxel_count(self.structure))
+
+    def array(self, out: MaskGrid | None = None) -> np.ndarray:
+        """The full-grid boolean mask; with ``out=`` a :class:`~radgenome_hf.access.masks.MaskGrid`, a read-only view of
+        that reused grid (valid until its next use), which skips the page faults of a fresh grid."""
+        if self.source == "whole" or self.structure is None:
+            if self.shape is None:
+                raise ValueError("whole-scan mask of a row without a known volume shape: decode the volume instead")
+            return np.ones(self.shape, dtype=bool) if out is None else out.fill()
+        return self._packed().mask(self.structure, out=out)
+
+    def crop(self, bbox: Sequence[int]) -> np.ndarray:
+        if self.source == "whole" or self.structure is None:
+            i0, j0, k0, i1, j1, k1 = bbox
+            return np.ones((i1 - i0, j1 - j0, k1 - k0), dtype=bool)
+        return self._packed().crop(self.structure, tuple(bbox))
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.array()
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self) -> str:  # never reads the file: the shape shows once known
+        if self.source == "whole" or self.structure is None:
+            return f"LazyMask(whole scan, shape={self._shape})"
+        return (f"LazyMask(structure={self.structure!r}, source={self.source!r}, shape={self._shape}, "
+                f"file='{self.path}')")
+
+
+class MaskSet:
+    """A volume's packed masks: ``region`` (10 region masks) and ``anatomy`` (SAT categories), loaded on demand."""
+
+    def __init__(self, region_path: str | None, anatomy_path: str | None) -> None:
+        self.region_path = region_path
+        self.anatomy_path = anatomy_path
+
+    @property
+    def region(self):
+        return open_packed_masks(self.region_path) if self.region_path else None
+
+    @property
+    def anatomy(self):
+        return open_packed_masks(self.anatomy_path) if self.anatomy_path else None
+
+    @property
+    def names(self) -> list[str]:
+        out: list[str] = []
+        for packed in (self.anatomy, self.region):
+            if packed is not None:
+                out += [n for n in packed.names if n not in out]
+        return out
+
+    def _find(self, name: str):
+        key = normalize_name(name)
+        for packed in (self.anatomy, self.region):
+            if packed is not None and key in packed:
+                return packed, key
+        raise KeyError(f"no mask named {name!r}; this volume has {self.names}")
+
+    def mask(self, name: str, out: MaskGrid | None = None) -> np.ndarray:
+        """One structure's full-grid mask; ``out=`` as in :meth:`PackedMasks.mask`."""
+        packed, key = self._find(name)
+        return packed.mask(key, out=out)
+
+    def bbox(self, name: str):
+        packed, key = self._find(name)
+        return packed.bbox(key)
+
+    def crop(self, name: str, bbox: Sequence[int]) -> np.ndarray:
+        """One structure's mask inside ``bbox`` (see :meth:`PackedMasks.crop`); the full grid is never built."""
+        packed, key = self._find(name)
+        return packed.crop(key, bbox)
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        for packed in (self.anatomy, self.region):
+            if packed is not None:
+                return tuple(packed.shape)  # type: ignore[return-value]
+        return None
+
+    def _boxes(self, names: Sequence[str]):
+        """(grid shape, [(slices of its bbox, mask inside the bbox) or None per name]): only bboxes are decoded."""
+        if not names:
+            raise ValueError("no structures named")
+        shape, boxes = None, []
+        for n in names:
+            packed, key = self._find(n)
+            shape = shape or packed.shape
+            bb = packed.bbox(key)
+            boxes.append(None if bb is None else (tuple(slice(bb[a], bb[a + 3]) for a in range(3)), packed.crop(key, bb)))
+        return shape, boxes
+
+    def union(self, names: Sequence[str]) -> np.ndarray:
+        """Full-grid OR of several structures (anatomy and region masks may be mixed), Fortran order."""
+        shape, boxes = self._boxes(names)
+        out = np.zeros(shape, dtype=bool, order="F")
+        for box in boxes:
+            if box is not None:
+                out[box[0]] |= box[1]
+        return out
+
+    def label_map(self, names: Sequence[str]) -> np.ndarray:
+        """Label map with value i+1 for ``names[i]`` (later names win where they overlap), Fortran order."""
+        shape, boxes = self._boxes(names)
+        out = np.zeros(shape, dtype=np.uint8 if len(names) < 256 else np.uint16, order="F")
+        for value, box in enumerate(boxes, start=1):
+            if box is not None:
+                out[box[0]][box[1]] = value
+        return out
+
+    def __repr__(self) -> str:  # names the files; reading them is left to the first mask asked for
+        def name(path: str | None) -> str | None:
+            return None if path is None else path.rsplit("/", 1)[-1]
+
+        return f"MaskSet(region={name(self.region_path)!r}, anatomy={name(self.anatomy_path)!r})"
