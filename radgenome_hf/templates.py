@@ -32,11 +32,6 @@ _PLACEHOLDERS = {
 }
 
 
-def stable_index(key: str, n: int) -> int:
-    """A deterministic index in ``range(n)`` from a string (process- and platform-independent)."""
-    return zlib.crc32(key.encode("utf-8")) % n
-
-
 @dataclass(frozen=True)
 class QuestionTemplates:
     """Question phrasings per question type. ``source`` says where they came from."""

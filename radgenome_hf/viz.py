@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from .io.atomic import atomic_path
 
 __all__ = ["render_region", "region_centre", "find_region_sentence", "load_grounding_mask"]
 
@@ -129,15 +130,8 @@ def render_region(
     if caption:
         fig.text(0.5, 0.02, caption, ha="center", va="bottom", fontsize=9, wrap=False)
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
     return out
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radgenome_hf.access.cache import PreparedCache, default_cache_root, source_identity
+from radgenome_hf.access.cache import PreparedCache, source_identity
+from radgenome_hf.config import cache_root
 
 SHAPE = (48, 40, 20)
 
@@ -22,7 +23,7 @@ def _vol(seed: int = 0) -> np.ndarray:
 
 def test_default_root_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("RADGENOME_CACHE", str(tmp_path / "c"))
-    assert default_cache_root() == tmp_path / "c"
+    assert cache_root() == tmp_path / "c"
     assert PreparedCache().root == tmp_path / "c"
 
 

@@ -48,33 +48,25 @@ import os
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..config import cache_root, prepared_cache_max_bytes
 from ..errors import CorruptVolumeError
+from ..io.atomic import TMP_MARK, atomic_path
 
-__all__ = ["PreparedCache", "CacheReader", "source_identity", "default_cache_root", "DEFAULT_MAX_BYTES", "read_file_into"]
+__all__ = ["PreparedCache", "CacheReader", "source_identity", "read_file_into"]
 
-#: Default size bound of the prepared cache (override with ``max_bytes=`` or ``$RADGENOME_CACHE_MAX_BYTES``).
-DEFAULT_MAX_BYTES = int(os.environ.get("RADGENOME_CACHE_MAX_BYTES", 200 << 30))
 _SUFFIX = ".b2nd"
 _FRAME_SUFFIX = ".b2f"
 _SUFFIXES = (_SUFFIX, _FRAME_SUFFIX)
 _FRAME_MAGIC = b"RGHF-B2F"
 _FRAME_HEADER = 4096  # the blosc2 chunk starts page-aligned
 _FRAME_MAX = (1 << 31) - 1024  # one blosc2 chunk holds < 2 GiB; larger arrays fall back to "chunked"
-_TMP_MARK = ".tmp-"
 _STALE_TMP_S = 3600.0
 _HF_PINNED = re.compile(r"^hf://(datasets/|spaces/|models/)?[^/@]+/[^/@]+@[0-9a-f]{40}/")
-
-
-def default_cache_root() -> Path:
-    """``$RADGENOME_CACHE`` or ``~/.cache/radgenome_hf/prepared``."""
-    env = os.environ.get("RADGENOME_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "radgenome_hf" / "prepared"
 
 
 def source_identity(source: str | os.PathLike | bytes) -> str:
@@ -141,15 +133,6 @@ def _frame_header(path: Path, f) -> tuple[dict, int]:
     n = int.from_bytes(head[len(_FRAME_MAGIC) : len(_FRAME_MAGIC) + 4], "little")
     meta = json.loads(head[len(_FRAME_MAGIC) + 4 : len(_FRAME_MAGIC) + 4 + n])
     return meta, _FRAME_HEADER
-
-
-def _frame_info(path: Path) -> tuple[tuple[int, ...], np.dtype, bool]:
-    """(shape as put, dtype, stored reversed) of a frame file."""
-    with open(path, "rb") as f:
-        meta, _ = _frame_header(path, f)
-    stored = tuple(int(x) for x in meta["shape"])
-    reverse = bool(meta["reversed"])
-    return (stored[::-1] if reverse else stored), np.dtype(meta["dtype"]), reverse
 
 
 def _read_frame(path: Path, alloc: Alloc, nthreads: int | None) -> np.ndarray:
@@ -399,8 +382,9 @@ class PreparedCache:
     """A bounded, process-safe store of decoded arrays (one blosc2 NDArray file per array).
 
     Args:
-        root: folder (default :func:`default_cache_root`).
-        max_bytes: size bound; least recently used files are evicted after a write exceeds it.
+        root: folder (default :func:`radgenome_hf.config.cache_root`, i.e. ``$RADGENOME_CACHE``).
+        max_bytes: size bound (default ``$RADGENOME_CACHE_MAX_BYTES`` or 200 GiB); least recently used files are
+                evicted after a write exceeds it.
         codec / clevel / chunks / blocks: blosc2 settings. Default zstd-1 + shuffle (no shuffle for 1-byte types:
             it makes uint8 label maps decode 3.5x slower for no size gain), 64³ chunks, 16×32×32 blocks (in the
             stored (k, j, i) order): in ``benchmarks/bench_access.py --realistic`` zstd-1 wrote 2-3x faster than
@@ -416,7 +400,7 @@ class PreparedCache:
     def __init__(
         self,
         root: str | os.PathLike | None = None,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int | None = None,
         *,
         codec: str = "ZSTD",
         clevel: int = 1,
@@ -428,8 +412,8 @@ class PreparedCache:
         if layout not in ("chunked", "frame"):
             raise ValueError(f"layout must be 'chunked' or 'frame', got {layout!r}")
         self.layout = layout
-        self.root = Path(root).expanduser() if root is not None else default_cache_root()
-        self.max_bytes = int(max_bytes)
+        self.root = Path(root).expanduser() if root is not None else cache_root()
+        self.max_bytes = int(prepared_cache_max_bytes() if max_bytes is None else max_bytes)
         self.codec = codec.upper()
         self.clevel = int(clevel)
         self.chunks = tuple(int(c) for c in chunks)
@@ -494,10 +478,6 @@ class PreparedCache:
         self._touch(path)
         return arr, path
 
-    @staticmethod
-    def _reversed(b2) -> bool:
-        return _b2nd_reversed(b2)
-
     def _read(self, key: str, out: np.ndarray | None, bbox: Sequence[int] | None, nthreads: int | None):
         fpath = self._frame_path(key)
         where = str(fpath)
@@ -560,8 +540,6 @@ class PreparedCache:
             layout = "chunked"
         final = self._frame_path(key) if layout == "frame" else self.path_for(key)
         other = self.path_for(key) if layout == "frame" else self._frame_path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{final.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}{final.suffix}")
         cparams = blosc2.CParams(
             codec=getattr(blosc2.Codec, self.codec),
             clevel=self.clevel,
@@ -570,7 +548,7 @@ class PreparedCache:
             typesize=data.dtype.itemsize,
             **({"nthreads": self.nthreads} if self.nthreads else {}),
         )
-        try:
+        with atomic_path(final) as tmp:
             if layout == "frame":
                 _release_gil()
                 head = json.dumps({"shape": list(data.shape), "dtype": data.dtype.str, "reversed": bool(reverse),
@@ -596,12 +574,8 @@ class PreparedCache:
                     if index is not None:  # else the placeholder of zeros stays: no hints for this file
                         b2.schunk.meta["radgenome"] = {**meta, "chunk_index": index}
                 del b2
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            size = tmp.stat().st_size  # before the rename: another process may evict the file right after it
         other.unlink(missing_ok=True)  # a key lives in one layout
-        size = final.stat().st_size
         with self._lock:
             if self._approx_total is not None:
                 self._approx_total += size
@@ -634,7 +608,7 @@ class PreparedCache:
                     st = e.stat()
                 except FileNotFoundError:
                     continue
-                if _TMP_MARK in e.name:
+                if TMP_MARK in e.name:
                     if now - st.st_mtime > _STALE_TMP_S:  # left by a crashed writer
                         Path(e.path).unlink(missing_ok=True)
                     continue

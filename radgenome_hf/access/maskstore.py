@@ -17,16 +17,12 @@ from typing import Iterable, Iterator
 
 import hashlib
 
+from ..config import masks_cache_root
 from ..errors import VolumeNameError
+from ..io.atomic import write_text
 from ..names import MaskKind, Split, VolumeName
 from ..io.archives import MaskSource
 from ..io.release import UpstreamRelease
-
-
-def default_cache_root() -> Path:
-    """``$RADGENOME_CACHE`` or ``~/.cache/radgenome_hf``."""
-    env = os.environ.get("RADGENOME_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "radgenome_hf"
 
 
 class MaskStore:
@@ -74,7 +70,8 @@ class MaskStore:
         source = release.mask_source(split, kind)
         if source is None:
             return None
-        root = Path(cache_root or default_cache_root()) / "masks" / f"{split}_{kind}_{source_identity(source)}"
+        masks_root = Path(cache_root) / "masks" if cache_root else masks_cache_root()
+        root = masks_root / f"{split}_{kind}_{source_identity(source)}"
         index_file = root / "index.json"
         if index_file.is_file():
             return cls(root, json.loads(index_file.read_text()))
@@ -82,9 +79,7 @@ class MaskStore:
         index: dict[str, dict] = {}
         for stem, files in _iter_volumes(source, progress=progress):
             index[stem] = _pack_one(root, stem, kind, files)
-        tmp = root / f".index.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, index_file)
+        write_text(index_file, json.dumps(index))
         return cls(root, index)
 
 

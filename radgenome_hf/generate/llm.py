@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
+from ..config import llm_settings
 from ..errors import RadGenomeError
 from ..ontology import get_ontology, normalize_path
 from .ground import Lexicon
@@ -75,9 +75,10 @@ class OpenAIChatBackend:
     name: str = "llm"
 
     def __post_init__(self) -> None:
-        self.endpoint = (self.endpoint or os.environ.get("RADGENOME_LLM_ENDPOINT") or "").rstrip("/")
-        self.model = self.model or os.environ.get("RADGENOME_LLM_MODEL")
-        self.api_key = self.api_key or os.environ.get("RADGENOME_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        env_endpoint, env_model, env_key = llm_settings()
+        self.endpoint = (self.endpoint or env_endpoint).rstrip("/")
+        self.model = self.model or env_model
+        self.api_key = self.api_key or env_key
         if not self.endpoint or not self.model:
             raise LLMError("the LLM grounding backend needs an endpoint and a model: pass --llm-endpoint/--llm-model "
                            "or set RADGENOME_LLM_ENDPOINT and RADGENOME_LLM_MODEL")

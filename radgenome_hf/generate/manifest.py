@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple
 
 import numpy as np
 
@@ -78,16 +78,6 @@ def file_hash(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def array_hash(array: np.ndarray, affine: np.ndarray | None = None) -> str:
-    """SHA-256 of an array's dtype, shape and bytes (and an affine's), for in-memory inputs."""
-    a = np.ascontiguousarray(array)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
-    if affine is not None:
-        h.update(np.asarray(affine, np.float64).tobytes())
     return "sha256:" + h.hexdigest()
 
 
@@ -247,11 +237,6 @@ class Manifest:
     def mark_failed(self, key: ManifestKey, error: str, seconds: float | None = None) -> None:
         """Record a failure with its error text (replacing any earlier attempt of the item)."""
         self._record(key, "failed", str(error), None, seconds)
-
-    def forget(self, items: Iterable[str]) -> None:
-        """Drop the records of some items (they will be redone)."""
-        with self._lock, self._tx():
-            self._db.executemany("DELETE FROM items WHERE item = ?", [(i,) for i in items])
 
     def entries(self, status: Status | None = None) -> list[ManifestEntry]:
         """Every recorded item (optionally only ``done`` or ``failed``), sorted by item."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ReleaseNotFoundError
+from ..io.atomic import atomic_path, write_text
 from ..names import VolumeName, mask_dir, radgenome_csv_name, radgenome_volume_path
 from ..io.tables import RADGENOME_HEADERS, write_csv
 from .anatomy_pairs import build_anatomy_pairs
@@ -108,19 +109,12 @@ def _place(src: Path, dst: Path, how: str) -> None:
             return
         except OSError:
             pass  # another file system: copy
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ one-element list ``[x]`` is a list of ``x``, a dict is a struct.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..names import VolumeName
+from ..io.atomic import atomic_path, write_text
 from ..ontology import normalize_name
 from .ground import GroundedReport, Lexicon, Sentence, _dedupe, normalize_finding
 
@@ -371,12 +371,6 @@ def build_scene_graphs(grounded: Mapping[str, GroundedReport],
     return rows
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_scene_graphs(rows: Sequence[dict], folder: str | Path, *, json_files: bool = True,
                        parquet: str | Path | None = None) -> dict[str, Any]:
     """Write ``<folder>/<stem>_SceneGraph.json`` per volume and, if asked, one parquet of all rows."""
@@ -386,7 +380,7 @@ def write_scene_graphs(rows: Sequence[dict], folder: str | Path, *, json_files: 
     if json_files:
         for row in rows:
             p = folder / f"{row['volume_name']}_SceneGraph.json"
-            _atomic_text(p, json.dumps(row, indent=1, ensure_ascii=False))
+            write_text(p, json.dumps(row, indent=1, ensure_ascii=False))
             written["json"].append(p)
     if parquet is not None:
         written["parquet"] = write_rows_parquet(rows, parquet, SCENE_GRAPH_FEATURES)
@@ -401,13 +395,8 @@ def write_rows_parquet(rows: Sequence[dict], path: str | Path, spec: Mapping[str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(list(rows), schema=arrow_schema(spec))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
 
-
-def read_scene_graph(path: str | Path) -> dict:
-    """Read one ``<stem>_SceneGraph.json``."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 

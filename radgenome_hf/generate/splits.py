@@ -97,18 +97,15 @@ def split_report(table: "pa.Table") -> SplitReport:
 
 def write_splits(path: str | Path, table: "pa.Table") -> Path:
     """Write the split table as CSV (``.csv``) or parquet (anything else), atomically."""
-    import os
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if path.suffix == ".csv":
         from ..io.tables import write_csv
 
-        write_csv(tmp, table.column_names, (tuple(r.values()) for r in table.to_pylist()))
-    else:
-        import pyarrow.parquet as pq
+        return write_csv(path, table.column_names, (tuple(r.values()) for r in table.to_pylist()))
+    import pyarrow.parquet as pq
 
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
     return path

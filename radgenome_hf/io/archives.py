@@ -30,6 +30,7 @@ from typing import BinaryIO, Callable, Iterator, Literal, Sequence, Union
 
 from ..errors import MalformedFileError, ReleaseNotFoundError, UnsafeArchiveError
 from ..names import MaskKind, Split, VolumeName, parse_mask_member
+from .atomic import atomic_path
 from .compression import GZIP_ERRORS, open_gzip
 
 __all__ = [
@@ -622,27 +623,22 @@ def safe_extract(
                 ) from e
             if not dest.parent.resolve().is_relative_to(root):  # a link created between check and write
                 raise UnsafeArchiveError(label, member.name, "parent folder resolves outside the target")
-            tmp = dest.parent / f".{dest.name}.part-{os.getpid()}"
             try:
-                fh = tf.extractfile(member)
-                with open(tmp, "xb") as out:
-                    copied = 0
-                    while fh is not None:
-                        chunk = fh.read(_BUFFER)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        copied += len(chunk)
-                if copied != member.size:
-                    raise tarfile.ReadError(f"member {member.name!r} is truncated")
-                os.utime(tmp, (member.mtime, member.mtime))
-                os.replace(tmp, dest)
+                with atomic_path(dest) as tmp:
+                    fh = tf.extractfile(member)
+                    with open(tmp, "xb") as out:
+                        copied = 0
+                        while fh is not None:
+                            chunk = fh.read(_BUFFER)
+                            if not chunk:
+                                break
+                            out.write(chunk)
+                            copied += len(chunk)
+                    if copied != member.size:
+                        raise tarfile.ReadError(f"member {member.name!r} is truncated")
+                    os.utime(tmp, (member.mtime, member.mtime))
             except _CORRUPT as e:
-                tmp.unlink(missing_ok=True)
                 raise _corrupt(label, e) from e
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
             written.append(dest)
             bar.update(max(0, consumed() - bar.n))
     return written

@@ -17,7 +17,6 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import HubAccessError, ReleaseNotFoundError
 from .hub import CTRATE_REPO, hub_error, is_url, local_path
@@ -266,10 +265,3 @@ def generated_rows_relpath(kind: str, split: Split) -> str:
     return f"dataset/{kind}/{RADGENOME_CSV_SPLIT[split]}.jsonl"
 
 
-def volumes_in(names: Iterable[str]) -> list[VolumeName]:
-    """Unique parsed volume names, in first-seen order."""
-    seen: dict[str, VolumeName] = {}
-    for n in names:
-        if n not in seen:
-            seen[n] = VolumeName.parse(n)
-    return list(seen.values())

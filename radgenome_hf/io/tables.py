@@ -31,6 +31,7 @@ import pyarrow.csv as pacsv
 from ..errors import MalformedFileError, ReleaseNotFoundError
 from ..names import _NAME_RE, VolumeName
 from ..ontology import normalize_path
+from .atomic import atomic_path
 
 #: Exact headers of the RadGenome CSVs, keyed by the table part of the file name
 #: (``train_vqa_presence.csv`` -> ``vqa_presence``).
@@ -77,14 +78,11 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
     ``None`` cells are written empty. The file appears under its name only once complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
         w.writerow(header)
         for row in rows:
             w.writerow(["" if c is None else c for c in row])
-    os.replace(tmp, path)
     return path
 
 
@@ -368,10 +366,6 @@ def _age_years(label: str, col, column: str) -> pa.Array:
         pc.if_else(pc.ends_with(upper, "W"), 52.1775, pc.if_else(pc.ends_with(upper, "D"), 365.25, 1.0)),
     )
     return pc.cast(pc.floor(pc.divide(number, per_year)), pa.int64())
-
-
-def _rename(table: pa.Table, mapping: dict[str, str]) -> pa.Table:
-    return table.rename_columns([mapping.get(c, c) for c in table.column_names])
 
 
 def _radgenome(source: Source, table_kind: str) -> pa.Table:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .. import names
+from ..io.atomic import write_bytes
 from ..io.compression import compress
 from ..ontology import get_ontology, normalize_name
 from ..io.tables import (
@@ -275,9 +276,6 @@ class Phantom:
     @property
     def anatomy_names(self) -> list[str]:
         return [n for n in self.structures if n not in self.regions]
-
-    def voxel_counts(self) -> dict[str, int]:
-        return {n: int(np.count_nonzero(m)) for n, m in self.structures.items()}
 
     def __repr__(self) -> str:
         return (f"Phantom(shape={self.shape}, spacing={tuple(round(s, 3) for s in self.spacing)}, "
@@ -1033,14 +1031,6 @@ def _nifti_bytes(arr: np.ndarray, affine: np.ndarray, *, slope_inter: tuple[floa
     return compress(hdr + data, level)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _tar_gz(members: list[tuple[str, bytes | None]]) -> bytes:
     """A reproducible tar.gz (GNU format, zero mtimes, root owner) of (name, bytes or None for a directory)."""
     buf = io.BytesIO()
@@ -1209,7 +1199,7 @@ def write_release(out_dir: str | os.PathLike, config: SyntheticConfig | None = N
                 if not odd_intercept_done and split == "valid":
                     intercept, odd_intercept_done = -1000.0, True
                 stored = (ct.astype(np.int32) - int(intercept)).astype(np.int16)
-                _atomic_write(ct_root / names.ctrate_volume_path(vn),
+                write_bytes(ct_root / names.ctrate_volume_path(vn),
                               _nifti_bytes(stored, np.eye(4), blank=True, level=level))
                 if not scl_fixed_done and r > 1:  # one fixed file keeps stored values + scl_slope/scl_inter
                     fixed = _nifti_bytes(stored, affine, slope_inter=(1.0, intercept), level=level)
@@ -1217,7 +1207,7 @@ def write_release(out_dir: str | os.PathLike, config: SyntheticConfig | None = N
                 else:
                     fixed = _nifti_bytes(ct, affine, level=level)
                     fixed_scl = False
-                _atomic_write(ct_root / names.ctrate_volume_path(vn, fixed=True), fixed)
+                write_bytes(ct_root / names.ctrate_volume_path(vn, fixed=True), fixed)
                 kernel = kernels[0] if not sharp else kernels[1]
                 meta = {
                     "VolumeName": vn.filename, "Manufacturer": manufacturer,
@@ -1259,7 +1249,7 @@ def write_release(out_dir: str | os.PathLike, config: SyntheticConfig | None = N
                 }
                 if in_rg:
                     radgenome_stems.append(stem)
-                    _atomic_write(rg_root / names.radgenome_volume_path(vn), _nifti_bytes(ct, affine, level=level))
+                    write_bytes(rg_root / names.radgenome_volume_path(vn), _nifti_bytes(ct, affine, level=level))
                     counts = {}
                     for kind, makers in (("region", region_makers), ("anatomy", anat_makers)):
                         prefix = names.mask_archive_prefix(split, kind)  # type: ignore[arg-type]
@@ -1271,7 +1261,7 @@ def write_release(out_dir: str | os.PathLike, config: SyntheticConfig | None = N
                             fname = _sat_case(name) if "vertebrae" in name else name
                             data = _nifti_bytes(m.view(np.uint8), affine, level=level)
                             if write_folders:
-                                _atomic_write(rg_root / names.mask_path(vn, kind, fname), data)  # type: ignore[arg-type]
+                                write_bytes(rg_root / names.mask_path(vn, kind, fname), data)  # type: ignore[arg-type]
                             if write_archives:
                                 members.append((f"{prefix}seg_{stem}/{fname}.nii.gz", data))
                     entry["structures"] = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("anatomy:")}
@@ -1315,11 +1305,11 @@ def write_release(out_dir: str | os.PathLike, config: SyntheticConfig | None = N
                 part = max(1, math.ceil(len(blob) / max(2, cfg.anatomy_parts)))
                 for suffix, start in zip(_split_suffixes(), range(0, len(blob), part)):
                     name = f"{split}_{kind}_mask_{suffix}"
-                    _atomic_write(ds_rg / name, blob[start:start + part])
+                    write_bytes(ds_rg / name, blob[start:start + part])
                     archives.append(f"dataset/{name}")
             else:
                 name = f"{split}_{kind}_mask.tar.gz"
-                _atomic_write(ds_rg / name, blob)
+                write_bytes(ds_rg / name, blob)
                 archives.append(f"dataset/{name}")
 
     gt = {
@@ -1332,7 +1322,7 @@ def write_release(out_dir: str | os.PathLike, config: SyntheticConfig | None = N
         "patients": {f"{s}_{p}": {"pattern": pat, "scans": [f"{s}_{p}_{sc['scan']}" for sc in scans]}
                      for s, p, pat, scans in plan},
     }
-    _atomic_write(root / "ground_truth.json", json.dumps(gt, indent=1, sort_keys=True).encode())
+    write_bytes(root / "ground_truth.json", json.dumps(gt, indent=1, sort_keys=True).encode())
     return SyntheticRelease(root=root, radgenome_root=rg_root, ctrate_root=ct_root, volumes=radgenome_stems,
                             ground_truth=gt, ctrate_volumes=ctrate_stems, config=cfg)
 

@@ -42,6 +42,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.data import DataLoader
 
+from ..config import dist_env
 from .collate import collate_volumes
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
         except Exception:  # noqa: BLE001 - torch.distributed unusable: fall back to the environment
             pass
         if r is None:
-            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+            r, w = dist_env()
         r = int(rank) if rank is not None else r
         w = int(world_size) if world_size is not None else w
     if w < 1 or not 0 <= r < w:
