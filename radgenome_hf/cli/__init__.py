@@ -13,7 +13,7 @@ import pkgutil
 import sys
 from typing import Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import RadGenomeError
 
 

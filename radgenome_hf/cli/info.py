@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import __version__
+    from .._version import __version__
     from ..ontology import get_ontology
     from ..hf.builder import CONFIG_NAMES
 

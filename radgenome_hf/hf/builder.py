@@ -22,18 +22,20 @@ Examples:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import __version__
-from ..errors import MalformedFileError, MissingVolumeError, ShapeMismatchError
+from .._version import __version__
+from ..errors import MalformedFileError, MissingVolumeError, RadGenomeError, ShapeMismatchError
 from .features import VolumeFeature, LazyMaskFeature, MaskSetFeature, register_features
 from ..names import HF_SPLIT, Split, VolumeName
 from ..ontology import get_ontology
@@ -189,6 +191,25 @@ class RadGenomeConfig(datasets.BuilderConfig):
             raise ValueError(f"BuilderConfig {self.name!r} not found. Available: {list(CONFIG_NAMES)}")
 
 
+@functools.lru_cache(maxsize=1)
+def builder_source_hash() -> str:
+    """Hash of the package code and data that make rows (everything but the CLI, training, publishing, testing).
+
+    The builder's cache folder is keyed by it, as datasets keys a loading script's cache by the script's hash.
+    """
+    pkg = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted(pkg.rglob("*")):
+        rel = p.relative_to(pkg).as_posix()
+        if not p.is_file() or p.suffix not in (".py", ".json", ".md") or rel.split("/")[0] in _NOT_IN_ROWS:
+            continue
+        h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+_NOT_IN_ROWS = frozenset({"cli", "training", "publish", "testing", "viz.py", "demo.py", "__pycache__"})
+
+
 class RadGenome(datasets.ArrowBasedBuilder):
     """RadGenome-Chest CT (with CT-RATE reports) as datasets configs; see the module docstring."""
 
@@ -200,8 +221,19 @@ class RadGenome(datasets.ArrowBasedBuilder):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("dataset_name", "radgenome")
-        kwargs.setdefault("hash", __version__)
+        kwargs["hash"] = builder_source_hash()  # an edited builder never serves Arrow files of the old one
         super().__init__(*args, **kwargs)
+
+    def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
+        """datasets' config id plus the release's fingerprint: rows are re-prepared whenever a source changes."""
+        builder_config, config_id = super()._create_builder_config(
+            config_name=config_name, custom_features=custom_features, config_id=config_id, **config_kwargs
+        )
+        try:
+            fingerprint = self._release_of(builder_config).fingerprint()
+        except RadGenomeError:  # no release here: preparing will raise the error that says what to do
+            return builder_config, config_id
+        return builder_config, f"{config_id}-{fingerprint}"
 
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
@@ -212,15 +244,18 @@ class RadGenome(datasets.ArrowBasedBuilder):
         )
 
     # -- split generation ------------------------------------------------------------------------------
-    def _release(self) -> UpstreamRelease:
-        need = "ctrate" if self.config.name == "reports" else "radgenome"
+    @staticmethod
+    def _release_of(config: RadGenomeConfig) -> UpstreamRelease:
         return UpstreamRelease.discover(
-            self.config.data_dir,
-            radgenome_dir=self.config.radgenome_dir,
-            ctrate_dir=self.config.ctrate_dir,
-            token=self.config.token,
-            need=need,
+            config.data_dir,
+            radgenome_dir=config.radgenome_dir,
+            ctrate_dir=config.ctrate_dir,
+            token=config.token,
+            need="ctrate" if config.name == "reports" else "radgenome",
         )
+
+    def _release(self) -> UpstreamRelease:
+        return self._release_of(self.config)
 
     def _split_generators(self, dl_manager):
         release = self._release()

@@ -10,7 +10,10 @@ the function we wrap.
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.util
 import os
+import sys
 from typing import Any
 
 BUILDER_NAME = "radgenome"
@@ -21,30 +24,68 @@ _registered = False
 
 
 def register() -> None:
-    """Make ``datasets.load_dataset("radgenome", config, …)`` resolve to :class:`radgenome_hf.hf.builder.RadGenome`."""
+    """Make ``datasets.load_dataset("radgenome", config, …)`` resolve to :class:`radgenome_hf.hf.builder.RadGenome`.
+
+    ``import radgenome_hf`` calls this. When ``datasets`` is not imported yet, nothing heavy happens now: a
+    one-shot import hook patches ``datasets.load`` (and registers the feature types) the moment ``datasets`` is
+    first imported, so ``import radgenome_hf`` stays cheap and the order of the two imports does not matter.
+    """
     global _registered
     if _registered:
         return
-    import datasets.load as load
+    _registered = True
+    module = sys.modules.get("datasets.load")
+    if module is not None:
+        _patch(module)
+    else:
+        sys.meta_path.insert(0, _PatchOnImport())
 
-    from .. import __version__
+
+def _patch(load: Any) -> None:
     from .features import register_features
 
     register_features()
     original = load.dataset_module_factory
     if getattr(original, "_radgenome_hf", False):
-        _registered = True
         return
 
     @functools.wraps(original)
     def dataset_module_factory(path: str, *args: Any, **kwargs: Any):
         if path == BUILDER_NAME and not os.path.isdir(path):
-            return load.DatasetModule(BUILDER_MODULE, __version__, {"dataset_name": BUILDER_NAME})
+            from .builder import builder_source_hash
+
+            return load.DatasetModule(BUILDER_MODULE, builder_source_hash(), {"dataset_name": BUILDER_NAME})
         return original(path, *args, **kwargs)
 
     dataset_module_factory._radgenome_hf = True  # type: ignore[attr-defined]
     load.dataset_module_factory = dataset_module_factory
-    _registered = True
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when ``datasets.load`` is imported, wraps its loader so the module is patched
+    right after it executes, then leaves ``sys.meta_path``."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None):
+        if name != "datasets.load":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:  # pragma: no cover - datasets without datasets.load
+            return spec
+        spec.loader = _PatchingLoader(spec.loader)
+        return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _patch(module)
 
 
 def load_dataset(config: str = "vqa", *args: Any, **kwargs: Any):

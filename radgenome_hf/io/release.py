@@ -17,6 +17,7 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import HubAccessError, ReleaseNotFoundError
 from .hub import CTRATE_REPO, hub_error, is_url, local_path
@@ -254,10 +255,70 @@ class UpstreamRelease:
             return fixed, True
         return self._join(self.ctrate_root, ctrate_volume_path(name)), False
 
-    def identity(self) -> str:
-        """A short fingerprint of the roots (for cache keys)."""
-        key = f"{self.radgenome_root}|{self.ctrate_root}"
-        return hashlib.sha1(key.encode()).hexdigest()[:12]
+    def fingerprint(self) -> str:
+        """A short hash of what the release holds now: it changes when any file the builder reads changes.
+
+        Local roots: every file's size, mtime, inode and ctime (a file edited in place, or rewritten with its
+        mtime restored, changes its ctime), except inside per-volume mask folders (``seg_<volume>/``, millions of
+        files in the real release), which count by their folder's own stat (it changes when a file in it is
+        added, removed or atomically replaced). ``hf://`` roots: the commit their revision resolves to (the URL
+        itself when the Hub cannot be asked).
+        """
+        h = hashlib.sha256()
+        for root in (self.radgenome_root, self.ctrate_root):
+            h.update(f"\0root:{root}\0".encode())
+            if root is None:
+                continue
+            if is_url(root):
+                h.update(_remote_revision(root, self.token).encode())
+            elif os.path.isdir(root):
+                for rel, st in _walk_stats(root):
+                    h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def _walk_stats(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, stat) of every file under ``root`` in sorted order; ``seg_*`` folders as one entry each.
+
+    Hidden names (temporary files of writers in progress) are skipped."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            entries = sorted(os.scandir(os.path.join(root, rel_dir)), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            try:
+                if e.is_dir():
+                    if e.name.startswith("seg_"):
+                        yield rel + "/", e.stat()
+                    else:
+                        subdirs.append(rel)
+                else:
+                    yield rel, e.stat()
+            except FileNotFoundError:  # removed while walking
+                continue
+        stack.extend(reversed(subdirs))
+
+
+def _remote_revision(root: str, token: str | bool | None) -> str:
+    """The commit an ``hf://datasets/<repo>[@rev]`` root resolves to (one request; the URL when unreachable)."""
+    from .hub import parse_hf_url
+
+    u = parse_hf_url(root.rstrip("/") + "/")
+    if u.revision and len(u.revision) == 40 and all(c in "0123456789abcdef" for c in u.revision):
+        return u.revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(u.repo_id, revision=u.revision, token=token).sha or root
+    except Exception:  # noqa: BLE001 - offline or unreachable: nothing newer could be read either
+        return root
 
 
 def generated_rows_relpath(kind: str, split: Split) -> str:
