@@ -109,7 +109,7 @@ def _describe_one_volume(release: UpstreamRelease) -> list[str]:
 def run_demo(out: Path, *, seed: int = 0) -> None:
     """Write a synthetic upstream release to ``out/upstream``, describe it, run generation stage 2 into
     ``out/release`` (the derived ``scene_graph`` and ``anatomy_pairs`` rows), and load every config from it."""
-    from .hf.builder import CONFIG_NAMES
+    from .hf.schema import CONFIG_NAMES
     from .testing.synthetic import SyntheticConfig, write_release
 
     from .generate.pipeline import PipelineConfig, rebuild_release
@@ -130,7 +130,9 @@ def run_demo(out: Path, *, seed: int = 0) -> None:
     print("== loading every config with datasets.load_dataset('radgenome', config, data_dir=...)")
     import datasets
 
-    import radgenome_hf  # noqa: F401  (registers the builder)
+    from .hf.loading import register
+
+    register()  # datasets.load_dataset("radgenome", …) resolves to the builder
 
     cache = out / ".hf_cache"
     failed = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..hf.builder import CONFIG_NAMES
+    from ..hf.schema import CONFIG_NAMES
 
     p = sub.add_parser("build", help="build the packed release folder that `publish` pushes to the Hub")
     p.add_argument("out", type=Path, help="folder to write (atomically)")

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._version import __version__
     from ..ontology import get_ontology
-    from ..hf.builder import CONFIG_NAMES
+    from ..hf.schema import CONFIG_NAMES
 
     onto = get_ontology()
     print(f"radgenome-hf {__version__}")

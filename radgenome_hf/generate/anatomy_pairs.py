@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from ..hf.schema import ANATOMY_PAIRS_FEATURES
 from ..names import VolumeName
 from ..ontology import get_ontology
 from .ground import GroundedReport, Sentence
@@ -34,24 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ANATOMY_PAIRS_FEATURES", "fvlm_organs", "organ_sentences", "caption_for", "build_anatomy_pairs",
            "normal_template", "clean_part", "write_anatomy_pairs"]
-
-ANATOMY_PAIRS_FEATURES: dict[str, Any] = {
-    "volume_name": "string",
-    "patient_id": "string",
-    "scan_id": "string",
-    "reconstruction_id": "int32",
-    "organ": "string",
-    "anatomy_path": "string",
-    "caption": "string",
-    "conclusion": "string",  # conc (impressions part, or the template)
-    "description": "string",  # desc (findings part)
-    "abnormal": "bool",
-    "labels": [{"name": "string", "value": "int8"}],
-    "mask_name": "string",  # null when no mask grounds the organ
-    "mask_source": "string",  # anatomy | region | whole
-    "bbox": ["int32"],  # 6 ints, or null
-}
-
 
 def fvlm_organs() -> dict[str, str]:
     """``{organ: anatomy path}`` from the ontology."""

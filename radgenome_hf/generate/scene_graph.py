@@ -30,14 +30,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..hf.schema import SCENE_GRAPH_FEATURES, arrow_schema
 from ..names import VolumeName
 from ..io.atomic import atomic_path, write_text
 from ..ontology import normalize_name
 from .ground import GroundedReport, Lexicon, Sentence, _dedupe, normalize_finding
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
     from ..access.masks import PackedMasks
 
 __all__ = [
@@ -48,58 +47,8 @@ __all__ = [
 #: Measured relative change beyond which a lesion counts as worsened / improved.
 CHANGE_THRESHOLD_PERCENT = 20.0
 
-SCENE_GRAPH_FEATURES: dict[str, Any] = {
-    "volume_name": "string",
-    "patient_id": "string",
-    "scan_id": "string",
-    "reconstruction_id": "int32",
-    "prior_volume_name": "string",  # null for a patient's first scan
-    "objects": [{
-        "object_id": "string",  # "<volume_name>_<structure>"
-        "name": "string",
-        "anatomy_path": "string",
-        "bbox": ["int32"],  # 6: i0, j0, k0, i1, j1, k1 (half-open voxel indices)
-        "bbox_mm": ["float32"],  # 6: x0, y0, z0, x1, y1, z1 in world mm (voxel edges)
-        "volume_ml": "float32",
-        "voxel_count": "int64",
-    }],
-    "attributes": [{
-        "object_id": "string",
-        "name": "string",
-        "attributes": ["string"],  # "category|yes/no|label"
-        "phrases": ["string"],
-        "abnormal": "bool",
-    }],
-    "relationships": [{
-        "subject_id": "string",  # the prior scan's object (null for "new")
-        "object_id": "string",  # the current scan's object (null for "resolved")
-        "name": "string",
-        "predicate": "string",  # improved | worsened | no change | new | resolved
-        "relationship_names": ["string"],  # "comparison|yes|improved" ...
-        "phrase": "string",
-        "volume_ml_before": "float32",
-        "volume_ml_after": "float32",
-        "change_percent": "float32",
-    }],
-}
-
 _COMPARISON_NAME = {"improved": "improved", "worsened": "worsened", "no change": "no change",
                     "new": "worsened", "resolved": "improved"}
-
-
-def arrow_schema(spec: Mapping[str, Any] = SCENE_GRAPH_FEATURES) -> "pa.Schema":
-    """The Arrow schema of a plain-type spec such as :data:`SCENE_GRAPH_FEATURES`."""
-    import pyarrow as pa
-
-    def conv(x: Any) -> pa.DataType:
-        if isinstance(x, str):
-            return {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
-                    "float64": pa.float64(), "bool": pa.bool_(), "int8": pa.int8()}[x]
-        if isinstance(x, list):
-            return pa.list_(conv(x[0]))
-        return pa.struct([pa.field(k, conv(v)) for k, v in x.items()])
-
-    return pa.schema([pa.field(k, conv(v)) for k, v in spec.items()])
 
 
 # ------------------------------------------------------------------------------------------------

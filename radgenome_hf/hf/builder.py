@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from .._version import __version__
 from ..errors import MalformedFileError, MissingVolumeError, RadGenomeError, ShapeMismatchError
 from .features import VolumeFeature, LazyMaskFeature, MaskSetFeature, register_features
+from .schema import CONFIG_NAMES, VQA_TYPES, _DESCRIPTIONS, config_features
 from ..names import HF_SPLIT, Split, VolumeName
 from ..ontology import get_ontology
 from ..io.release import UpstreamRelease
@@ -44,119 +45,7 @@ from ..io.tables import CTRATE_LABELS
 
 register_features()
 
-CONFIG_NAMES = ("reports", "segmentation", "grounded_reports", "vqa", "scene_graph", "anatomy_pairs")
 SPLITS: tuple[Split, ...] = ("train", "valid")
-VQA_TYPES = ("abnormality", "location", "presence", "size", "disorders")
-
-_DESCRIPTIONS = {
-    "reports": "One CT-RATE volume per row with its radiology report, 18 abnormality labels and metadata.",
-    "segmentation": "One volume per row with its structures (name, anatomy path, bbox, voxel count) and packed masks.",
-    "grounded_reports": "One (volume, anatomy path) sentence group per row, grounded to the mask of its region.",
-    "vqa": "One question–answer pair per row (abnormality, location, presence, size, disorders), grounded.",
-    "scene_graph": "One volume per row as an anatomy-centred scene graph (objects, attributes, comparisons).",
-    "anatomy_pairs": "One (volume, organ) image–text pair per row, fVLM style.",
-}
-
-
-def _id_features() -> dict:
-    return {
-        "volume_name": datasets.Value("string"),
-        "patient_id": datasets.Value("string"),
-        "scan_id": datasets.Value("string"),
-        "reconstruction_id": datasets.Value("int32"),
-    }
-
-
-def _bbox() -> datasets.List:
-    return datasets.List(datasets.Value("int32"))
-
-
-def config_features(name: str) -> datasets.Features:
-    """The features of a config (documented in ``cards/``)."""
-    f = _id_features()
-    if name == "reports":
-        f.update(
-            volume=VolumeFeature(),
-            clinical_information=datasets.Value("string"),
-            technique=datasets.Value("string"),
-            findings=datasets.Value("string"),
-            impressions=datasets.Value("string"),
-            labels={label: datasets.Value("int8") for label in CTRATE_LABELS},
-            spacing=datasets.List(datasets.Value("float32")),
-            fixed_header=datasets.Value("bool"),
-            manufacturer=datasets.Value("string"),
-            patient_sex=datasets.Value("string"),
-            patient_age=datasets.Value("float32"),
-            study_date=datasets.Value("string"),
-        )
-    elif name == "segmentation":
-        f.update(
-            volume=VolumeFeature(),
-            masks=MaskSetFeature(),
-            shape=datasets.List(datasets.Value("int32")),
-            structures=datasets.List(
-                {
-                    "name": datasets.Value("string"),
-                    "source": datasets.Value("string"),
-                    "anatomy_path": datasets.Value("string"),
-                    "bbox": _bbox(),
-                    "voxel_count": datasets.Value("int64"),
-                }
-            ),
-        )
-    elif name == "grounded_reports":
-        f.update(
-            anatomy=datasets.Value("string"),
-            depth=datasets.Value("int8"),
-            region=datasets.Value("string"),
-            node=datasets.Value("string"),
-            sentence=datasets.Value("string"),
-            volume=VolumeFeature(),
-            mask=LazyMaskFeature(),
-        )
-    elif name == "vqa":
-        f.update(
-            question_type=datasets.Value("string"),
-            question=datasets.Value("string"),
-            answer=datasets.Value("string"),
-            anatomy=datasets.Value("string"),
-            region=datasets.Value("string"),
-            finding=datasets.Value("string"),
-            manually_verified=datasets.Value("bool"),
-            volume=VolumeFeature(),
-            mask=LazyMaskFeature(),
-        )
-    elif name == "scene_graph":
-        from ..generate.scene_graph import SCENE_GRAPH_FEATURES
-
-        f.update(_python_schema_to_features(SCENE_GRAPH_FEATURES, skip=set(f)))
-        f["volume"] = VolumeFeature()
-    elif name == "anatomy_pairs":
-        from ..generate.anatomy_pairs import ANATOMY_PAIRS_FEATURES
-
-        f.update(_python_schema_to_features(ANATOMY_PAIRS_FEATURES, skip=set(f)))
-        f["volume"] = VolumeFeature()
-        f["mask"] = LazyMaskFeature()
-    else:
-        raise ValueError(f"unknown config {name!r}; choose one of {CONFIG_NAMES}")
-    return datasets.Features(f)
-
-
-def _python_schema_to_features(schema, skip=frozenset()):
-    """Turn a plain description (type names, dicts, one-element lists) into datasets features."""
-    names = {"str": "string", "string": "string", "int": "int64", "float": "float32", "bool": "bool",
-             "int32": "int32", "int64": "int64", "float32": "float32", "float64": "float32", "int8": "int8"}
-
-    def conv(t):
-        if isinstance(t, dict):
-            return {k: conv(v) for k, v in t.items()}
-        if isinstance(t, list):
-            return datasets.List(conv(t[0]))
-        if isinstance(t, type):
-            t = t.__name__
-        return datasets.Value(names.get(str(t), str(t)))
-
-    return {k: conv(v) for k, v in schema.items() if k not in skip}
 
 
 @dataclass

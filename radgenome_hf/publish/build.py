@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RadGenomeError
-from ..hf.builder import CONFIG_NAMES
+from ..hf.schema import CONFIG_NAMES
 
 PATH_COLUMNS = {"volume": ("path",), "mask": ("path",), "masks": ("region", "anatomy")}
 
