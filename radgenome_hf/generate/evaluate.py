@@ -235,6 +235,10 @@ _NEG_AFTER = re.compile(r"\b(not|absent|excluded|ruled out)\b")
 _SEGMENT = re.compile(r";|\bbut\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b|\bexcept\b|\bapart from\b")
 
 
+_MENTION_IGNORED = frozenset(w[:5] for w in """left right both bilateral bilaterally sided several multiple
+    minimal mild millimetric small large with and the of in on at to from for""".split())
+
+
 def _stems_at(text: str) -> list[tuple[int, str]]:
     return [(m.start(), m.group(0)[:5]) for m in re.finditer(r"[a-z]{3,}", text)]
 
@@ -249,15 +253,16 @@ def report_segments(text: str) -> list[str]:
 def negated_only(phrase: str, segments: list[str]) -> bool:
     """Whether a report (its :func:`report_segments`) states ``phrase`` only negatively.
 
-    A segment mentions the phrase when it holds every content stem of it; the mention is negated when a
+    A segment mentions the phrase when it holds the stem of every word of it (anatomy words included:
+    "pericardial effusion" is not "pleural effusion"; laterality, quantity and sizes left out); the mention is negated when a
     negation (``no``, ``without`` ...) comes before it in the segment, or ``not`` / ``absent`` follows it in the
     same comma clause. True when the phrase is mentioned and every mention is negated.
 
-    >>> segs = report_segments("Pericardial effusion or thickening is not seen. A nodule, no effusion.")
+    >>> segs = report_segments("Pericardial effusion or thickening is not seen. A nodule, pleural effusion.")
     >>> negated_only("pericardial effusion", segs), negated_only("nodule", segs), negated_only("mass", segs)
     (True, False, False)
     """
-    stems = phrase_stems(phrase) or frozenset(s for _, s in _stems_at(phrase.lower()))
+    stems = frozenset(st for _, st in _stems_at(_SIZE_TOKEN.sub(" ", phrase.lower())) if st not in _MENTION_IGNORED)
     if not stems:
         return False
     mentioned = False

@@ -80,6 +80,8 @@ def split_sentences(text: str | None) -> list[str]:
     start = 0
     for m in _SPLIT_RE.finditer(text):
         end = m.end()
+        if text.count("(", start, m.start()) > text.count(")", start, m.start()) and ")" in text[end:end + 80]:
+            continue  # "(small airway disease?, small vessel disease?)" stays in its sentence
         before = text[start:m.start()]
         word = re.split(r"[\s(]", before)[-1].lower() if before else ""
         if m.group(2) is None:  # ". " or end
@@ -169,12 +171,14 @@ FINDING_TERMS: tuple[str, ...] = (
     r"granulomas?", r"bullae?", r"blebs?", r"scars?", r"scarring", r"osteophytes?", r"degenerat(?:ion|ive changes)",
     r"spondylosis", r"spondylotic changes", r"hypodensit(?:y|ies)", r"hyperdensit(?:y|ies)", r"septal thickening",
     r"bands?", r"collapse", r"hepatomegaly", r"splenomegaly", r"steatosis", r"goiter", r"goitre",
-    r"catheters?", r"stents?", r"pacemaker", r"sternotomy wires?", r"cavit(?:y|ies|ation)", r"abscess",
+    r"cavit(?:y|ies|ation)", r"abscess",
     r"wall thickening", r"air trapping", r"hyperaeration", r"hyperinflation", r"artifacts?", r"fluid",
     r"collections?", r"hematoma", r"tumou?rs?", r"neoplasms?", r"malignancy", r"carcinoma", r"sclerosis",
     r"sclerotic changes", r"lytic lesions?", r"osteopenia", r"osteoporosis", r"scoliosis", r"kyphosis",
-    r"hiatal hernia", r"hiatus hernia", r"medical material", r"pleural effusion", r"pericardial effusion",
+    r"hiatal hernia", r"hiatus hernia", r"pleural effusion", r"pericardial effusion",
 )
+# Devices (catheters, stents, pacemakers, sternotomy wires, "medical material") are no findings here: the real
+# RadGenome rows hold none of them.
 
 #: Words that stop the left extension of a finding phrase.
 _STOP = frozenset(
@@ -203,7 +207,7 @@ _NORMAL_CUE = re.compile(
     r"not observed|not detected|not seen|were not|was not|not identified)\b"
 )
 _ABNORMAL_ADJ = re.compile(
-    r"\b(dilated|enlarged|increased|widened|thickened|calcified|compressed|deviated|elevated|distended|"
+    r"\b(dilated|enlarged|widened|thickened|compressed|elevated|distended|"
     r"wider than normal|above normal|larger than normal|irregular|heterogeneous|hypertrophic|hypertrophied)\b"
 )
 _CLAUSE_SPLIT = re.compile(r";|,\s*but\b|\bbut\b|,\s*however\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b")
@@ -251,7 +255,7 @@ def _learned_terms() -> list[str]:
 
 @lru_cache(maxsize=1)
 def _finding_re() -> re.Pattern[str]:
-    labels = [re.escape(l.lower()) for l in get_ontology().label_names]
+    labels = [re.escape(l.lower()) for l in get_ontology().label_names if l.lower() != "medical material"]
     terms = sorted(set(FINDING_TERMS) | set(labels) | set(_learned_terms()), key=len, reverse=True)
     return re.compile(r"(?<![a-z0-9])(?:" + "|".join(terms + [_DISEASE_WORD]) + r")(?![a-z0-9])")
 
@@ -669,12 +673,6 @@ _OPENING = re.compile(
     r"^[^;]{0,80}?\b(?:window|as far as (?:can be )?seen|within the sections?|in the sections?|included in the "
     r"(?:examination|sections?)|examination area|entered the section)\b[^;]{0,40};\s*"
 )
-#: Pointers back to the previous sentence's anatomy.
-_BACK_REFERENCE = re.compile(
-    r"\b(?:(?:this|that|these|those|same|said|the described|the mentioned|aforementioned) (?:localization|location|"
-    r"area|areas|region|regions|level|segment|segments|lobe|side|site|places?|lesions?|nodules?|findings?|"
-    r"appearances?|densit(?:y|ies))|in the same|at the same|there|it|its|also)\b"
-)
 #: Attachment chunks: a finding belongs to the anatomy named in its chunk (commas, semicolons, contrasts).
 _CHUNK_SPLIT = re.compile(r";|,|\bbut\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b|\band also\b|\bas well as\b")
 #: "X - no thickening was detected", "X, no Y was seen": a negation later in the clause that ends it.
@@ -815,16 +813,22 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
     """(paths of the sentence, (finding, paths) per finding) of a lower-case sentence."""
     m = _OPENING.match(low)
     body_start = m.end() if m else 0
+    # anatomy inside parentheses (a differential: "small airway disease?") grounds nothing, nor do the
+    # words of a finding itself ("peribronchial thickening", "bronchiectasis") while anything else is named
+    anat = re.sub(r"\([^()]*\)?", lambda x: " " * len(x.group(0)), low)
+    bare = anat
+    for s, phrase in positives:
+        bare = bare[:s] + " " * len(phrase) + bare[s + len(phrase):]
     chunks: list[tuple[int, int]] = []
     start = body_start
     for sep in _CHUNK_SPLIT.finditer(low, body_start):
         chunks.append((start, sep.start()))
         start = sep.end()
     chunks.append((start, len(low)))
-    chunk_paths = [lexicon.match(low[a:b], low) if low[a:b].strip() else () for a, b in chunks]
+    chunk_paths = [lexicon.match(bare[a:b], low) if bare[a:b].strip() else () for a, b in chunks]
     finding_chunks = {i for i, (a, b) in enumerate(chunks) for s, _ in positives if a <= s < b}
-    sentence_paths = lexicon.match(low[body_start:], context) or ()
-    back = bool(_BACK_REFERENCE.search(low[body_start:])) or not sentence_paths
+    sentence_paths = lexicon.match(anat[body_start:], context) or ()
+    named = any(chunk_paths)
     out: dict[str, list[str]] = {}
     for s, phrase in positives:
         i = next((k for k, (a, b) in enumerate(chunks) if a <= s < b), None)
@@ -837,20 +841,18 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
                 if ps:
                     break
                 ps = chunk_paths[k]
+        cue = _cue_paths(phrase)
+        ps = _dedupe(ps + cue) if cue and (ps or not named) else ps
         if not ps:
-            ps = _cue_paths(phrase)
-        if not ps and back:
-            ps = tuple(context_paths)
-        if ps:
-            out.setdefault(phrase, [])
-            out[phrase].extend(q for q in apply_conventions(ps) if q not in out[phrase])
-        else:
-            out.setdefault(phrase, [])
+            ps = lexicon.match(phrase, low)  # the finding's own words: "pleural effusion"
+        if not ps and not sentence_paths:
+            ps = tuple(context_paths)  # "a nodule in this localization", "also observed": the previous anatomy
+        bucket = out.setdefault(phrase, [])
+        bucket.extend(q for q in apply_conventions(ps) if q not in bucket)
     finding_paths = tuple((f, tuple(v)) for f, v in out.items())
-    grounded = _dedupe([p for _, v in finding_paths for p in v] + list(sentence_paths if not positives else ()))
     if not positives:
-        grounded = tuple(sentence_paths)
-    return grounded, finding_paths
+        return tuple(sentence_paths), ()
+    return _dedupe(p for _, v in finding_paths for p in v), finding_paths
 
 
 def ground_report(findings: str | None, impressions: str | None = None, *,
