@@ -830,13 +830,20 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
     sentence_paths = lexicon.match(anat[body_start:], context) or ()
     named = any(chunk_paths)
     out: dict[str, list[str]] = {}
+    # an anatomy-only chunk that is no normal statement continues the location of the findings around it
+    extra = [bool(chunk_paths[k]) and k not in finding_chunks and not _NORMAL_CUE.search(low[a:b])
+             and not _NEG_BEFORE.search(low[a:b]) for k, (a, b) in enumerate(chunks)]
     for s, phrase in positives:
         i = next((k for k, (a, b) in enumerate(chunks) if a <= s < b), None)
         ps: tuple[str, ...] = ()
         if i is not None:
             ps = chunk_paths[i]
-            if not ps and i > 0 and chunk_paths[i - 1] and i - 1 not in finding_chunks:
-                ps = chunk_paths[i - 1]  # "In the mediastinum, a few lymph nodes ..."
+            if i > 0 and extra[i - 1]:
+                ps = _dedupe(chunk_paths[i - 1] + ps)  # "In the mediastinum, a few lymph nodes ..."
+            k = i + 1
+            while k < len(chunks) and k not in finding_chunks and (extra[k] or not chunk_paths[k]):
+                ps = _dedupe(ps + chunk_paths[k])  # "..., the largest in the right lower lobe"
+                k += 1
             for k in list(range(i + 1, len(chunks))) + list(range(i - 1, -1, -1)):
                 if ps:
                     break
