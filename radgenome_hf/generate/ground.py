@@ -241,12 +241,12 @@ _NOT_DISEASE = frozenset("diagnosis prognosis diagnoses stoma coma aroma".split(
 
 
 def _learned_terms() -> list[str]:
-    """Finding terms of the learned lexicon as regex fragments; a long one-word head also matches its
+    """Finding terms of the learned lexicon as regex fragments; a long disease noun also matches its
     misspellings and other endings (``atelect[a-z]*``: atelectatic, atelectesis)."""
     out = []
     for t in get_lexicon_data()["findings"]:
         words = t.split()
-        if len(words) == 1 and len(t) >= 9:
+        if len(words) == 1 and len(t) >= 9 and t.endswith(("sis", "ia")):
             out.append(re.escape(t[: max(7, len(t) - 4)]) + "[a-z]*")
         else:
             out.append(r"[\s-]".join(re.escape(w) for w in words))
@@ -849,7 +849,7 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
                     break
                 ps = chunk_paths[k]
         cue = _cue_paths(phrase)
-        ps = _dedupe(ps + cue) if cue and (ps or not named) else ps
+        ps = cue or ps  # "pleural effusion", "pericardial effusion": where RadGenome puts them, wherever they are
         if not ps:
             ps = lexicon.match(phrase, low)  # the finding's own words: "pleural effusion"
         if not ps and not sentence_paths:
