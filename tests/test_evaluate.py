@@ -124,6 +124,16 @@ def test_drop_negated(pair, tmp_path):
         evaluate(new, ref, drop_negated=True)
 
 
+def test_region_report_rows(pair):
+    new, ref = pair
+    assert evaluate(new, ref).region_report is None
+    header = RADGENOME_HEADERS["region_report"]
+    write_csv(ref / "train_region_report.csv", header, [(V1, "", "Text."), (V1, "lung", "A."), (V2, "bone", "B.")])
+    write_csv(new / "train_region_report.csv", header, [(V1, "lung", "A."), (V2, "bone", "B."), (V2, "heart", "C.")])
+    r = evaluate(new, ref).region_report
+    assert (r.tp, r.n_pred, r.n_ref) == (2, 3, 3)
+
+
 def test_missing_release(tmp_path):
     with pytest.raises(FileNotFoundError, match="vqa_abnormality"):
         evaluate(tmp_path, tmp_path)

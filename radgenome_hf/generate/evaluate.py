@@ -13,6 +13,8 @@ volumes present in both are compared. The measures:
   phrase there, precision = rebuilt phrases matched by a reference phrase there.
 - ``sizes``: (volume, size) pairs, sizes compared in mm (``"2 cm"`` = ``"20 mm"``).
 - ``disorders``: case-disorder phrases per volume.
+- ``region_report``: the (volume, path) rows of the region reports (whole-scan rows included), when both
+  releases have one.
 
 Phrases match forgivingly (:func:`phrases_match`): they share a content-word stem (the first 5 letters of a
 word), where laterality, sizes, numbers, quantifiers and anatomy words do not count. So ``"passive atelectatic
@@ -45,7 +47,7 @@ from typing import Iterable, Mapping
 
 from ..names import VolumeName
 from ..ontology import get_ontology, normalize_path
-from ..tables import read_case_disorders, read_vqa
+from ..tables import read_case_disorders, read_region_report, read_vqa
 
 __all__ = [
     "PRF", "prf", "EvaluationResult", "evaluate", "phrase_stems", "phrases_match", "split_phrases",
@@ -157,6 +159,10 @@ def prf(tp: int, n_pred: int, n_ref: int) -> PRF:
     return PRF(tp, n_pred, n_ref)
 
 
+def _f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
 def _set_prf(pred: set, ref: set) -> PRF:
     return PRF(len(pred & ref), len(pred), len(ref))
 
@@ -177,7 +183,7 @@ class Release:
     examined: dict[str, set[str]] = field(default_factory=dict)  # every (volume, path) row, normal or not
     sizes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # stem -> [(path, size)]
     disorders: dict[str, list[str]] = field(default_factory=dict)
-    region_report: bool = False
+    region_report: set[tuple[str, str]] | None = None  # (volume, path) of the region report, if there is one
 
     @property
     def volumes(self) -> set[str]:
@@ -199,7 +205,11 @@ def read_release(folder: str | Path) -> Release:
     if not abn:
         raise FileNotFoundError(f"{folder}: no <split>_vqa_abnormality.csv (looked in the folder, dataset/"
                                 "radgenome_files/ and RadGenome-ChestCT/dataset/radgenome_files/)")
-    rel = Release(region_report=bool(_files(folder, "region_report")))
+    rel = Release()
+    reports = _files(folder, "region_report")
+    if reports:
+        rel.region_report = {(r["volume_name"], r["anatomy"]) for p in reports
+                             for r in read_region_report(p).select(["volume_name", "anatomy"]).to_pylist()}
     for p in abn:
         for r in read_vqa(p, "abnormality").to_pylist():
             stem, path = r["volume_name"], normalize_path(r["anatomy"])
@@ -300,6 +310,7 @@ class EvaluationResult:
     findings_matched_pred: int
     sizes: PRF
     disorders: PRF
+    region_report: PRF | None = None  # (volume, path) rows of the region reports, when both releases have one
     dropped_negated: int = 0
     reference_phrases: int = 0
     rebuilt_negated: int | None = None
@@ -322,6 +333,7 @@ class EvaluationResult:
                          "reference_matched": self.findings.tp, "reference": self.findings.n_ref,
                          "rebuilt_matched": self.findings_matched_pred, "rebuilt": self.findings.n_pred},
             "sizes": self.sizes.to_dict(), "disorders": self.disorders.to_dict(),
+            "region_report": self.region_report.to_dict() if self.region_report else None,
             "dropped_negated": self.dropped_negated, "reference_phrases": self.reference_phrases,
             "rebuilt_negated": self.rebuilt_negated, "rebuilt_phrases": self.rebuilt_phrases,
         }
@@ -338,19 +350,17 @@ class EvaluationResult:
         for k, v in sorted(self.per_region.items()):
             out.append(line(f"  region {k}", v))
         out.append(f"{'findings at the same path':<34} {self.finding_precision:6.3f} {self.finding_recall:6.3f} "
-                   f"{prf_f1(self.finding_precision, self.finding_recall):6.3f}   ({self.findings.tp}/"
+                   f"{_f1(self.finding_precision, self.finding_recall):6.3f}   ({self.findings.tp}/"
                    f"{self.findings.n_ref} ref matched, {self.findings_matched_pred}/{self.findings.n_pred} rebuilt)")
         out.append(line("sizes (volume, size in mm)", self.sizes))
         out.append(line("case disorders (phrases)", self.disorders))
+        if self.region_report:
+            out.append(line("region report (volume, path)", self.region_report))
         if self.dropped_negated:
             out.append(f"reference phrases dropped as negated: {self.dropped_negated} of {self.reference_phrases}")
         if self.rebuilt_negated is not None:
             out.append(f"rebuilt phrases stated only negatively: {self.rebuilt_negated} of {self.rebuilt_phrases}")
         return "\n".join(out)
-
-
-def prf_f1(p: float, r: float) -> float:
-    return 2 * p * r / (p + r) if p + r else 0.0
 
 
 def _specific(paths: Iterable[str]) -> set[str]:
@@ -470,6 +480,8 @@ def evaluate(rebuilt: str | Path | Release, reference: str | Path | Release, *,
         specific=_set_prf(spec_pred, spec_ref), per_region=per_region,
         findings=PRF(matched_ref, n_pred, n_ref), findings_matched_pred=matched_pred,
         sizes=_set_prf(sizes(new), sizes(ref)), disorders=PRF(d_tp, d_pred, d_ref),
+        region_report=None if new.region_report is None or ref.region_report is None else _set_prf(
+            {x for x in new.region_report if x[0] in common}, {x for x in ref.region_report if x[0] in common}),
         dropped_negated=dropped, reference_phrases=ref_phrases,
         rebuilt_negated=rebuilt_negated, rebuilt_phrases=rebuilt_phrases,
     )

@@ -1,11 +1,14 @@
 """Ground report sentences to anatomy paths (stage 3 of the generation module).
 
-Pure functions over strings and tables: split a CT-RATE report into sentences, match each sentence to the most
-specific anatomy path(s) with a lexicon built from the ontology (node names, synonyms, plurals, laterality, lobes,
-vertebral levels, ribs), classify it as abnormal or normal, extract its finding phrases, negated findings, sizes
-and comparison cues, and write ``region_report`` rows exactly as the real release does: each sentence at every
-level of its path (plus the ontology's alternative groupings), sentences of one (volume, path) joined into one
-cell, unmatched text as whole-scan rows with an empty ``Anatomy``.
+Pure functions over strings and tables: split a CT-RATE report into sentences (real report punctuation:
+double-space impression items, parentheses, "…window;" openings), match anatomy with a lexicon built from the
+ontology (node names, synonyms, plurals, laterality, lobes, vertebral levels, ribs), classify each sentence as
+abnormal or normal, extract its finding phrases (with finding terms, anatomy cues and path conventions learned
+from real RadGenome rows: ``data/lexicon.json``, built by ``builder_scripts/make_lexicon.py``), ground each
+finding to its own anatomy, note negated findings, sizes and comparison cues, and write ``region_report`` rows
+exactly as the real release does: each sentence at every level of its path (plus the ontology's alternative
+groupings), sentences of one (volume, path) joined into one cell, unmatched text as whole-scan rows with an
+empty ``Anatomy``.
 
 >>> split_sentences("A nodule of approx. 6.6 mm is seen, e.g. in the RUL. No effusion.")
 ['A nodule of approx. 6.6 mm is seen, e.g. in the RUL.', 'No effusion.']
@@ -738,9 +741,12 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
     """Classify one sentence, extract its findings and ground each finding (unless ``paths`` is given).
 
     Each finding goes to the anatomy named in its own chunk of the sentence (chunks end at commas,
-    semicolons and contrasts), else in the nearest chunk that names one, else to the anatomy its own words
-    imply, else, when the sentence points back ("in this localization", "also") or names no anatomy at all,
-    to ``context_paths`` (the previous sentence's). RadGenome's conventions (:func:`apply_conventions`) apply.
+    semicolons and contrasts) plus the anatomy-only chunks around it ("In the mediastinum, ...", "..., the
+    largest in the left lower lobe"), else to the nearest chunk that names one; a learned anatomy cue of the
+    finding's own words wins ("pericardial effusion" -> heart tissue); anatomy inside parentheses or inside
+    the finding itself counts only when nothing else is named. A sentence that names no anatomy at all ("a
+    nodule in this localization") takes ``context_paths`` (the previous sentence's). RadGenome's conventions
+    (:func:`apply_conventions`) apply.
 
     >>> s = analyze_sentence("No mass or lymph nodes in pathological size were detected in both lungs.")
     >>> s.abnormal, s.negated, s.paths
@@ -828,7 +834,6 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
     chunk_paths = [lexicon.match(bare[a:b], low) if bare[a:b].strip() else () for a, b in chunks]
     finding_chunks = {i for i, (a, b) in enumerate(chunks) for s, _ in positives if a <= s < b}
     sentence_paths = lexicon.match(anat[body_start:], context) or ()
-    named = any(chunk_paths)
     out: dict[str, list[str]] = {}
     # an anatomy-only chunk that is no normal statement continues the location of the findings around it
     extra = [bool(chunk_paths[k]) and k not in finding_chunks and not _NORMAL_CUE.search(low[a:b])
@@ -859,7 +864,10 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
     finding_paths = tuple((f, tuple(v)) for f, v in out.items())
     if not positives:
         return tuple(sentence_paths), ()
-    return _dedupe(p for _, v in finding_paths for p in v), finding_paths
+    # the sentence is about its findings' anatomy and every anatomy it names ("bronchial wall thickening in
+    # both lungs": bronchi and lungs), while each finding row goes to the finding's own paths
+    every = _dedupe([p for _, v in finding_paths for p in v] + list(apply_conventions(sentence_paths)))
+    return tuple(p for p in every if not any(o.startswith(p + "/") for o in every)), finding_paths
 
 
 def ground_report(findings: str | None, impressions: str | None = None, *,
