@@ -204,3 +204,14 @@ def get_ontology() -> Ontology:
         fvlm_organs=dict(raw["fvlm_organs"]),
         totalsegmentator=dict(raw["totalsegmentator"]),
     )
+
+
+@lru_cache(maxsize=1)
+def get_lexicon_data() -> dict:
+    """The grounding lexicon learned from real RadGenome rows (``radgenome_hf/data/lexicon.json``, written by
+    ``builder_scripts/make_lexicon.py``): ``findings``, ``finding_anatomy``, ``implies`` and ``collapse``.
+
+    >>> get_lexicon_data()["implies"]["mediastinum/aorta"][-1]
+    'abdomen/abdomen/aorta'
+    """
+    return json.loads(resources.files("radgenome_hf").joinpath("data/lexicon.json").read_text("utf-8"))

@@ -224,3 +224,105 @@ def test_llm_backend_falls_back_to_lexicon(llm_server):
     dead = OpenAIChatBackend(endpoint="http://127.0.0.1:9/v1", model="m", timeout=1, max_retries=0, fallback=False)
     with pytest.raises(LLMError, match="request failed"):
         dead.ground(["x"])
+
+
+# -- real-report grounding on synthetic text (own wording) --------------------------------------------------
+
+LEFT_KIDNEY = ("abdomen/abdomen/kidney/left kidney",)
+
+
+def test_double_space_items_are_sentences():
+    assert split_sentences("Lung nodule  Aortic wall calcification  Renal cyst") == [
+        "Lung nodule", "Aortic wall calcification", "Renal cyst"]
+    ss = ground_report(None, "Emphysema  Cholelithiasis  Hepatosteatosis")
+    assert [s.findings for s in ss] == [("emphysema",), ("cholelithiasis",), ("hepatosteatosis",)]
+    assert split_sentences("Mosaic pattern (airway disease?, vessel disease?). Heart is normal.") == [
+        "Mosaic pattern (airway disease?, vessel disease?).", "Heart is normal."]
+
+
+def test_each_finding_to_its_own_anatomy():
+    s = analyze_sentence("Emphysema is seen in both lungs, and a cyst is present in the left kidney.")
+    assert dict(s.finding_paths) == {"emphysema": ("lung/lung",), "cyst": LEFT_KIDNEY}
+    # an anatomy-only chunk continues the location of the finding before it
+    s = analyze_sentence("Small nodules are seen in both lungs, the largest one in the lower lobe of the left lung.")
+    assert dict(s.finding_paths)["small nodules"] == LLL  # most specific: lung/lung is an ancestor
+    # a leading "In the X," names the anatomy of what follows; an opening about the window does not
+    s = analyze_sentence("In the left kidney, a cyst is seen.")
+    assert dict(s.finding_paths) == {"cyst": LEFT_KIDNEY}
+    s = analyze_sentence("When examined in the lung parenchyma window; a cyst is seen in the left kidney.")
+    assert s.paths == LEFT_KIDNEY
+
+
+def test_back_reference_takes_previous_anatomy():
+    ss = ground_report("A nodule is seen in the lower lobe of the left lung. Another nodule is noted in this "
+                       "localization. Heart size is normal.", None)
+    assert ss[1].paths == LLL and dict(ss[1].finding_paths) == {"nodule": LLL}
+    assert ss[2].paths == ("heart/heart",)
+
+
+def test_conventions_learned_from_real_rows():
+    # aortic findings under both aortas, cardiac ones under heart tissue, the middle lobe as the right lung
+    s = analyze_sentence("Calcified plaques are present in the aortic arch.")
+    assert set(s.paths) == {"mediastinum/aorta", "abdomen/abdomen/aorta"}
+    assert analyze_sentence("Cardiomegaly is present.").paths == ("heart/heart/heart tissue",)
+    assert analyze_sentence("Consolidation in the right middle lobe.").paths == ("lung/lung/right lung",)
+    # a finding naming its own organ goes there wherever the sentence points
+    assert analyze_sentence("Hepatosteatosis.").paths == ("abdomen/abdomen/liver",)
+    assert analyze_sentence("Bilateral gynecomastia is noted.").paths == ("breast/breast",)
+
+
+@pytest.mark.parametrize("sentence", [
+    "Pleural effusion - no thickening was detected.",
+    "Pericardial effusion or thickening was not seen.",
+    "No nodule, mass or consolidation is seen in either lung.",
+    "There is no pleural effusion.",
+    "Lymph nodes of pathological size were not detected in the mediastinum.",
+])
+def test_negated_wording_is_no_finding(sentence):
+    s = analyze_sentence(sentence)
+    assert not s.abnormal and s.findings == () and s.negated
+
+
+def test_misspelling_and_lexicon_terms():
+    s = analyze_sentence("Atelectesis in the right lower lobe.")
+    assert s.abnormal and s.findings == ("atelectesis",) and s.paths == RLL
+    for text, finding in [("Atelectatic changes in the left lower lobe.", "atelectatic changes"),
+                          ("Bronchiectatic changes in both lungs.", "bronchiectatic changes"),
+                          ("Emphysematous changes are seen in both lungs.", "emphysematous changes")]:
+        assert analyze_sentence(text).findings == (finding,)
+
+
+@pytest.mark.parametrize("sentence", [
+    "Heart size increased.",
+    "The vertebrae are calcified.",
+    "Density in the right lung.",
+])
+def test_bare_words_are_no_findings(sentence):
+    assert analyze_sentence(sentence).findings == ()
+
+
+def test_devices_are_no_findings():
+    assert not analyze_sentence("A central venous catheter ends in the right atrium.").abnormal
+
+
+def test_sizes_go_with_their_finding():
+    from radgenome_hf.generate.vqa import size_rows
+
+    ss = ground_report("A 6 mm nodule in the right lower lobe, a 2 cm cyst in the left kidney.", None)
+    rows = size_rows("train_1_a_1", ss)
+    assert ("train_1_a_1.nii.gz", LEFT_KIDNEY[0], "cyst", "2 cm") in rows
+    assert ("train_1_a_1.nii.gz", RLL[1], "nodule", "6 mm") in rows
+    assert not any(r[2] == "cyst" and r[1].startswith("lung") for r in rows)
+
+
+def test_backend_interface_lives_in_ground():
+    import ast
+    import inspect
+
+    from radgenome_hf.generate import ground, llm
+
+    assert llm.GroundingBackend is ground.GroundingBackend and llm.LexiconBackend is ground.LexiconBackend
+    assert isinstance(ground.LexiconBackend(), ground.GroundingBackend)
+    tree = ast.parse(inspect.getsource(ground))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "llm" not in imported and not any(m and m.endswith(".llm") for m in imported)

@@ -2,7 +2,8 @@
 
 Subcommands: ``ground`` (region_report CSV from CT-RATE reports), ``vqa`` (the VQA CSVs and case disorders),
 ``scene-graph`` (Chest ImaGenome-style graphs), ``anatomy-pairs`` (fVLM-style organ captions), ``split``
-(patient-level train/validation assignment) and ``rebuild`` (all of them into a new release folder).
+(patient-level train/validation assignment), ``rebuild`` (all of them into a new release folder) and
+``evaluate`` (agreement of a regenerated release with a reference release).
 """
 
 from __future__ import annotations
@@ -148,9 +149,30 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ..generate.evaluate import evaluate, rebuild_from_reports, write_json
+
+    reports = args.reports or args.regenerate
+    if args.drop_negated and not reports:
+        print("--drop-negated needs --reports (or --regenerate)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        rebuilt = args.rebuilt
+        if args.regenerate:
+            rebuilt = rebuild_from_reports(args.regenerate, Path(args.rebuilt) if args.rebuilt != "-" else tmp,
+                                           seed=args.seed)
+        result = evaluate(rebuilt, args.reference, reports=reports, drop_negated=args.drop_negated)
+    print(result.summary())
+    if args.out:
+        print(f"wrote {write_json(result, args.out)}")
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generation stages: ground, vqa, scene-graph, anatomy-pairs, split, "
-                              "rebuild", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "rebuild, evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", metavar="STAGE")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
@@ -188,6 +210,22 @@ def register(subparsers) -> None:
     q.add_argument("--validation", type=float, default=0.05, help="fraction of patients in validation (0.05)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_cmd_split)
+
+    q = sub.add_parser("evaluate", help="agreement of a regenerated release with a reference release (P/R/F1)",
+                       description="Compare REBUILT with REFERENCE (folders in the upstream layout: VQA CSVs, case "
+                       "disorders): P/R/F1 over (volume, anatomy path) at every level, top-level region and most "
+                       "specific path, per region; finding phrases at the same path; sizes; case disorders.")
+    q.add_argument("rebuilt", help="regenerated release folder (with --regenerate: where to write it, '-' = a "
+                   "temporary folder)")
+    q.add_argument("reference", help="reference release folder (e.g. the official RadGenome files)")
+    q.add_argument("--out", help="also write the figures as JSON to this file")
+    q.add_argument("--reports", help="CT-RATE reports CSV (VolumeName, Findings_EN, Impressions_EN) of the volumes")
+    q.add_argument("--drop-negated", action="store_true",
+                   help="drop reference phrases the report states only negatively (needs --reports)")
+    q.add_argument("--regenerate", metavar="REPORTS_CSV",
+                   help="first ground this reports CSV and write its VQA CSVs into REBUILT")
+    q.add_argument("--seed", type=int, default=0, help="seed of the sampled 'No.' presence rows (--regenerate)")
+    q.set_defaults(func=_cmd_evaluate)
 
     q = sub.add_parser("rebuild", help="end to end: a new release folder in the upstream layout")
     q.add_argument("upstream", help="upstream release folder")

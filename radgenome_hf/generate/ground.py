@@ -1,11 +1,14 @@
 """Ground report sentences to anatomy paths (stage 3 of the generation module).
 
-Pure functions over strings and tables: split a CT-RATE report into sentences, match each sentence to the most
-specific anatomy path(s) with a lexicon built from the ontology (node names, synonyms, plurals, laterality, lobes,
-vertebral levels, ribs), classify it as abnormal or normal, extract its finding phrases, negated findings, sizes
-and comparison cues, and write ``region_report`` rows exactly as the real release does: each sentence at every
-level of its path (plus the ontology's alternative groupings), sentences of one (volume, path) joined into one
-cell, unmatched text as whole-scan rows with an empty ``Anatomy``.
+Pure functions over strings and tables: split a CT-RATE report into sentences (real report punctuation:
+double-space impression items, parentheses, "…window;" openings), match anatomy with a lexicon built from the
+ontology (node names, synonyms, plurals, laterality, lobes, vertebral levels, ribs), classify each sentence as
+abnormal or normal, extract its finding phrases (with finding terms, anatomy cues and path conventions learned
+from real RadGenome rows: ``data/lexicon.json``, built by ``builder_scripts/make_lexicon.py``), ground each
+finding to its own anatomy, note negated findings, sizes and comparison cues, and write ``region_report`` rows
+exactly as the real release does: each sentence at every level of its path (plus the ontology's alternative
+groupings), sentences of one (volume, path) joined into one cell, unmatched text as whole-scan rows with an
+empty ``Anatomy``.
 
 >>> split_sentences("A nodule of approx. 6.6 mm is seen, e.g. in the RUL. No effusion.")
 ['A nodule of approx. 6.6 mm is seen, e.g. in the RUL.', 'No effusion.']
@@ -25,19 +28,17 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..names import VolumeName
-from ..ontology import Ontology, get_ontology, normalize_name, normalize_path
 from ..io.tables import RADGENOME_HEADERS, write_csv
+from ..ontology import Ontology, get_lexicon_data, get_ontology, normalize_name, normalize_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from .llm import GroundingBackend
-
 __all__ = [
-    "Sentence", "SizeMention", "Lexicon", "GroundedReport",
+    "Sentence", "SizeMention", "Lexicon", "GroundedReport", "GroundingBackend", "LexiconBackend",
     "split_sentences", "parse_sizes", "analyze_sentence", "ground_report", "ground_reports",
     "region_report_rows", "write_region_report", "path_sort_key", "FINDING_TERMS",
 ]
@@ -58,12 +59,14 @@ _SPLIT_RE = re.compile(r"([.!?]+)(?=\s+|$)|(?<=[a-z)])(\.)(?=[A-Z])")
 def split_sentences(text: str | None) -> list[str]:
     """Split report text into sentences.
 
-    Full stops inside abbreviations (``approx.``, ``e.g.``), decimals (``6.6 mm``) and initialisms do not end a
+    Items joined by two spaces or a line break (the impressions' lists) are sentences of their own. Full stops inside abbreviations (``approx.``, ``e.g.``), decimals (``6.6 mm``) and initialisms do not end a
     sentence; a stop glued to the next capitalised word (``normal.No``) does. Semicolons stay inside a sentence
     (the real region reports keep "window; Several …" together).
 
     >>> split_sentences("Heart size is normal.No pleural effusion. Nodules, i.e. 3 mm, in the LUL.")
     ['Heart size is normal.', 'No pleural effusion.', 'Nodules, i.e. 3 mm, in the LUL.']
+    >>> split_sentences("Covid pneumonia  Aortic atherosclerosis  Hepatic cyst")
+    ['Covid pneumonia', 'Aortic atherosclerosis', 'Hepatic cyst']
     >>> split_sentences("Not given.")
     []
     """
@@ -72,10 +75,16 @@ def split_sentences(text: str | None) -> list[str]:
     text = str(text).strip()
     if not text or text == "Not given.":
         return []
+    # impression items are often joined by two spaces (or a line break) without a full stop
+    items = [t for t in re.split(r"\s*\n\s*|\s{2,}(?=[A-Z0-9(\-•*])", text) if t.strip()]
+    if len(items) > 1:
+        return [x for t in items for x in split_sentences(t)]
     out: list[str] = []
     start = 0
     for m in _SPLIT_RE.finditer(text):
         end = m.end()
+        if text.count("(", start, m.start()) > text.count(")", start, m.start()) and ")" in text[end:end + 80]:
+            continue  # "(small airway disease?, small vessel disease?)" stays in its sentence
         before = text[start:m.start()]
         word = re.split(r"[\s(]", before)[-1].lower() if before else ""
         if m.group(2) is None:  # ". " or end
@@ -94,7 +103,8 @@ def split_sentences(text: str | None) -> list[str]:
     tail = text[start:].strip()
     if tail:
         out.append(tail)
-    return [s for s in out if re.search(r"[A-Za-z0-9]", s)]
+    # a bare list number ("1.") is no sentence
+    return [s for s in out if re.search(r"[A-Za-z0-9]", s) and not re.fullmatch(r"\(?\d{1,2}[.)-]?", s)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,12 +174,14 @@ FINDING_TERMS: tuple[str, ...] = (
     r"granulomas?", r"bullae?", r"blebs?", r"scars?", r"scarring", r"osteophytes?", r"degenerat(?:ion|ive changes)",
     r"spondylosis", r"spondylotic changes", r"hypodensit(?:y|ies)", r"hyperdensit(?:y|ies)", r"septal thickening",
     r"bands?", r"collapse", r"hepatomegaly", r"splenomegaly", r"steatosis", r"goiter", r"goitre",
-    r"catheters?", r"stents?", r"pacemaker", r"sternotomy wires?", r"cavit(?:y|ies|ation)", r"abscess",
+    r"cavit(?:y|ies|ation)", r"abscess",
     r"wall thickening", r"air trapping", r"hyperaeration", r"hyperinflation", r"artifacts?", r"fluid",
     r"collections?", r"hematoma", r"tumou?rs?", r"neoplasms?", r"malignancy", r"carcinoma", r"sclerosis",
     r"sclerotic changes", r"lytic lesions?", r"osteopenia", r"osteoporosis", r"scoliosis", r"kyphosis",
-    r"hiatal hernia", r"hiatus hernia", r"medical material", r"pleural effusion", r"pericardial effusion",
+    r"hiatal hernia", r"hiatus hernia", r"pleural effusion", r"pericardial effusion",
 )
+# Devices (catheters, stents, pacemakers, sternotomy wires, "medical material") are no findings here: the real
+# RadGenome rows hold none of them.
 
 #: Words that stop the left extension of a finding phrase.
 _STOP = frozenset(
@@ -198,7 +210,7 @@ _NORMAL_CUE = re.compile(
     r"not observed|not detected|not seen|were not|was not|not identified)\b"
 )
 _ABNORMAL_ADJ = re.compile(
-    r"\b(dilated|enlarged|increased|widened|thickened|calcified|compressed|deviated|elevated|distended|"
+    r"\b(dilated|enlarged|widened|thickened|compressed|elevated|distended|"
     r"wider than normal|above normal|larger than normal|irregular|heterogeneous|hypertrophic|hypertrophied)\b"
 )
 _CLAUSE_SPLIT = re.compile(r";|,\s*but\b|\bbut\b|,\s*however\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b")
@@ -226,11 +238,29 @@ _STRONG_CHANGE = re.compile(
 )
 
 
+#: Words naming a disease by their ending (``hepatosteatosis``, ``cholelithiasis``, ``gynecomastia``).
+_DISEASE_WORD = r"[a-z]{3,}(?:osis|oses|iasis|itis|ectasis|megaly|mastia|pathy|pathies|plasia|omas?)"
+_NOT_DISEASE = frozenset("diagnosis prognosis diagnoses stoma coma aroma".split())
+
+
+def _learned_terms() -> list[str]:
+    """Finding terms of the learned lexicon as regex fragments; a long disease noun also matches its
+    misspellings and other endings (``atelect[a-z]*``: atelectatic, atelectesis)."""
+    out = []
+    for t in get_lexicon_data()["findings"]:
+        words = t.split()
+        if len(words) == 1 and len(t) >= 9 and t.endswith(("sis", "ia")):
+            out.append(re.escape(t[: max(7, len(t) - 4)]) + "[a-z]*")
+        else:
+            out.append(r"[\s-]".join(re.escape(w) for w in words))
+    return out
+
+
 @lru_cache(maxsize=1)
 def _finding_re() -> re.Pattern[str]:
-    labels = [re.escape(l.lower()) for l in get_ontology().label_names]
-    terms = sorted(set(FINDING_TERMS) | set(labels), key=len, reverse=True)
-    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(terms) + r")(?![a-z0-9])")
+    labels = [re.escape(l.lower()) for l in get_ontology().label_names if l.lower() != "medical material"]
+    terms = sorted(set(FINDING_TERMS) | set(labels) | set(_learned_terms()), key=len, reverse=True)
+    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(terms + [_DISEASE_WORD]) + r")(?![a-z0-9])")
 
 
 _WORD_RE = re.compile(r"[a-z0-9][a-z0-9'\-]*")
@@ -242,7 +272,7 @@ def _norm_text(text: str) -> str:
 
 def _phrases(clause: str) -> list[tuple[int, int, str]]:
     """Finding phrases in a lower-case clause: (start, end, phrase) with up to 3 modifiers to the left."""
-    heads = [(m.start(), m.end()) for m in _finding_re().finditer(clause)]
+    heads = [(m.start(), m.end()) for m in _finding_re().finditer(clause) if m.group(0) not in _NOT_DISEASE]
     out: list[tuple[int, int, str]] = []
     i = len(heads) - 1
     while i >= 0:
@@ -573,6 +603,26 @@ def _default_lexicon() -> Lexicon:
     return Lexicon.from_ontology(get_ontology())
 
 
+@runtime_checkable
+class GroundingBackend(Protocol):
+    """Sentences in, anatomy paths out (one tuple per sentence, ``()`` = whole scan)."""
+
+    name: str
+
+    def ground(self, sentences: Sequence[str]) -> list[tuple[str, ...]]: ...
+
+
+@dataclass
+class LexiconBackend:
+    """The lexicon as a :class:`GroundingBackend` (sentence by sentence, no per-finding grounding)."""
+
+    name: str = "lexicon"
+    lexicon: Lexicon = field(default_factory=lambda: Lexicon.default())
+
+    def ground(self, sentences: Sequence[str]) -> list[tuple[str, ...]]:
+        return [self.lexicon.match(s) for s in sentences]
+
+
 # ------------------------------------------------------------------------------------------------
 # sentence analysis
 # ------------------------------------------------------------------------------------------------
@@ -592,6 +642,7 @@ class Sentence:
     sizes: tuple[SizeMention, ...] = ()
     size_findings: tuple[str, ...] = ()  # the finding phrase each size belongs to (same order as sizes)
     comparison: str | None = None  # improved | worsened | no change | new | resolved
+    finding_paths: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (finding, its most specific paths) per finding
 
     def expanded_paths(self, onto: Ontology | None = None) -> tuple[str, ...]:
         """Every level of every path (the release's multi-granularity), top down, without duplicates."""
@@ -617,32 +668,110 @@ def _comparison(clauses: Sequence[tuple[str, bool]], text: str) -> str | None:
     return None
 
 
+#: Finding phrases that are no finding on their own (a bare word left when the head had no modifier).
+_BARE = frozenset("density densities increased increase calcified calcific thickness appearance fluid".split())
+
+#: "When examined in the lung parenchyma window;" and similar openings: no anatomy of the sentence's findings.
+_OPENING = re.compile(
+    r"^[^;]{0,80}?\b(?:window|as far as (?:can be )?seen|within the sections?|in the sections?|included in the "
+    r"(?:examination|sections?)|examination area|entered the section)\b[^;]{0,40};\s*"
+)
+#: Attachment chunks: a finding belongs to the anatomy named in its chunk (commas, semicolons, contrasts).
+_CHUNK_SPLIT = re.compile(r";|,|\bbut\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b|\band also\b|\bas well as\b")
+#: "X - no thickening was detected", "X, no Y was seen": a negation later in the clause that ends it.
+_NEG_TAIL = re.compile(
+    r"\b(?:no|not|none)\b[^;]*?\b(?:was|were|is|are|has been|have been)?\s*(?:detected|observed|seen|identified|"
+    r"found|present|noted|visualized|evident)\b"
+)
+
+
+@lru_cache(maxsize=1)
+def _conventions() -> tuple[dict[str, str], dict[str, tuple[str, ...]], dict[str, str]]:
+    """(collapse, implies, finding word -> path) of the learned lexicon, checked against the ontology."""
+    data, onto = get_lexicon_data(), get_ontology()
+    collapse = {a: b for a, b in data["collapse"].items() if a in onto and b in onto}
+    implies = {a: tuple(b for b in bs if b in onto) for a, bs in data["implies"].items() if a in onto}
+    cues = {w: p for w, p in data["finding_anatomy"].items() if p in onto}
+    return collapse, implies, cues
+
+
+def apply_conventions(paths: Iterable[str]) -> tuple[str, ...]:
+    """RadGenome's conventions on a finding's most specific paths (learned, see ``data/lexicon.json``): a path
+    the real rows (almost) never use becomes its parent, a path implies the paths that carry the same findings
+    in the real rows (``mediastinum/aorta`` -> ``abdomen/abdomen/aorta``), ancestors of others are dropped.
+
+    >>> apply_conventions(["lung/lung/right lung/right lung middle lobe"])
+    ('lung/lung/right lung',)
+    >>> apply_conventions(["mediastinum/aorta"])
+    ('mediastinum/aorta', 'abdomen/abdomen/aorta')
+    """
+    collapse, implies, _ = _conventions()
+    out: list[str] = []
+    for p in paths:
+        parts = p.split("/")
+        for i in range(1, len(parts) + 1):  # a collapsed ancestor collapses its whole subtree
+            head = "/".join(parts[:i])
+            if head in collapse:
+                p = collapse[head]
+                break
+        todo = [p]
+        while todo:
+            q = todo.pop(0)
+            if q not in out:
+                out.append(q)
+                todo.extend(implies.get(q, ()))
+    return tuple(p for p in out if not any(o != p and o.startswith(p + "/") for o in out))
+
+
+def _cue_paths(phrase: str) -> tuple[str, ...]:
+    """Anatomy a finding phrase implies by its own words (``hepatosteatosis`` -> the liver), if any."""
+    cues = _conventions()[2]
+    onto = get_ontology()
+    for w in reversed(_WORD_RE.findall(phrase)):
+        p = cues.get(w)
+        if p:
+            leaf = onto.leaf(p)
+            return tuple(q for q in onto.paths_ending_in(leaf) if q.split("/", 1)[0] == p.split("/", 1)[0])
+    return ()
+
+
 def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
                      paths: Sequence[str] | None = None, lexicon: Lexicon | None = None,
-                     context: str = "") -> Sentence:
-    """Classify one sentence and extract its findings; ground it with the lexicon unless ``paths`` is given.
+                     context: str = "", context_paths: Sequence[str] = ()) -> Sentence:
+    """Classify one sentence, extract its findings and ground each finding (unless ``paths`` is given).
+
+    Each finding goes to the anatomy named in its own chunk of the sentence (chunks end at commas,
+    semicolons and contrasts) plus the anatomy-only chunks around it ("In the mediastinum, ...", "..., the
+    largest in the left lower lobe"), else to the nearest chunk that names one; a learned anatomy cue of the
+    finding's own words wins ("pericardial effusion" -> heart tissue); anatomy inside parentheses or inside
+    the finding itself counts only when nothing else is named. A sentence that names no anatomy at all ("a
+    nodule in this localization") takes ``context_paths`` (the previous sentence's). RadGenome's conventions
+    (:func:`apply_conventions`) apply.
 
     >>> s = analyze_sentence("No mass or lymph nodes in pathological size were detected in both lungs.")
     >>> s.abnormal, s.negated, s.paths
     (False, ('mass', 'lymph nodes'), ('mediastinum/mediastinal tissue', 'lung/lung'))
+    >>> s = analyze_sentence("Emphysema in both lungs, a cyst in the liver.")
+    >>> dict(s.finding_paths)
+    {'emphysema': ('lung/lung',), 'cyst': ('abdomen/abdomen/liver',)}
     """
     lexicon = lexicon or Lexicon.default()
     low = _norm_text(text)
     clauses_raw = [c for c in _CLAUSE_SPLIT.split(low) if c and c.strip()]
     positives: list[tuple[int, str]] = []
     negatives: list[str] = []
-    abnormal = False
     clause_info: list[tuple[str, bool]] = []
     offset = 0
     for clause in clauses_raw:
         cstart = low.find(clause, offset)
         offset = max(offset, cstart + len(clause)) if cstart >= 0 else offset
-        phrases = _phrases(clause)
+        phrases = [x for x in _phrases(clause) if x[2] not in _BARE]
         neg_before = _NEG_BEFORE.search(clause)
         neg_after = _NEG_AFTER.search(clause)
         clause_negated = False
         for s, e, ph in phrases:
-            negated = bool((neg_before and neg_before.start() <= s) or neg_after)
+            tail = _NEG_TAIL.search(clause, e)
+            negated = bool((neg_before and neg_before.start() <= s) or neg_after or tail)
             if negated:
                 negatives.append(ph)
                 clause_negated = True
@@ -655,8 +784,6 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
             if adj and not normal:
                 positives.append((max(cstart, 0) + adj.start(), adj.group(0)))
         clause_info.append((clause, clause_negated))
-    if positives:
-        abnormal = True
     findings = _dedupe(p for _, p in positives)
     sizes = tuple(parse_sizes(text))
     size_findings: list[str] = []
@@ -667,30 +794,89 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
         else:
             size_findings.append("")
     if paths is None:
-        grounded = lexicon.match(text, context)
+        grounded, finding_paths = _ground_findings(low, positives, lexicon, context, context_paths)
     else:
         onto = lexicon.ontology
         grounded = tuple(onto.validate(p) for p in paths if normalize_path(p))
+        finding_paths = tuple((f, grounded) for f in findings)
     return Sentence(
         text=text.strip(),
         section=section,
         index=index,
         paths=tuple(grounded),
-        abnormal=abnormal,
+        abnormal=bool(positives),
         findings=findings,
         negated=_dedupe(negatives),
         sizes=sizes,
         size_findings=tuple(size_findings),
         comparison=_comparison(clause_info, low),
+        finding_paths=finding_paths,
     )
+
+
+def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Lexicon, context: str,
+                     context_paths: Sequence[str]) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """(paths of the sentence, (finding, paths) per finding) of a lower-case sentence."""
+    m = _OPENING.match(low)
+    body_start = m.end() if m else 0
+    # anatomy inside parentheses (a differential: "small airway disease?") grounds nothing, nor do the
+    # words of a finding itself ("peribronchial thickening", "bronchiectasis") while anything else is named
+    anat = re.sub(r"\([^()]*\)?", lambda x: " " * len(x.group(0)), low)
+    bare = anat
+    for s, phrase in positives:
+        bare = bare[:s] + " " * len(phrase) + bare[s + len(phrase):]
+    chunks: list[tuple[int, int]] = []
+    start = body_start
+    for sep in _CHUNK_SPLIT.finditer(low, body_start):
+        chunks.append((start, sep.start()))
+        start = sep.end()
+    chunks.append((start, len(low)))
+    chunk_paths = [lexicon.match(bare[a:b], low) if bare[a:b].strip() else () for a, b in chunks]
+    finding_chunks = {i for i, (a, b) in enumerate(chunks) for s, _ in positives if a <= s < b}
+    sentence_paths = lexicon.match(anat[body_start:], context) or ()
+    out: dict[str, list[str]] = {}
+    # an anatomy-only chunk that is no normal statement continues the location of the findings around it
+    extra = [bool(chunk_paths[k]) and k not in finding_chunks and not _NORMAL_CUE.search(low[a:b])
+             and not _NEG_BEFORE.search(low[a:b]) for k, (a, b) in enumerate(chunks)]
+    for s, phrase in positives:
+        i = next((k for k, (a, b) in enumerate(chunks) if a <= s < b), None)
+        ps: tuple[str, ...] = ()
+        if i is not None:
+            ps = chunk_paths[i]
+            if i > 0 and extra[i - 1]:
+                ps = _dedupe(chunk_paths[i - 1] + ps)  # "In the mediastinum, a few lymph nodes ..."
+            k = i + 1
+            while k < len(chunks) and k not in finding_chunks and (extra[k] or not chunk_paths[k]):
+                ps = _dedupe(ps + chunk_paths[k])  # "..., the largest in the right lower lobe"
+                k += 1
+            for k in list(range(i + 1, len(chunks))) + list(range(i - 1, -1, -1)):
+                if ps:
+                    break
+                ps = chunk_paths[k]
+        cue = _cue_paths(phrase)
+        ps = cue or ps  # "pleural effusion", "pericardial effusion": where RadGenome puts them, wherever they are
+        if not ps:
+            ps = lexicon.match(phrase, low)  # the finding's own words: "pleural effusion"
+        if not ps and not sentence_paths:
+            ps = tuple(context_paths)  # "a nodule in this localization", "also observed": the previous anatomy
+        bucket = out.setdefault(phrase, [])
+        bucket.extend(q for q in apply_conventions(ps) if q not in bucket)
+    finding_paths = tuple((f, tuple(v)) for f, v in out.items())
+    if not positives:
+        return tuple(sentence_paths), ()
+    # the sentence is about its findings' anatomy and every anatomy it names ("bronchial wall thickening in
+    # both lungs": bronchi and lungs), while each finding row goes to the finding's own paths
+    every = _dedupe([p for _, v in finding_paths for p in v] + list(apply_conventions(sentence_paths)))
+    return tuple(p for p in every if not any(o.startswith(p + "/") for o in every)), finding_paths
 
 
 def ground_report(findings: str | None, impressions: str | None = None, *,
                   backend: "GroundingBackend | None" = None, lexicon: Lexicon | None = None) -> list[Sentence]:
     """Split, ground and analyse a report's findings then impressions.
 
-    ``backend`` (see :mod:`radgenome_hf.generate.llm`) chooses the paths; the default is the lexicon.
-    Classification and phrase extraction always use the rules of this module.
+    ``backend`` (a :class:`GroundingBackend`, e.g. :mod:`radgenome_hf.generate.llm`'s) chooses the paths; the
+    default is the lexicon, with each finding grounded on its own and a sentence that names no anatomy taking
+    the previous sentence's. Classification and phrase extraction always use the rules of this module.
 
     >>> [(s.section, s.paths) for s in ground_report("Heart size is normal.", "Left pleural effusion.")]
     [('findings', ('heart/heart',)), ('impressions', ('pleura/pleura',))]
@@ -705,9 +891,15 @@ def ground_report(findings: str | None, impressions: str | None = None, *,
         paths = list(backend.ground([t for t, _ in items]))
     else:
         paths = [None] * len(items)
-    out = []
+    out: list[Sentence] = []
+    previous: tuple[str, ...] = ()
     for i, ((text, section), p) in enumerate(zip(items, paths)):
-        out.append(analyze_sentence(text, section=section, index=i, paths=p, lexicon=lexicon))
+        if out and out[-1].section != section:
+            previous = ()
+        s = analyze_sentence(text, section=section, index=i, paths=p, lexicon=lexicon,
+                             context=out[-1].text if out else "", context_paths=previous)
+        out.append(s)
+        previous = s.paths or previous
     return out
 
 

@@ -1,6 +1,7 @@
 """Grounding backends: the lexicon matcher (default) and an optional LLM behind an OpenAI-compatible API.
 
-A :class:`GroundingBackend` maps a batch of sentences to anatomy paths (one tuple per sentence). The LLM backend
+A :class:`~radgenome_hf.generate.ground.GroundingBackend` maps a batch of sentences to anatomy paths (one tuple per
+sentence); it and the default lexicon backend live in :mod:`~radgenome_hf.generate.ground`. The LLM backend
 posts to ``<endpoint>/chat/completions`` (stdlib ``urllib``; any OpenAI-compatible server: vLLM, llama.cpp,
 Ollama, a hosted API), asks for JSON ``{"<sentence index>": ["<path>", ...]}``, and validates every path against
 the ontology (unknown paths are dropped; a sentence the model fails on falls back to the lexicon). It is off by
@@ -17,40 +18,20 @@ import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 from ..config import llm_settings
 from ..errors import RadGenomeError
 from ..ontology import get_ontology, normalize_path
-from .ground import Lexicon
+from .ground import GroundingBackend, LexiconBackend
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroundingBackend", "LexiconBackend", "OpenAIChatBackend", "LLMError", "get_grounding_backend"]
+__all__ = ["OpenAIChatBackend", "LLMError", "get_grounding_backend"]
 
 
 class LLMError(RadGenomeError):
     """The LLM endpoint failed or answered something that is not the JSON asked for."""
-
-
-@runtime_checkable
-class GroundingBackend(Protocol):
-    """Sentences in, anatomy paths out (one tuple per sentence, ``()`` = whole scan)."""
-
-    name: str
-
-    def ground(self, sentences: Sequence[str]) -> list[tuple[str, ...]]: ...
-
-
-@dataclass
-class LexiconBackend:
-    """The default: :class:`~radgenome_hf.generate.ground.Lexicon` over the ontology."""
-
-    name: str = "lexicon"
-    lexicon: Lexicon = field(default_factory=Lexicon.default)
-
-    def ground(self, sentences: Sequence[str]) -> list[tuple[str, ...]]:
-        return [self.lexicon.match(s) for s in sentences]
 
 
 _SYSTEM = (

@@ -43,7 +43,7 @@ from .vqa import build_vqa, check_invariants
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..access.masks import PackedMasks
-    from .llm import GroundingBackend
+    from .ground import GroundingBackend
 
 __all__ = ["PipelineConfig", "PipelineReport", "rebuild_release", "MASKS_FROM"]
 

@@ -70,8 +70,9 @@ class VQATables:
 def abnormality_by_path(sentences: Sequence[Sentence]) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
     """(positive phrases per path, negated phrases per path, examined paths in path order) of one volume.
 
-    Every level of every grounded path counts (the release's multi-granularity). Whole-scan sentences
-    (no path) are not examined paths.
+    Every level of every grounded path counts (the release's multi-granularity); a finding counts at its own
+    paths (``Sentence.finding_paths``) when the sentence has them. Whole-scan sentences (no path) are not
+    examined paths.
     """
     onto = get_ontology()
     positive: dict[str, list[str]] = {}
@@ -80,10 +81,15 @@ def abnormality_by_path(sentences: Sequence[Sentence]) -> tuple[dict[str, list[s
     for s in sentences:
         for p in s.expanded_paths(onto):
             examined[p] = None
-            if s.abnormal:
+            if s.abnormal and not s.finding_paths:
                 positive.setdefault(p, []).extend(s.findings)
             if s.negated:
                 negative.setdefault(p, []).extend(s.negated)
+        if s.abnormal:
+            for finding, paths in s.finding_paths:  # each finding at its own paths
+                for p in _dedupe(a for q in paths for a in onto.ancestors(q)):
+                    examined[p] = None
+                    positive.setdefault(p, []).append(finding)
     return ({p: list(_dedupe(v)) for p, v in positive.items() if v},
             {p: list(_dedupe(v)) for p, v in negative.items()},
             sorted(examined, key=path_sort_key))
@@ -128,7 +134,8 @@ def disorders_rows(grounded: Mapping[str, GroundedReport]) -> list[Row]:
 def size_rows(volume_name: str, sentences: Sequence[Sentence]) -> list[Row]:
     """``(Volumename, Anatomy, Abnormality, Size)`` rows of one volume.
 
-    One row per size mention that belongs to a finding, at the most specific path of its sentence; of a node's
+    One row per size mention that belongs to a finding, at the most specific path of that finding (else of its
+    sentence); of a node's
     alternative groupings the last one in ontology order is used (``lung/lung/lung lower lobe/right lung lower
     lobe``, as in the real files).
     """
@@ -137,12 +144,13 @@ def size_rows(volume_name: str, sentences: Sequence[Sentence]) -> list[Row]:
     for s in sentences:
         if not s.paths or not s.abnormal:
             continue
-        by_leaf: dict[str, str] = {}
-        for p in s.paths:
-            by_leaf[p.rsplit("/", 1)[-1]] = p  # last alternative wins
+        own = dict(s.finding_paths)
         for z, finding in zip(s.sizes, s.size_findings):
             if not finding:
                 continue
+            by_leaf: dict[str, str] = {}
+            for p in own.get(finding) or s.paths:
+                by_leaf[p.rsplit("/", 1)[-1]] = p  # last alternative wins
             for p in by_leaf.values():
                 row = (filename, p, finding, z.text)
                 if row not in out:

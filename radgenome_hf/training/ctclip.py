@@ -78,11 +78,11 @@ def ctclip_preprocess(
 ) -> "torch.Tensor":
     """CT-CLIP's preprocessing of one CT volume, exactly, in float32: a tensor ``(1, D, H, W)``.
 
-    ``volume``: a path (``.nii[.gz]``, read by :class:`~radgenome_hf.volume.Volume`), a ``Volume``, a nibabel image,
+    ``volume``: a path (``.nii[.gz]``, read by :class:`~radgenome_hf.access.volume.Volume`), a ``Volume``, a nibabel image,
     or an ``(i, j, k)`` array/tensor with ``spacing=``/``affine=``.
 
     Steps (CT-CLIP ``scripts/data.py``): optional rescale ``slope * x + intercept`` (only for raw CT-RATE v1 arrays:
-    a :class:`~radgenome_hf.volume.Volume` already gives HU); trilinear resample (``align_corners=False``) to
+    a :class:`~radgenome_hf.access.volume.Volume` already gives HU); trilinear resample (``align_corners=False``) to
     ``target_spacing`` (mm, (i, j, k); CT-CLIP's (z 1.5, xy 0.75)) with size ``int(shape * current / target)``;
     clip to ``hu_range`` and divide by 1000; centre crop/pad to ``target_shape`` (H, W, D) = (i, j, k) with pad value
     −1, padding split ``(t - n) // 2`` before and the rest after; output permuted to (D, H, W) = (k, i, j) with a

@@ -120,7 +120,7 @@ def make_dataloader(
       node's shard count (more workers would idle). A map-style dataset is indexed by a sampler as usual.
     * ``shuffle``: a seeded ``RandomSampler`` (map-style) or ``IterableDataset.shuffle(seed, shuffle_buffer)``
       (streaming; call ``loader.dataset.set_epoch(epoch)`` each epoch).
-    * ``transform`` (e.g. a preset from :mod:`radgenome_hf.transforms`) runs per sample in the workers;
+    * ``transform`` (e.g. a preset from :mod:`radgenome_hf.training`) runs per sample in the workers;
       ``collate_fn`` defaults to :func:`collate_volumes` with ``pad_values``.
     """
     import torch
@@ -222,7 +222,7 @@ def _read_nifti(path: Path, alloc: Alloc, key: str) -> np.ndarray:
 
 
 def read_into(source: Any, alloc: Alloc, key: str = "image") -> np.ndarray:
-    """Decode one array from a path (:class:`~radgenome_hf.cache.PreparedCache` files: ``.b2f`` frames and
+    """Decode one array from a path (:class:`~radgenome_hf.access.cache.PreparedCache` files: ``.b2f`` frames and
     ``.b2nd`` blosc2 NDArrays; ``.npy``; ``.nii``/``.nii.gz``) into a buffer from ``alloc(key, shape, dtype, order)``."""
     p = Path(source)
     name = p.name.lower()
@@ -274,9 +274,9 @@ class ThreadedVolumeLoader:
 
     ``sources`` is a sequence of items; an item is
 
-    * a path (:class:`~radgenome_hf.cache.PreparedCache` file: ``.b2f`` frame or ``.b2nd`` blosc2 NDArray;
+    * a path (:class:`~radgenome_hf.access.cache.PreparedCache` file: ``.b2f`` frame or ``.b2nd`` blosc2 NDArray;
       ``.npy``; ``.nii[.gz]``) → key ``"image"``;
-    * ``cache.reader(key, bbox=None)`` (:meth:`~radgenome_hf.cache.PreparedCache.reader`): a cached array or a
+    * ``cache.reader(key, bbox=None)`` (:meth:`~radgenome_hf.access.cache.PreparedCache.reader`): a cached array or a
       crop of it, decoded straight into the ring;
     * a callable ``f(alloc)`` that decodes into buffers it asks for with ``alloc(key, shape, dtype, order="C")``
       and returns an array or a dict of arrays (zero-copy path), or a callable ``f()`` returning an array or a dict

@@ -142,9 +142,9 @@ def region_crop(
 ) -> RegionCrop:
     """Crop a volume and its grounding mask around an anatomy (node name or path), with a margin.
 
-    ``masks`` is a :class:`~radgenome_hf.masks.PackedMasks` or a ``{name: bool array}`` dict. The mask is chosen by
+    ``masks`` is a :class:`~radgenome_hf.access.masks.PackedMasks` or a ``{name: bool array}`` dict. The mask is chosen by
     :func:`resolve_region_mask`; the whole scan (``""``/"whole scan", or no matching mask) gives the full volume.
-    With a lazy :class:`~radgenome_hf.volume.Volume` only the crop is read.
+    With a lazy :class:`~radgenome_hf.access.volume.Volume` only the crop is read.
     """
     is_volume = hasattr(volume, "crop") and hasattr(volume, "spacing") and hasattr(volume, "array")
     if is_volume:
