@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/radgenome-hf demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --doctest-modules radgenome_hf tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py

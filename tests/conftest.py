@@ -1,30 +1,12 @@
-"""Shared fixtures: an isolated Hugging Face environment per session and one small synthetic release."""
+"""Shared fixtures: one small synthetic release, the real sample rows (the isolated HF environment is in ../conftest.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "radgenome-real-sample"
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_hf_env(tmp_path_factory: pytest.TempPathFactory):
-    """Private HF caches (the datasets stale-cache fallback would otherwise leak between runs) and offline mode."""
-    home = tmp_path_factory.mktemp("hf_home")
-    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "RADGENOME_CACHE")}
-    os.environ["HF_HOME"] = str(home)
-    os.environ["HF_DATASETS_CACHE"] = str(home / "datasets")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["RADGENOME_CACHE"] = str(home / "radgenome")
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

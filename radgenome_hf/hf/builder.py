@@ -12,11 +12,13 @@
 The builder reads an upstream release as it is (see :mod:`radgenome_hf.io.release`): CSVs with pyarrow at prepare
 time, masks packed in one pass (:mod:`radgenome_hf.access.maskstore`), volumes referenced by path and decoded lazily.
 
-Examples:
-    >>> import radgenome_hf, datasets                                       # doctest: +SKIP
-    >>> ds = datasets.load_dataset("radgenome", "vqa", data_dir="release")  # doctest: +SKIP
-    >>> ds["train"][0]["volume"]                                            # doctest: +SKIP
-    Volume(name='train_1_a_1', shape=(64, 64, 48), spacing=(6.0, 6.0, 6.0), orientation='LPS', …)
+>>> import tempfile, datasets, radgenome_hf
+>>> from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
+>>> rel = write_release(tempfile.mkdtemp(), SyntheticConfig(n_train_patients=1, n_valid_patients=0, shape=(32, 32, 24)),
+...                     progress=False)
+>>> ds = datasets.load_dataset("radgenome", "grounded_reports", data_dir=str(rel.root), split="train")
+>>> ds[0]["volume"]
+Volume(name='train_1_a_1', shape=(32, 32, 24), spacing=(...), orientation='LPS', dtype=int16, memory=48.0 KiB, loaded=False)
 """
 
 from __future__ import annotations

@@ -96,10 +96,13 @@ def load_dataset(config: str = "vqa", *args: Any, **kwargs: Any):
     Builder options (``ignore_missing_volumes``, ``num_shards``, ``ctrate_dir``, ``token`` …) are
     :class:`radgenome_hf.hf.builder.RadGenomeConfig` fields.
 
-    Example:
-        >>> import radgenome_hf                                             # doctest: +SKIP
-        >>> ds = radgenome_hf.load_dataset("vqa", data_dir="release")        # doctest: +SKIP
-        >>> ds["train"][0]["question"]                                       # doctest: +SKIP
+    >>> import tempfile, radgenome_hf
+    >>> from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
+    >>> rel = write_release(tempfile.mkdtemp(), SyntheticConfig(n_train_patients=1, n_valid_patients=0,
+    ...                                                        shape=(32, 32, 24)), progress=False)
+    >>> ds = radgenome_hf.load_dataset("vqa", data_dir=str(rel.root), split="train")
+    >>> sorted(set(ds["question_type"]))
+    ['abnormality', 'disorders', 'location', 'presence', 'size']
     """
     import datasets
 

@@ -11,9 +11,16 @@ A gzip stream cannot be seeked, so reading one member of an archive means inflat
 The intended use is **one streaming pass** (:func:`iter_members` / :func:`iter_masks`) at prepare time that
 packs every mask; :func:`read_member` exists for inspection and tests, not for per-row access.
 
->>> src = find_mask_sources("RadGenome-ChestCT/dataset", "train", "anatomy")      # doctest: +SKIP
->>> for volume, kind, structure, data in iter_masks(src):                       # doctest: +SKIP
-...     ...
+>>> import tempfile
+>>> from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
+>>> rel = write_release(tempfile.mkdtemp(), SyntheticConfig(n_train_patients=1, n_valid_patients=0, shape=(32, 32, 24)),
+...                     progress=False)
+>>> src = find_mask_sources(rel.radgenome_root / "dataset", "train", "region")
+>>> src.form, [p.name for p in src.paths]
+('tar.gz', ['train_region_mask.tar.gz'])
+>>> volume, kind, structure, data = next(iter(iter_masks(src)))
+>>> str(volume), kind, data[:2].hex()      # one member: a gzip'd NIfTI
+('train_1_a_1', 'region', '1f8b')
 """
 
 from __future__ import annotations
