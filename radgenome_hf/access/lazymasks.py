@@ -97,6 +97,14 @@ class LazyMask:
             return np.ones(self.shape, dtype=bool) if out is None else out.fill()
         return self._packed().mask(self.structure, out=out)
 
+    def random_voxels(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` voxels drawn uniformly from the mask (the whole grid for the whole scan), ``(n, 3)`` ints."""
+        if self.source == "whole" or self.structure is None:
+            if self.shape is None:
+                raise ValueError("whole-scan mask of a row without a known volume shape: decode the volume instead")
+            return rng.integers(0, self.shape, size=(n, 3))
+        return self._packed().random_voxels(self.structure, n, rng)
+
     def crop(self, bbox: Sequence[int]) -> np.ndarray:
         if self.source == "whole" or self.structure is None:
             i0, j0, k0, i1, j1, k1 = bbox
@@ -157,6 +165,11 @@ class MaskSet:
         """One structure's mask inside ``bbox`` (see :meth:`PackedMasks.crop`); the full grid is never built."""
         packed, key = self._find(name)
         return packed.crop(key, bbox)
+
+    def random_voxels(self, name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` voxels drawn uniformly from one structure (see :meth:`PackedMasks.random_voxels`)."""
+        packed, key = self._find(name)
+        return packed.random_voxels(key, n, rng)
 
     @property
     def shape(self) -> tuple[int, int, int] | None:

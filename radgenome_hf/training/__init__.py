@@ -7,6 +7,7 @@
 | :mod:`~radgenome_hf.training.fvlm` | fVLM: organ crop, window, pad |
 | :mod:`~radgenome_hf.training.slices` | slice sequences of any length and plane (MS-VLM) |
 | :mod:`~radgenome_hf.training.regions` | the box of a named anatomy and the crop of it |
+| :mod:`~radgenome_hf.training.samplers` | patches by labels (uniform, foreground, label probabilities), rows by findings |
 | :mod:`~radgenome_hf.training.collate` | batching volumes of different shapes |
 | :mod:`~radgenome_hf.training.loaders` | ``make_dataloader`` and the threaded ring loader |
 
@@ -29,6 +30,8 @@ _EXPORTS = {
     "fvlm": ("FVLM_ORGANS", "FVLMSample", "FVLMd", "fvlm_preprocess"),
     "slices": ("Plane", "SliceSequence", "SliceSequenced", "slice_indices", "slice_sequence"),
     "regions": ("RegionCrop", "RegionCropd", "region_bbox", "region_crop", "resolve_region_mask"),
+    "samplers": ("CentredPatches", "FindingAwareSampler", "ForegroundPatches", "LabelPatches", "Patch", "SamplePatchd",
+                 "UniformPatches", "patch_box", "sample_rng"),
     "collate": ("collate_volumes",),
     "loaders": ("ThreadedVolumeLoader", "dist_info", "make_dataloader", "read_into"),
 }
