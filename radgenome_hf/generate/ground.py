@@ -209,6 +209,8 @@ _NORMAL_CUE = re.compile(
     r"no (?:significant |obvious |apparent )?(?:pathology|pathologic|pathological|abnormality|abnormalities|findings?)|"
     r"not observed|not detected|not seen|were not|was not|not identified)\b"
 )
+#: "wider than normal", "above normal": a comparison with normal, no normal statement.
+_THAN_NORMAL = re.compile(r"\b(?:(?:\w+er|more|above|beyond|over) than|above|beyond|over) (?:the )?normal\b")
 _ABNORMAL_ADJ = re.compile(
     r"\b(dilated|enlarged|widened|thickened|compressed|elevated|distended|"
     r"wider than normal|above normal|larger than normal|irregular|heterogeneous|hypertrophic|hypertrophied)\b"
@@ -778,7 +780,7 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
             else:
                 positives.append((max(cstart, 0) + s, ph))
         if not phrases:
-            normal = bool(_NORMAL_CUE.search(clause)) or bool(neg_before) or bool(neg_after)
+            normal = bool(_NORMAL_CUE.search(_THAN_NORMAL.sub(" ", clause))) or bool(neg_before) or bool(neg_after)
             clause_negated = normal
             adj = _ABNORMAL_ADJ.search(clause)
             if adj and not normal:
