@@ -308,7 +308,10 @@ def test_devices_are_no_findings():
 def test_sizes_go_with_their_finding():
     from radgenome_hf.generate.vqa import size_rows
 
-    ss = ground_report("A 6 mm nodule in the right lower lobe, a 2 cm cyst in the left kidney.", None)
+    s = analyze_sentence("A 6 mm nodule in the right lower lobe, a 2 cm cyst in the left kidney.")
+    assert s.size_findings == ("nodule", "cyst")
+    assert size_rows("train_1_a_1", [s]) == []  # RadGenome keeps no size of a sentence that gives several
+    ss = ground_report("A 6 mm nodule in the right lower lobe. A 2 cm cyst in the left kidney.", None)
     rows = size_rows("train_1_a_1", ss)
     assert ("train_1_a_1.nii.gz", LEFT_KIDNEY[0], "cyst", "2 cm") in rows
     assert ("train_1_a_1.nii.gz", RLL[1], "nodule", "6 mm") in rows
