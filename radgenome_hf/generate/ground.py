@@ -204,6 +204,12 @@ _NEG_AFTER = re.compile(
     r"\b(not (?:been )?(?:observed|seen|detected|identified|found|present|visualized|noted|evident|demonstrated)|"
     r"(?:was|were|is|are) absent|(?:has|have) resolved|disappeared|no longer)\b"
 )
+#: Negations that only qualify a finding ("lymph nodes that do not reach pathological dimensions are observed",
+#: "with a short axis not exceeding 1 cm"): RadGenome's rows list these findings as present.
+_QUALIFYING_NEG = re.compile(
+    r"\b(?:(?:that|which)\s+)?(?:do|does|did)\s+not\s+reach\b|\bnot\s+(?:exceeding|reaching)\b|"
+    r"\b(?:that|which)\s+(?:are|is|were|was)\s+not\s+(?:pathological|significant|enlarged)\b"
+)
 _NORMAL_CUE = re.compile(
     r"\b(normal|within normal limits|unremarkable|natural|preserved|patent|in (?:the )?midline|clear|intact|"
     r"no (?:significant |obvious |apparent )?(?:pathology|pathologic|pathological|abnormality|abnormalities|findings?)|"
@@ -768,11 +774,15 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
         cstart = low.find(clause, offset)
         offset = max(offset, cstart + len(clause)) if cstart >= 0 else offset
         phrases = [x for x in _phrases(clause) if x[2] not in _BARE]
-        neg_before = _NEG_BEFORE.search(clause)
-        neg_after = _NEG_AFTER.search(clause)
+        # a negation that only qualifies what is observed negates nothing, when the clause opens positively
+        neg_clause = clause
+        if phrases and not _NEG_BEFORE.search(clause, 0, phrases[0][0]):
+            neg_clause = _QUALIFYING_NEG.sub(lambda m: " " * len(m.group(0)), clause)
+        neg_before = _NEG_BEFORE.search(neg_clause)
+        neg_after = _NEG_AFTER.search(neg_clause)
         clause_negated = False
         for s, e, ph in phrases:
-            tail = _NEG_TAIL.search(clause, e)
+            tail = _NEG_TAIL.search(neg_clause, e)
             negated = bool((neg_before and neg_before.start() <= s) or neg_after or tail)
             if negated:
                 negatives.append(ph)
