@@ -12,7 +12,11 @@ report text:
 - ``implies``: path A -> paths B that carry the same finding in most volumes where A does (aortic findings
   are listed under ``mediastinum/aorta`` and ``abdomen/abdomen/aorta``; cardiac ones under ``heart tissue``);
 - ``collapse``: paths RadGenome (almost) never uses while their parent is common, mapped to that parent
-  (``right lung middle lobe`` -> ``right lung``).
+  (``right lung middle lobe`` -> ``right lung``);
+- ``descend``: paths that are (almost) never the most specific abnormal path of a volume, mapped to their generic
+  tissue child (``mediastinum`` -> ``mediastinum/mediastinal tissue``): a finding "in the mediastinum" sits there;
+- ``anatomy_terms``: a few anatomy words the rows place elsewhere than the ontology's synonyms do (checked by hand
+  against the rows, see ``ANATOMY_TERMS``).
 
 Usage: ``python builder_scripts/make_lexicon.py [ROWS_FOLDER] [--out radgenome_hf/data/lexicon.json]``
 """
@@ -41,6 +45,10 @@ NOT_FINDINGS = frozenset("""mm cm images image structures structure diameter fin
 #: General words that are no anatomy cue however concentrated their few uses are.
 GENERAL = frozenset("""approximately atypical based consistent decrease facing largest moderate occupying outlook
     progression short space specific vessel manifestations mixed index taperings""".split())
+#: Anatomy words RadGenome's rows place elsewhere than the ontology's synonyms (term -> node name), checked by
+#: hand against the rows of the development volumes: a "lingular segment" finding is listed under the left lung,
+#: not its upper lobe, unless the upper lobe is named too (24 of 25 volumes).
+ANATOMY_TERMS = {"lingula": "left lung", "lingular": "left lung"}
 STOP = frozenset("""with and the of in on at to from for an a which that this these both left right bilateral
     minimal mild millimetric nonspecific several multiple few some small large""".split())
 
@@ -123,6 +131,18 @@ def learn(rows_folder: Path, min_count: int = 2) -> dict:
                 implies[parent].append(child)
     implies = {a: sorted(set(bs)) for a, bs in implies.items()}
 
+    volume_paths: dict[str, set[str]] = defaultdict(set)
+    for (vol, _), paths in by_phrase.items():
+        volume_paths[vol] |= paths
+    as_specific: Counter[str] = Counter()
+    for paths in volume_paths.values():
+        as_specific.update(_specific(paths))
+    descend = {}
+    for p, n in path_count.items():
+        tissue = [c for c in onto_paths if c.rpartition("/")[0] == p and c.rsplit("/", 1)[-1].endswith(" tissue")]
+        if n >= 10 and as_specific[p] <= 0.05 * n and len(tissue) == 1:
+            descend[p] = tissue[0]
+
     collapse = {}
     for p in onto_paths:
         parent = p.rpartition("/")[0]
@@ -136,6 +156,8 @@ def learn(rows_folder: Path, min_count: int = 2) -> dict:
         "finding_anatomy": finding_anatomy,
         "implies": implies,
         "collapse": collapse,
+        "descend": dict(sorted(descend.items())),
+        "anatomy_terms": ANATOMY_TERMS,
     }
 
 
@@ -148,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     lex = learn(Path(args.rows), args.min_count)
     Path(args.out).write_text(json.dumps(lex, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {len(lex['findings'])} finding terms, {len(lex['finding_anatomy'])} anatomy cues, "
-          f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths")
+          f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths, {len(lex['descend'])} descents")
     return 0
 
 

@@ -441,6 +441,10 @@ class Lexicon:
                           f"{side} lung {pos} lobe", f"{pos} {side} lobe"):
                     add(t, name)
         # ontology synonyms keyed by names that are not path nodes (mask-only names) are ignored on purpose
+        for term, name in get_lexicon_data().get("anatomy_terms", {}).items():
+            if name in best:  # where RadGenome's rows put the word ("lingular" -> the left lung)
+                for t in _plurals(_norm_text(term)):
+                    terms[t] = {name}
         return cls(
             ontology=onto,
             terms={k: frozenset(v) for k, v in terms.items()},
@@ -695,9 +699,11 @@ _NEG_TAIL = re.compile(
 
 @lru_cache(maxsize=1)
 def _conventions() -> tuple[dict[str, str], dict[str, tuple[str, ...]], dict[str, str]]:
-    """(collapse, implies, finding word -> path) of the learned lexicon, checked against the ontology."""
+    """(collapse and descend, implies, finding word -> path) of the learned lexicon, checked against the
+    ontology."""
     data, onto = get_lexicon_data(), get_ontology()
     collapse = {a: b for a, b in data["collapse"].items() if a in onto and b in onto}
+    collapse.update({a: b for a, b in data.get("descend", {}).items() if a in onto and b in onto})
     implies = {a: tuple(b for b in bs if b in onto) for a, bs in data["implies"].items() if a in onto}
     cues = {w: p for w, p in data["finding_anatomy"].items() if p in onto}
     return collapse, implies, cues
@@ -719,9 +725,11 @@ def apply_conventions(paths: Iterable[str]) -> tuple[str, ...]:
         parts = p.split("/")
         for i in range(1, len(parts) + 1):  # a collapsed ancestor collapses its whole subtree
             head = "/".join(parts[:i])
-            if head in collapse:
+            if head in collapse and not collapse[head].startswith(head + "/"):
                 p = collapse[head]
                 break
+        if p in collapse and collapse[p].startswith(p + "/"):
+            p = collapse[p]  # a path the rows never end at: its generic tissue ("mediastinum" -> mediastinal tissue)
         todo = [p]
         while todo:
             q = todo.pop(0)
