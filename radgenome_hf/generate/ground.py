@@ -728,15 +728,16 @@ def apply_conventions(paths: Iterable[str]) -> tuple[str, ...]:
             if head in collapse and not collapse[head].startswith(head + "/"):
                 p = collapse[head]
                 break
-        if p in collapse and collapse[p].startswith(p + "/"):
-            p = collapse[p]  # a path the rows never end at: its generic tissue ("mediastinum" -> mediastinal tissue)
         todo = [p]
         while todo:
             q = todo.pop(0)
             if q not in out:
                 out.append(q)
                 todo.extend(implies.get(q, ()))
-    return tuple(p for p in out if not any(o != p and o.startswith(p + "/") for o in out))
+    out = [p for p in out if not any(o != p and o.startswith(p + "/") for o in out)]
+    # a path the rows never end at, when nothing below it is named: its generic tissue ("mediastinum" ->
+    # "mediastinum/mediastinal tissue")
+    return _dedupe(collapse[p] if collapse.get(p, "").startswith(p + "/") else p for p in out)
 
 
 def _cue_paths(phrase: str) -> tuple[str, ...]:
