@@ -15,10 +15,14 @@ report text:
   (``right lung middle lobe`` -> ``right lung``);
 - ``descend``: paths that are (almost) never the most specific abnormal path of a volume, mapped to their generic
   tissue child (``mediastinum`` -> ``mediastinum/mediastinal tissue``): a finding "in the mediastinum" sits there;
+- ``region_priority``: region R -> regions Q whose share of a sentence naming both goes to R (with the reports,
+  ``--reports``, only to tell which sentence a real phrase comes from: a phrase written verbatim in a findings
+  sentence): RadGenome lists the findings of a sentence that mentions the pleura ("subpleural", "pleural-based")
+  under the pleura, not the lung; it lists "bronchiectasis in both lungs" under the lung, not the bronchi;
 - ``anatomy_terms``: a few anatomy words the rows place elsewhere than the ontology's synonyms do (checked by hand
   against the rows, see ``ANATOMY_TERMS``).
 
-Usage: ``python builder_scripts/make_lexicon.py [ROWS_FOLDER] [--out radgenome_hf/data/lexicon.json]``
+Usage: ``python builder_scripts/make_lexicon.py [ROWS_FOLDER] [--reports REPORTS_CSV] [--out radgenome_hf/data/lexicon.json]``
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import argparse
 import csv
 import json
 import re
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROWS = ROOT / ".." / "shared" / "reference" / "radgenome-real-sample"
+DEFAULT_REPORTS = ROOT / ".." / "shared" / "reference" / "ctrate-dev-reports" / "reports.csv"
 
 #: Last words that are no finding head by themselves (the head is then the last two words).
 GENERIC_HEADS = frozenset("""changes change areas area appearance appearances increase increases lesion lesions
@@ -65,7 +71,46 @@ def _specific(paths: set[str]) -> set[str]:
     return {p for p in paths if not any(q.startswith(p + "/") for q in paths)}
 
 
-def learn(rows_folder: Path, min_count: int = 2) -> dict:
+def region_keywords(region: str) -> tuple[str, ...]:
+    """Substrings that name a top-level region in a sentence: the first six letters of each word of its name
+    (``pleura`` also in "subpleural", ``bronch`` in "bronchial")."""
+    return tuple(w[:6] for w in region.split() if len(w) >= 4)
+
+
+def learn_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, regions: list[str],
+                   min_sentences: int = 5, share: float = 0.75) -> dict[str, list[str]]:
+    """Region R beats region Q when, of the findings sentences naming both whose real phrases (written verbatim
+    in the sentence) the rows place, at least ``share`` go to R alone."""
+    sys.path.insert(0, str(ROOT))
+    from radgenome_hf.generate.ground import split_sentences
+
+    by_volume: dict[str, dict[str, set[str]]] = defaultdict(dict)
+    for (vol, ph), paths in by_phrase.items():
+        by_volume[vol.removesuffix(".nii.gz")][ph] = {p.split("/", 1)[0] for p in paths}
+    both: Counter[tuple[str, str]] = Counter()
+    alone: Counter[tuple[str, str]] = Counter()
+    with open(reports, newline="", encoding="utf-8-sig") as f:
+        for r in csv.DictReader(f):
+            phrases = by_volume.get(r["VolumeName"].removesuffix(".nii.gz"), {})
+            for sent in split_sentences(r.get("Findings_EN") or ""):
+                low = sent.lower()
+                placed = set().union(*[rs for ph, rs in phrases.items() if len(ph) > 3 and ph in low] or [set()])
+                if not placed:
+                    continue
+                named = [g for g in regions if any(k in low for k in region_keywords(g))]
+                for a in named:
+                    for b in named:
+                        if a != b:
+                            both[(a, b)] += 1
+                            alone[(a, b)] += placed == {a}
+    out: dict[str, list[str]] = defaultdict(list)
+    for (a, b), n in sorted(both.items()):
+        if n >= min_sentences and alone[(a, b)] >= share * n:
+            out[a].append(b)
+    return dict(out)
+
+
+def learn(rows_folder: Path, min_count: int = 2, reports: Path | None = None) -> dict:
     by_phrase: dict[tuple[str, str], set[str]] = defaultdict(set)  # (volume, phrase) -> paths
     path_count: Counter[str] = Counter()
     with open(rows_folder / "train_vqa_abnormality.csv", newline="", encoding="utf-8") as f:
@@ -158,6 +203,8 @@ def learn(rows_folder: Path, min_count: int = 2) -> dict:
         "collapse": collapse,
         "descend": dict(sorted(descend.items())),
         "anatomy_terms": ANATOMY_TERMS,
+        "region_priority": learn_priority(by_phrase, reports, sorted({p.split("/", 1)[0] for p in onto_paths}))
+        if reports is not None and reports.is_file() else {},
     }
 
 
@@ -165,12 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", nargs="?", default=str(DEFAULT_ROWS), help="folder with train_vqa_abnormality.csv")
     ap.add_argument("--out", default=str(ROOT / "radgenome_hf" / "data" / "lexicon.json"))
+    ap.add_argument("--reports", default=str(DEFAULT_REPORTS),
+                    help="CT-RATE reports of the same volumes (VolumeName, Findings_EN): for region_priority")
     ap.add_argument("--min-count", type=int, default=2, help="distinct phrases / volumes a term needs (2)")
     args = ap.parse_args(argv)
-    lex = learn(Path(args.rows), args.min_count)
+    lex = learn(Path(args.rows), args.min_count, Path(args.reports))
     Path(args.out).write_text(json.dumps(lex, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {len(lex['findings'])} finding terms, {len(lex['finding_anatomy'])} anatomy cues, "
-          f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths, {len(lex['descend'])} descents")
+          f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths, {len(lex['descend'])} descents, "
+          f"region priority {lex['region_priority']}")
     return 0
 
 

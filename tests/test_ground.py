@@ -343,3 +343,6 @@ def test_radgenome_path_conventions():
         "Atelectasis in the lingular segment of the left lung upper lobe.").paths
     # the rows never end at the mediastinum: its findings sit at the mediastinal tissue
     assert analyze_sentence("Lymph nodes are observed in the mediastinum.").paths == ("mediastinum/mediastinal tissue",)
+    # a sentence that mentions the pleura lists its lung findings under the pleura (learned region priority)
+    assert analyze_sentence("A subpleural nodule in the right lung lower lobe.").finding_paths == (
+        ("subpleural nodule", ("pleura/pleura",)),)

@@ -740,6 +740,33 @@ def apply_conventions(paths: Iterable[str]) -> tuple[str, ...]:
     return _dedupe(collapse[p] if collapse.get(p, "").startswith(p + "/") else p for p in out)
 
 
+@lru_cache(maxsize=1)
+def _region_priority() -> tuple[tuple[str, tuple[str, ...], frozenset[str]], ...]:
+    """(region R, R's keywords, regions R beats) of the learned lexicon (``region_priority``)."""
+    return tuple((r, tuple(w[:6] for w in r.split() if len(w) >= 4), frozenset(qs))
+                 for r, qs in sorted(get_lexicon_data().get("region_priority", {}).items()))
+
+
+def apply_region_priority(paths: Sequence[str], low: str, sentence_paths: Sequence[str],
+                          lexicon: "Lexicon") -> tuple[str, ...]:
+    """A finding's paths in a sentence that names region R by one of its keywords, where R beats the region Q of
+    some of them (learned from the rows: a sentence mentioning the pleura, "subpleural", "pleural-based", lists
+    its lung findings under the pleura): Q's paths give way to R's (the sentence's own, else R's node).
+
+    >>> apply_region_priority(["lung/lung/right lung"], "a subpleural nodule in the right lung", [], Lexicon.default())
+    ('pleura/pleura',)
+    """
+    out = list(paths)
+    for region, keywords, beaten in _region_priority():
+        if not any(k in low for k in keywords) or (out and not any(p.split("/", 1)[0] in beaten for p in out)):
+            continue  # (a finding grounded nowhere goes to R as well)
+        out = [p for p in out if p.split("/", 1)[0] not in beaten]
+        if not any(p.split("/", 1)[0] == region for p in out):
+            own = [p for p in sentence_paths if p.split("/", 1)[0] == region]
+            out.extend(own or lexicon.node_paths.get(region, ()))
+    return _dedupe(out)
+
+
 def _cue_paths(phrase: str) -> tuple[str, ...]:
     """Anatomy a finding phrase implies by its own words (``hepatosteatosis`` -> the liver), if any."""
     cues = _conventions()[2]
@@ -880,8 +907,9 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
             ps = lexicon.match(phrase, low)  # the finding's own words: "pleural effusion"
         if not ps and not sentence_paths:
             ps = tuple(context_paths)  # "a nodule in this localization", "also observed": the previous anatomy
+        ps = apply_region_priority(apply_conventions(ps), low, sentence_paths, lexicon)
         bucket = out.setdefault(phrase, [])
-        bucket.extend(q for q in apply_conventions(ps) if q not in bucket)
+        bucket.extend(q for q in ps if q not in bucket)
     finding_paths = tuple((f, tuple(v)) for f, v in out.items())
     if not positives:
         return tuple(sentence_paths), ()
