@@ -346,3 +346,8 @@ def test_radgenome_path_conventions():
     # a sentence that mentions the pleura lists its lung findings under the pleura (learned region priority)
     assert analyze_sentence("A subpleural nodule in the right lung lower lobe.").finding_paths == (
         ("subpleural nodule", ("pleura/pleura",)),)
+    # a differential asked in parentheses is no finding of the findings section (the impressions keep it)
+    s = analyze_sentence("A mosaic attenuation pattern in both lungs (small airway disease? small vessel disease?).")
+    assert s.findings == ("mosaic attenuation pattern",)
+    assert "small airway disease" in analyze_sentence("Mosaic attenuation (small airway disease?).",
+                                                      section="impressions").findings

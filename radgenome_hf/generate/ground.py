@@ -779,6 +779,17 @@ def _cue_paths(phrase: str) -> tuple[str, ...]:
     return ()
 
 
+def _in_query(low: str, at: int) -> bool:
+    """Whether position ``at`` lies inside parentheses that ask ("(small airway disease? small vessel
+    disease?)", "(adenoma?)"): a differential RadGenome's VQA rows do not list (its case disorders, taken from
+    the impressions, do: there the finding stays)."""
+    open_ = low.rfind("(", 0, at)
+    if open_ < 0 or low.rfind(")", open_, at) >= 0:
+        return False
+    close = low.find(")", at)
+    return "?" in low[open_:close if close >= 0 else len(low)]
+
+
 def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
                      paths: Sequence[str] | None = None, lexicon: Lexicon | None = None,
                      context: str = "", context_paths: Sequence[str] = ()) -> Sentence:
@@ -823,7 +834,7 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
             if negated:
                 negatives.append(ph)
                 clause_negated = True
-            else:
+            elif section == "impressions" or not _in_query(low, max(cstart, 0) + s):
                 positives.append((max(cstart, 0) + s, ph))
         if not phrases:
             normal = bool(_NORMAL_CUE.search(_THAN_NORMAL.sub(" ", clause))) or bool(neg_before) or bool(neg_after)
