@@ -19,6 +19,9 @@ report text:
   ``--reports``, only to tell which sentence a real phrase comes from: a phrase written verbatim in a findings
   sentence): RadGenome lists the findings of a sentence that mentions the pleura ("subpleural", "pleural-based")
   under the pleura, not the lung; it lists "bronchiectasis in both lungs" under the lung, not the bronchi;
+- ``node_priority``: anatomy node A -> nodes B of other regions: when a findings sentence names both, the rows
+  list its findings under A alone (``aorta`` beats ``heart``: "plaques in the aorta and coronary arteries" are
+  aortic rows); a finding grounded at both loses B's paths;
 - ``anatomy_terms``: a few anatomy words the rows place elsewhere than the ontology's synonyms do (checked by hand
   against the rows, see ``ANATOMY_TERMS``).
 
@@ -103,6 +106,41 @@ def learn_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, re
                         if a != b:
                             both[(a, b)] += 1
                             alone[(a, b)] += placed == {a}
+    out: dict[str, list[str]] = defaultdict(list)
+    for (a, b), n in sorted(both.items()):
+        if n >= min_sentences and alone[(a, b)] >= share * n:
+            out[a].append(b)
+    return dict(out)
+
+
+def learn_node_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, min_sentences: int = 5,
+                        share: float = 0.75) -> dict[str, list[str]]:
+    """Node A beats node B (of another region) when, of the findings sentences naming both (by the package's
+    anatomy lexicon) whose real phrases the rows place, at least ``share`` go to A's region alone."""
+    sys.path.insert(0, str(ROOT))
+    from radgenome_hf.generate.ground import Lexicon, split_sentences
+
+    lex = Lexicon.default()
+    by_volume: dict[str, dict[str, set[str]]] = defaultdict(dict)
+    for (vol, ph), paths in by_phrase.items():
+        by_volume[vol.removesuffix(".nii.gz")][ph] = {p.split("/", 1)[0] for p in paths}
+    both: Counter[tuple[str, str]] = Counter()
+    alone: Counter[tuple[str, str]] = Counter()
+    with open(reports, newline="", encoding="utf-8-sig") as f:
+        for r in csv.DictReader(f):
+            phrases = by_volume.get(r["VolumeName"].removesuffix(".nii.gz"), {})
+            for sent in split_sentences(r.get("Findings_EN") or ""):
+                low = sent.lower()
+                placed = set().union(*[rs for ph, rs in phrases.items() if len(ph) > 3 and ph in low] or [set()])
+                if not placed:
+                    continue
+                names = lex._match_names(sent)[0]
+                regions = {n: {p.split("/", 1)[0] for p in lex.node_paths.get(n, ())} for n in names}
+                for a in names:
+                    for b in names:
+                        if a != b and regions[a] and regions[b] and not regions[a] & regions[b]:
+                            both[(a, b)] += 1
+                            alone[(a, b)] += placed <= regions[a]
     out: dict[str, list[str]] = defaultdict(list)
     for (a, b), n in sorted(both.items()):
         if n >= min_sentences and alone[(a, b)] >= share * n:
@@ -205,6 +243,7 @@ def learn(rows_folder: Path, min_count: int = 2, reports: Path | None = None) ->
         "anatomy_terms": ANATOMY_TERMS,
         "region_priority": learn_priority(by_phrase, reports, sorted({p.split("/", 1)[0] for p in onto_paths}))
         if reports is not None and reports.is_file() else {},
+        "node_priority": learn_node_priority(by_phrase, reports) if reports is not None and reports.is_file() else {},
     }
 
 
@@ -220,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(lex, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {len(lex['findings'])} finding terms, {len(lex['finding_anatomy'])} anatomy cues, "
           f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths, {len(lex['descend'])} descents, "
-          f"region priority {lex['region_priority']}")
+          f"region priority {lex['region_priority']}, node priority {lex['node_priority']}")
     return 0
 
 

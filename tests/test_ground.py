@@ -351,3 +351,6 @@ def test_radgenome_path_conventions():
     assert s.findings == ("mosaic attenuation pattern",)
     assert "small airway disease" in analyze_sentence("Mosaic attenuation (small airway disease?).",
                                                       section="impressions").findings
+    # plaques "in the aorta and coronary arteries" are aortic rows (learned node priority)
+    fp = dict(analyze_sentence("Calcific atheroma plaques in the aorta and coronary arteries.").finding_paths)
+    assert not any(p.startswith("heart") for p in fp["calcific atheroma plaques"])

@@ -747,6 +747,25 @@ def _region_priority() -> tuple[tuple[str, tuple[str, ...], frozenset[str]], ...
                  for r, qs in sorted(get_lexicon_data().get("region_priority", {}).items()))
 
 
+def apply_node_priority(paths: Sequence[str], names: Sequence[str], lexicon: "Lexicon") -> tuple[str, ...]:
+    """A finding grounded in two regions whose sentence names nodes A and B, where A beats B (learned from the
+    rows, ``node_priority``: "plaques in the aorta and coronary arteries" are aortic rows): B's region goes.
+
+    >>> apply_node_priority(["mediastinum/aorta", "heart/heart/heart tissue"], ["aorta", "heart"], Lexicon.default())
+    ('mediastinum/aorta',)
+    """
+    out = list(paths)
+    named = set(names)
+    for a, beaten in get_lexicon_data().get("node_priority", {}).items():
+        if a not in named:
+            continue
+        mine = {p.split("/", 1)[0] for p in lexicon.node_paths.get(a, ())}
+        theirs = {p.split("/", 1)[0] for b in beaten if b in named for p in lexicon.node_paths.get(b, ())} - mine
+        if theirs and any(p.split("/", 1)[0] in mine for p in out):
+            out = [p for p in out if p.split("/", 1)[0] not in theirs]
+    return _dedupe(out)
+
+
 def apply_region_priority(paths: Sequence[str], low: str, sentence_paths: Sequence[str],
                           lexicon: "Lexicon") -> tuple[str, ...]:
     """A finding's paths in a sentence that names region R by one of its keywords, where R beats the region Q of
@@ -893,6 +912,7 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
     chunk_paths = [lexicon.match(bare[a:b], low) if bare[a:b].strip() else () for a, b in chunks]
     finding_chunks = {i for i, (a, b) in enumerate(chunks) for s, _ in positives if a <= s < b}
     sentence_paths = lexicon.match(anat[body_start:], context) or ()
+    names = lexicon._match_names(anat[body_start:])[0]
     out: dict[str, list[str]] = {}
     # an anatomy-only chunk that is no normal statement continues the location of the findings around it
     extra = [bool(chunk_paths[k]) and k not in finding_chunks and not _NORMAL_CUE.search(low[a:b])
@@ -918,7 +938,8 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
             ps = lexicon.match(phrase, low)  # the finding's own words: "pleural effusion"
         if not ps and not sentence_paths:
             ps = tuple(context_paths)  # "a nodule in this localization", "also observed": the previous anatomy
-        ps = apply_region_priority(apply_conventions(ps), low, sentence_paths, lexicon)
+        ps = apply_node_priority(apply_conventions(ps), names, lexicon)
+        ps = apply_region_priority(ps, low, sentence_paths, lexicon)
         bucket = out.setdefault(phrase, [])
         bucket.extend(q for q in ps if q not in bucket)
     finding_paths = tuple((f, tuple(v)) for f, v in out.items())
