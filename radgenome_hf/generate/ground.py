@@ -174,7 +174,9 @@ FINDING_TERMS: tuple[str, ...] = (
     r"granulomas?", r"bullae?", r"blebs?", r"scars?", r"scarring", r"osteophytes?", r"degenerat(?:ion|ive changes)",
     r"spondylosis", r"spondylotic changes", r"hypodensit(?:y|ies)", r"hyperdensit(?:y|ies)", r"septal thickening",
     r"bands?", r"collapse", r"hepatomegaly", r"splenomegaly", r"steatosis", r"goiter", r"goitre",
-    r"cavit(?:y|ies|ation)", r"abscess",
+    r"cavit(?:y|ies|ation)", r"abscess", r"foreign bod(?:y|ies)", r"vacuum phenomenon", r"ascites",
+    r"diverticul(?:um|a)", r"spondylolisthesis", r"syndesmophytes?", r"spur formations?", r"tapering",
+    r"infect\w*(?:[- ]inflammatory)? (?:process(?:es)?|patholog(?:y|ies)|porces)",
     r"wall thickening", r"air trapping", r"hyperaeration", r"hyperinflation", r"artifacts?", r"fluid",
     r"collections?", r"hematoma", r"tumou?rs?", r"neoplasms?", r"malignancy", r"carcinoma", r"sclerosis",
     r"sclerotic changes", r"lytic lesions?", r"osteopenia", r"osteoporosis", r"scoliosis", r"kyphosis",
@@ -219,7 +221,8 @@ _NORMAL_CUE = re.compile(
 _THAN_NORMAL = re.compile(r"\b(?:(?:\w+er|more|above|beyond|over) than|above|beyond|over) (?:the )?normal\b")
 _ABNORMAL_ADJ = re.compile(
     r"\b(dilated|enlarged|widened|thickened|compressed|elevated|distended|"
-    r"wider than normal|above normal|larger than normal|irregular|heterogeneous|hypertrophic|hypertrophied)\b"
+    r"wider than normal|above normal|larger than normal|smaller than normal|irregular|heterogeneous|hypertrophic|"
+    r"hypertrophied|atrophic|ectatic|corrugated)\b"
 )
 _CLAUSE_SPLIT = re.compile(r";|,\s*but\b|\bbut\b|,\s*however\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b")
 
