@@ -176,6 +176,7 @@ FINDING_TERMS: tuple[str, ...] = (
     r"bands?", r"collapse", r"hepatomegaly", r"splenomegaly", r"steatosis", r"goiter", r"goitre",
     r"cavit(?:y|ies|ation)", r"abscess", r"foreign bod(?:y|ies)", r"vacuum phenomenon", r"ascites",
     r"diverticul(?:um|a)", r"spondylolisthesis", r"syndesmophytes?", r"spur formations?", r"tapering",
+    r"appearances?", r"images",
     r"infect\w*(?:[- ]inflammatory)? (?:process(?:es)?|patholog(?:y|ies)|porces)",
     r"wall thickening", r"air trapping", r"hyperaeration", r"hyperinflation", r"artifacts?", r"fluid",
     r"collections?", r"hematoma", r"tumou?rs?", r"neoplasms?", r"malignancy", r"carcinoma", r"sclerosis",
@@ -195,7 +196,7 @@ _STOP = frozenset(
     compared than previous prior study exam examination current image images sections section slices slice
     mainly mostly particularly especially predominantly more less most least very all each one two three
     when where while significant obvious apparent evident definite definitive prominent marked remarkable
-    suspicious possible probable likely minimal""".split()
+    suspicious possible probable likely minimal described similar natural normal usual same such catheter""".split()
 )
 
 _NEG_BEFORE = re.compile(
@@ -684,7 +685,8 @@ def _comparison(clauses: Sequence[tuple[str, bool]], text: str) -> str | None:
 
 
 #: Finding phrases that are no finding on their own (a bare word left when the head had no modifier).
-_BARE = frozenset("density densities increased increase calcified calcific thickness appearance fluid".split())
+_BARE = frozenset("density densities increased increase calcified calcific thickness appearance appearances images "
+                  "fluid".split())
 
 #: "When examined in the lung parenchyma window;" and similar openings: no anatomy of the sentence's findings.
 _OPENING = re.compile(
