@@ -53,13 +53,16 @@ ABBREVIATIONS = frozenset(
     "mr mrs ms prof sr jr dept est".split()
 )
 
+#: A capitalised word (no acronym, no eponym) right after a lower-case word starts a new item.
+_CAPITAL_ITEM = re.compile(r"(?<=[a-z)]) (?!(?:Covid|Schmorl|Hounsfield|Ca|In)\b)(?=[A-Z][a-z]{2,}\b)")
 _SPLIT_RE = re.compile(r"([.!?]+)(?=\s+|$)|(?<=[a-z)])(\.)(?=[A-Z])")
 
 
 def split_sentences(text: str | None) -> list[str]:
     """Split report text into sentences.
 
-    Items joined by two spaces or a line break (the impressions' lists) are sentences of their own. Full stops inside abbreviations (``approx.``, ``e.g.``), decimals (``6.6 mm``) and initialisms do not end a
+    Items joined by two spaces or a line break (the impressions' lists), or by one space before a capitalised
+    word, are sentences of their own. Full stops inside abbreviations (``approx.``, ``e.g.``), decimals (``6.6 mm``) and initialisms do not end a
     sentence; a stop glued to the next capitalised word (``normal.No``) does. Semicolons stay inside a sentence
     (the real region reports keep "window; Several …" together).
 
@@ -67,6 +70,8 @@ def split_sentences(text: str | None) -> list[str]:
     ['Heart size is normal.', 'No pleural effusion.', 'Nodules, i.e. 3 mm, in the LUL.']
     >>> split_sentences("Covid pneumonia  Aortic atherosclerosis  Hepatic cyst")
     ['Covid pneumonia', 'Aortic atherosclerosis', 'Hepatic cyst']
+    >>> split_sentences("Cardiomegaly Pulmonary arterial dilatation Bilateral pleural effusion")
+    ['Cardiomegaly', 'Pulmonary arterial dilatation', 'Bilateral pleural effusion']
     >>> split_sentences("Not given.")
     []
     """
@@ -77,6 +82,8 @@ def split_sentences(text: str | None) -> list[str]:
         return []
     # impression items are often joined by two spaces (or a line break) without a full stop
     items = [t for t in re.split(r"\s*\n\s*|\s{2,}(?=[A-Z0-9(\-•*])", text) if t.strip()]
+    if len(items) == 1:  # "Cardiomegaly Pulmonary arterial dilatation": items joined by one space
+        items = [t for t in _CAPITAL_ITEM.split(text) if t.strip()]
     if len(items) > 1:
         return [x for t in items for x in split_sentences(t)]
     out: list[str] = []
