@@ -389,6 +389,9 @@ def _numbers(text: str) -> list[int]:
     return nums
 
 
+_LOBE_PAIR = re.compile(r"\b(upper|middle|lower)(?:,| and| and the|, and)\s+(upper|middle|lower) lobes?\b")
+
+
 @dataclass
 class Lexicon:
     """Anatomy terms built from the ontology: term -> node names, and each node's paths.
@@ -540,7 +543,7 @@ class Lexicon:
 
     def _match_names(self, sentence: str) -> tuple[list[str], list[str]]:
         """(most specific names, every name mentioned) of a sentence."""
-        text = _norm_text(sentence)
+        text = _LOBE_PAIR.sub(r"\1 lobe and \2 lobe", _norm_text(sentence))  # "upper and lower lobes": both lobes
         hits: list[tuple[int, int, str]] = []
         special = self._special(text)
         taken = [(s, e) for s, e, _ in special]
