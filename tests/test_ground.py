@@ -354,3 +354,10 @@ def test_radgenome_path_conventions():
     # plaques "in the aorta and coronary arteries" are aortic rows (learned node priority)
     fp = dict(analyze_sentence("Calcific atheroma plaques in the aorta and coronary arteries.").finding_paths)
     assert not any(p.startswith("heart") for p in fp["calcific atheroma plaques"])
+
+
+def test_back_reference_takes_an_abnormal_antecedent_only():
+    ss = ground_report("A nodule in the right lung lower lobe. A second nodule is seen at this level.", None)
+    assert dict(ss[1].finding_paths)["second nodule"] == dict(ss[0].finding_paths)["nodule"]
+    ss = ground_report("The heart size is normal. A nodule is seen at this level.", None)
+    assert dict(ss[1].finding_paths)["nodule"] == ()

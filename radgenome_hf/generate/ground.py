@@ -972,7 +972,8 @@ def ground_report(findings: str | None, impressions: str | None = None, *,
 
     ``backend`` (a :class:`GroundingBackend`, e.g. :mod:`radgenome_hf.generate.llm`'s) chooses the paths; the
     default is the lexicon, with each finding grounded on its own and a sentence that names no anatomy taking
-    the previous sentence's. Classification and phrase extraction always use the rules of this module.
+    the previous sentence's when that one is abnormal (a normal statement is no antecedent). Classification and
+    phrase extraction always use the rules of this module.
 
     >>> [(s.section, s.paths) for s in ground_report("Heart size is normal.", "Left pleural effusion.")]
     [('findings', ('heart/heart',)), ('impressions', ('pleura/pleura',))]
@@ -995,7 +996,7 @@ def ground_report(findings: str | None, impressions: str | None = None, *,
         s = analyze_sentence(text, section=section, index=i, paths=p, lexicon=lexicon,
                              context=out[-1].text if out else "", context_paths=previous)
         out.append(s)
-        previous = s.paths or previous
+        previous = s.paths if s.abnormal else ()  # a back-reference continues a finding, not a normal statement
     return out
 
 
