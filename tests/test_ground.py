@@ -361,3 +361,8 @@ def test_back_reference_takes_an_abnormal_antecedent_only():
     assert dict(ss[1].finding_paths)["second nodule"] == dict(ss[0].finding_paths)["nodule"]
     ss = ground_report("The heart size is normal. A nodule is seen at this level.", None)
     assert dict(ss[1].finding_paths)["nodule"] == ()
+
+
+def test_a_later_negation_of_another_finding_does_not_negate():
+    s = analyze_sentence("A mass lesion in the left breast, no lymph node of pathological size was observed in the axilla.")
+    assert s.findings == ("mass lesion",) and "lymph node" in s.negated

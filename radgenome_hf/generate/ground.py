@@ -864,6 +864,8 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
         clause_negated = False
         for s, e, ph in phrases:
             tail = _NEG_TAIL.search(neg_clause, e)
+            if tail and any(tail.start() < s2 < tail.end() for s2, _, _ in phrases) and "," in clause[e:tail.start()]:
+                tail = None  # "a mass in the left breast, no lymph node ... was observed": the later finding's own
             negated = bool((neg_before and neg_before.start() <= s) or neg_after or tail)
             if negated:
                 negatives.append(ph)
