@@ -183,7 +183,10 @@ FINDING_TERMS: tuple[str, ...] = (
     r"bands?", r"collapse", r"hepatomegaly", r"splenomegaly", r"steatosis", r"goiter", r"goitre",
     r"cavit(?:y|ies|ation)", r"abscess", r"foreign bod(?:y|ies)", r"vacuum phenomenon", r"ascites",
     r"diverticul(?:um|a)", r"spondylolisthesis", r"syndesmophytes?", r"spur formations?", r"tapering",
-    r"appearances?", r"images",
+    r"appearances?", r"images", r"osteodegenerative changes", r"hypertension", r"postoperative changes",
+    r"accessory spleen", r"(?:macro)?lobulation",
+    r"(?:cardiothoracic (?:index|ratio)|(?:heart|cardiac) sizes?|left ventricular diameter)"
+    r"(?=\s+(?:(?:is|are|was|were|has|have)\s+)?(?:\w+ly\s+)?increased)",
     r"infect\w*(?:[- ]inflammatory)? (?:process(?:es)?|patholog(?:y|ies)|porces)",
     r"wall thickening", r"air trapping", r"hyperaeration", r"hyperinflation", r"artifacts?", r"fluid",
     r"collections?", r"hematoma", r"tumou?rs?", r"neoplasms?", r"malignancy", r"carcinoma", r"sclerosis",
