@@ -298,12 +298,18 @@ def test_misspelling_and_lexicon_terms():
 
 
 @pytest.mark.parametrize("sentence", [
-    "Heart size increased.",
+    "Increased.",
     "The vertebrae are calcified.",
     "Density in the right lung.",
 ])
 def test_bare_words_are_no_findings(sentence):
     assert analyze_sentence(sentence).findings == ()
+
+
+def test_increased_heart_size_is_a_finding():
+    # RadGenome's rows list "heart sizes", "cardiothoracic index" under the heart when they are increased
+    assert analyze_sentence("Heart size increased.").finding_paths == (("heart size", ("heart/heart/heart tissue",)),)
+    assert analyze_sentence("The cardiothoracic index is within normal limits.").findings == ()
 
 
 def test_devices_are_no_findings():
