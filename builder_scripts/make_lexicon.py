@@ -56,8 +56,9 @@ GENERAL = frozenset("""approximately atypical based consistent decrease facing l
     progression short space specific vessel manifestations mixed index taperings""".split())
 #: Anatomy words RadGenome's rows place elsewhere than the ontology's synonyms (term -> node name), checked by
 #: hand against the rows of the development volumes: a "lingular segment" finding is listed under the left lung,
-#: not its upper lobe, unless the upper lobe is named too (24 of 25 volumes).
-ANATOMY_TERMS = {"lingula": "left lung", "lingular": "left lung"}
+#: not its upper lobe, unless the upper lobe is named too (24 of 25 volumes); the coronary arteries' abbreviations
+#: name the heart, as "coronary" does in the ontology.
+ANATOMY_TERMS = {"lingula": "left lung", "lingular": "left lung", "lad": "heart", "rca": "heart", "lcx": "heart"}
 STOP = frozenset("""with and the of in on at to from for an a which that this these both left right bilateral
     minimal mild millimetric nonspecific several multiple few some small large""".split())
 
