@@ -135,10 +135,6 @@ class SizeMention:
     unit: str
     start: int = 0
 
-    @property
-    def max_mm(self) -> float:
-        return max(self.values_mm)
-
 
 def parse_sizes(sentence: str) -> list[SizeMention]:
     """Sizes in a sentence, text kept as written.
@@ -333,11 +329,6 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
 _ORDINAL_WORDS = (
     "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split()
 )
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def _plurals(term: str) -> set[str]:
@@ -539,10 +530,6 @@ class Lexicon:
             if not nums and side and f"{side} rib" in self.node_paths:
                 found.append((m.start(), m.end(), f"{side} rib"))
         return found
-
-    def match_names(self, sentence: str) -> list[str]:
-        """Most specific ontology node names mentioned in a sentence (in order of appearance)."""
-        return self._match_names(sentence)[0]
 
     def _match_names(self, sentence: str) -> tuple[list[str], list[str]]:
         """(most specific names, every name mentioned) of a sentence."""
