@@ -84,7 +84,7 @@ def region_keywords(region: str) -> tuple[str, ...]:
 def learn_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, regions: list[str],
                    min_sentences: int = 5, share: float = 0.75) -> dict[str, list[str]]:
     """Region R beats region Q when, of the findings sentences naming both whose real phrases (written verbatim
-    in the sentence) the rows place, at least ``share`` go to R alone."""
+    in the sentence) the rows place in one of the two alone, at least ``min_sentences`` and a ``share`` go to R."""
     sys.path.insert(0, str(ROOT))
     from radgenome_hf.generate.ground import split_sentences
 
@@ -109,7 +109,8 @@ def learn_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, re
                             alone[(a, b)] += placed == {a}
     out: dict[str, list[str]] = defaultdict(list)
     for (a, b), n in sorted(both.items()):
-        if n >= min_sentences and alone[(a, b)] >= share * n:
+        won, lost = alone[(a, b)], alone[(b, a)]
+        if won >= min_sentences and won >= share * (won + lost):
             out[a].append(b)
     return dict(out)
 
@@ -117,7 +118,8 @@ def learn_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, re
 def learn_node_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, min_sentences: int = 5,
                         share: float = 0.75) -> dict[str, list[str]]:
     """Node A beats node B (of another region) when, of the findings sentences naming both (by the package's
-    anatomy lexicon) whose real phrases the rows place, at least ``share`` go to A's region alone."""
+    anatomy lexicon) whose real phrases the rows place in one region alone, at least ``min_sentences`` and a
+    ``share`` go to A's."""
     sys.path.insert(0, str(ROOT))
     from radgenome_hf.generate.ground import Lexicon, split_sentences
 
@@ -144,7 +146,8 @@ def learn_node_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Pat
                             alone[(a, b)] += placed <= regions[a]
     out: dict[str, list[str]] = defaultdict(list)
     for (a, b), n in sorted(both.items()):
-        if n >= min_sentences and alone[(a, b)] >= share * n:
+        won, lost = alone[(a, b)], alone[(b, a)]
+        if won >= min_sentences and won >= share * (won + lost):
             out[a].append(b)
     return dict(out)
 
