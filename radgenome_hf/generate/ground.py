@@ -179,7 +179,7 @@ FINDING_TERMS: tuple[str, ...] = (
     r"bands?", r"collapse", r"hepatomegaly", r"splenomegaly", r"steatosis", r"goiter", r"goitre",
     r"cavit(?:y|ies|ation)", r"abscess", r"foreign bod(?:y|ies)", r"vacuum phenomenon", r"ascites",
     r"diverticul(?:um|a)", r"spondylolisthesis", r"syndesmophytes?", r"spur formations?", r"tapering",
-    r"appearances?", r"images", r"osteodegenerative changes", r"hypertension", r"postoperative changes",
+    r"appearances?", r"images", r"changes", r"osteodegenerative changes", r"hypertension", r"postoperative changes",
     r"accessory spleen", r"(?:macro)?lobulation",
     r"(?:cardiothoracic (?:index|ratio)|(?:heart|cardiac) sizes?|left ventricular diameter)"
     r"(?=\s+(?:(?:is|are|was|were|has|have)\s+)?(?:\w+ly\s+)?increased)",
@@ -686,7 +686,7 @@ def _comparison(clauses: Sequence[tuple[str, bool]], text: str) -> str | None:
 
 #: Finding phrases that are no finding on their own (a bare word left when the head had no modifier).
 _BARE = frozenset("density densities increased increase calcified calcific thickness appearance appearances images "
-                  "fluid".split())
+                  "changes fluid".split())
 
 #: "When examined in the lung parenchyma window;" and similar openings: no anatomy of the sentence's findings.
 _OPENING = re.compile(
