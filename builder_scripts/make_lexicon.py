@@ -57,8 +57,9 @@ GENERAL = frozenset("""approximately atypical based consistent decrease facing l
 #: Anatomy words RadGenome's rows place elsewhere than the ontology's synonyms (term -> node name), checked by
 #: hand against the rows of the development volumes: a "lingular segment" finding is listed under the left lung,
 #: not its upper lobe, unless the upper lobe is named too (24 of 25 volumes); the coronary arteries' abbreviations
-#: name the heart, as "coronary" does in the ontology.
-ANATOMY_TERMS = {"lingula": "left lung", "lingular": "left lung", "lad": "heart", "rca": "heart", "lcx": "heart"}
+#: name the heart, as "coronary" does in the ontology; "at the thoracic level" is a spinal level (4 of 5 sentences).
+ANATOMY_TERMS = {"lingula": "left lung", "lingular": "left lung", "lad": "heart", "rca": "heart", "lcx": "heart",
+                 "thoracic level": "thoracic vertebrae"}
 STOP = frozenset("""with and the of in on at to from for an a which that this these both left right bilateral
     minimal mild millimetric nonspecific several multiple few some small large""".split())
 
