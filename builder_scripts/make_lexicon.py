@@ -25,7 +25,8 @@ report text:
 - ``anatomy_terms``: a few anatomy words the rows place elsewhere than the ontology's synonyms do (checked by hand
   against the rows, see ``ANATOMY_TERMS``).
 
-Usage: ``python builder_scripts/make_lexicon.py [ROWS_FOLDER] [--reports REPORTS_CSV] [--out radgenome_hf/data/lexicon.json]``
+Usage: ``python builder_scripts/make_lexicon.py [ROWS_FOLDER] [--reports REPORTS_CSV]
+[--out radgenome_hf/data/lexicon.json]``
 """
 
 from __future__ import annotations
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     lex = learn(Path(args.rows), args.min_count, Path(args.reports))
     Path(args.out).write_text(json.dumps(lex, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {len(lex['findings'])} finding terms, {len(lex['finding_anatomy'])} anatomy cues, "
-          f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths, {len(lex['descend'])} descents, "
+          f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths, "
+          f"{len(lex['descend'])} descents, "
           f"region priority {lex['region_priority']}, node priority {lex['node_priority']}")
     return 0
 

@@ -370,5 +370,5 @@ def test_back_reference_takes_an_abnormal_antecedent_only():
 
 
 def test_a_later_negation_of_another_finding_does_not_negate():
-    s = analyze_sentence("A mass lesion in the left breast, no lymph node of pathological size was observed in the axilla.")
+    s = analyze_sentence("A mass lesion in the left breast, no lymph node of pathological size was seen in the axilla.")
     assert s.findings == ("mass lesion",) and "lymph node" in s.negated

@@ -62,9 +62,9 @@ def split_sentences(text: str | None) -> list[str]:
     """Split report text into sentences.
 
     Items joined by two spaces or a line break (the impressions' lists), or by one space before a capitalised
-    word, are sentences of their own. Full stops inside abbreviations (``approx.``, ``e.g.``), decimals (``6.6 mm``) and initialisms do not end a
-    sentence; a stop glued to the next capitalised word (``normal.No``) does. Semicolons stay inside a sentence
-    (the real region reports keep "window; Several …" together).
+    word, are sentences of their own. Full stops inside abbreviations (``approx.``, ``e.g.``), decimals
+    (``6.6 mm``) and initialisms do not end a sentence; a stop glued to the next capitalised word (``normal.No``)
+    does. Semicolons stay inside a sentence (the real region reports keep "window; Several …" together).
 
     >>> split_sentences("Heart size is normal.No pleural effusion. Nodules, i.e. 3 mm, in the LUL.")
     ['Heart size is normal.', 'No pleural effusion.', 'Nodules, i.e. 3 mm, in the LUL.']

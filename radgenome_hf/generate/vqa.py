@@ -3,7 +3,8 @@
 - ``vqa_abnormality``: one row per examined (volume, path): the comma-joined finding phrases of the abnormal
   sentences grounded at that path (at any depth below it), or ``no findings`` for a path whose sentences are all
   normal. As in RadGenome's rows, the sentences are the findings section's (the impressions only when the
-  findings name no abnormality). Abnormal rows of every volume come first, then the ``no findings`` rows (the real files' order).
+  findings name no abnormality). Abnormal rows of every volume come first, then the ``no findings`` rows (the
+  real files' order).
 - ``vqa_location``: exactly the abnormality rows without ``no findings``.
 - ``vqa_presence``: the location rows with ``Presence = "Yes."`` (``Finding`` = the abnormality text), then
   ``"No."`` rows: the findings the report says are absent at that path (as the real files do), else a finding
