@@ -372,3 +372,13 @@ def test_back_reference_takes_an_abnormal_antecedent_only():
 def test_a_later_negation_of_another_finding_does_not_negate():
     s = analyze_sentence("A mass lesion in the left breast, no lymph node of pathological size was seen in the axilla.")
     assert s.findings == ("mass lesion",) and "lymph node" in s.negated
+
+
+def test_comparisons_are_no_negations():
+    # a stable finding ("no significant difference in ...") and a new one ("not observed in the previous
+    # examination") are present
+    assert analyze_sentence("No significant difference was found in the size of the lung nodules.").findings == (
+        "lung nodules",)
+    assert analyze_sentence("A nodule in the right lung, which was not seen in the previous examination.").findings == (
+        "nodule",)
+    assert analyze_sentence("No nodule was seen in the right lung.").findings == ()

@@ -219,6 +219,13 @@ _QUALIFYING_NEG = re.compile(
     r"\b(?:(?:that|which)\s+)?(?:do|does|did)\s+not\s+reach\b|\bnot\s+(?:exceeding|reaching)\b|"
     r"\b(?:that|which)\s+(?:are|is|were|was)\s+not\s+(?:pathological|significant|enlarged)\b"
 )
+#: Negations of something else than the finding: a comparison ("no significant difference ... in the number of
+#: metastases", "which was not observed in the previous examination": a new finding).
+_NOT_A_NEGATION = re.compile(
+    r"\bno (?:significant |apparent |obvious |marked )?(?:difference|change)s?\b|"
+    r"\b(?:(?:which|that) )?(?:(?:was|were|is|are|had been|has been) )?not (?:observed|seen|present|detected|visible|"
+    r"described) (?:in|on|at) (?:the )?(?:previous|prior|earlier|last)\b"
+)
 _NORMAL_CUE = re.compile(
     r"\b(normal|within normal limits|unremarkable|natural|preserved|patent|in (?:the )?midline|clear|intact|"
     r"no (?:significant |obvious |apparent )?(?:pathology|pathologic|pathological|abnormality|abnormalities|findings?)|"
@@ -846,9 +853,10 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
         offset = max(offset, cstart + len(clause)) if cstart >= 0 else offset
         phrases = [x for x in _phrases(clause) if x[2] not in _BARE]
         # a negation that only qualifies what is observed negates nothing, when the clause opens positively
-        neg_clause = clause
-        if phrases and not _NEG_BEFORE.search(clause, 0, phrases[0][0]):
-            neg_clause = _QUALIFYING_NEG.sub(lambda m: " " * len(m.group(0)), clause)
+        blank = lambda m: " " * len(m.group(0))  # noqa: E731
+        neg_clause = _NOT_A_NEGATION.sub(blank, clause)
+        if phrases and not _NEG_BEFORE.search(neg_clause, 0, phrases[0][0]):
+            neg_clause = _QUALIFYING_NEG.sub(blank, neg_clause)
         neg_before = _NEG_BEFORE.search(neg_clause)
         neg_after = _NEG_AFTER.search(neg_clause)
         clause_negated = False
