@@ -57,8 +57,8 @@ def test_dev_set_negation_and_no_crash():
 
     # "No significant difference ... in the metastases" states a stable finding (RadGenome's rows list it): no
     # negated statement
-    opening = re.compile(r"^(?:no|there (?:is|are|was|were) no|neither)\b(?! (?:significant |apparent |obvious |marked )?"
-                         r"(?:difference|change)s?\b)", re.I)
+    opening = re.compile(r"^(?:no|there (?:is|are|was|were) no|neither)\b"
+                         r"(?! (?:significant |apparent |obvious |marked )?(?:difference|change)s?\b)", re.I)
     contrast = re.compile(r"\b(?:but|however|whereas|except|although|apart from)\b|;")
     sentences = turned = 0
     for findings, impressions in read_reports(REPORTS).values():
@@ -75,7 +75,8 @@ def test_lexicon_holds_words_not_report_text():
 
     data = get_lexicon_data()
     strings = list(data["findings"]) + list(data["finding_anatomy"]) + list(data["anatomy_terms"])
-    strings += [r for rules in (data["region_priority"], data["node_priority"]) for k, v in rules.items() for r in [k, *v]]
+    strings += [r for rules in (data["region_priority"], data["node_priority"])
+                for k, v in rules.items() for r in [k, *v]]
     assert all(len(s) <= 40 and len(s.split()) <= 3 for s in strings)
     text = REPORTS.read_text("utf-8").lower()
     sentences = {s.strip() for s in re.split(r"(?<=[.;])\s+", text) if len(s.strip()) >= 60}
