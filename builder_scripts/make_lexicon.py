@@ -12,9 +12,21 @@ report text:
 - ``implies``: path A -> paths B that carry the same finding in most volumes where A does (aortic findings
   are listed under ``mediastinum/aorta`` and ``abdomen/abdomen/aorta``; cardiac ones under ``heart tissue``);
 - ``collapse``: paths RadGenome (almost) never uses while their parent is common, mapped to that parent
-  (``right lung middle lobe`` -> ``right lung``).
+  (``right lung middle lobe`` -> ``right lung``);
+- ``descend``: paths that are (almost) never the most specific abnormal path of a volume, mapped to their generic
+  tissue child (``mediastinum`` -> ``mediastinum/mediastinal tissue``): a finding "in the mediastinum" sits there;
+- ``region_priority``: region R -> regions Q whose share of a sentence naming both goes to R (with the reports,
+  ``--reports``, only to tell which sentence a real phrase comes from: a phrase written verbatim in a findings
+  sentence): RadGenome lists the findings of a sentence that mentions the pleura ("subpleural", "pleural-based")
+  under the pleura, not the lung; it lists "bronchiectasis in both lungs" under the lung, not the bronchi;
+- ``node_priority``: anatomy node A -> nodes B of other regions: when a findings sentence names both, the rows
+  list its findings under A alone (``aorta`` beats ``heart``: "plaques in the aorta and coronary arteries" are
+  aortic rows); a finding grounded at both loses B's paths;
+- ``anatomy_terms``: a few anatomy words the rows place elsewhere than the ontology's synonyms do (checked by hand
+  against the rows, see ``ANATOMY_TERMS``).
 
-Usage: ``python builder_scripts/make_lexicon.py [ROWS_FOLDER] [--out radgenome_hf/data/lexicon.json]``
+Usage: ``python builder_scripts/make_lexicon.py [ROWS_FOLDER] [--reports REPORTS_CSV]
+[--out radgenome_hf/data/lexicon.json]``
 """
 
 from __future__ import annotations
@@ -23,11 +35,13 @@ import argparse
 import csv
 import json
 import re
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROWS = ROOT / ".." / "shared" / "reference" / "radgenome-real-sample"
+DEFAULT_REPORTS = ROOT / ".." / "shared" / "reference" / "ctrate-dev-reports" / "reports.csv"
 
 #: Last words that are no finding head by themselves (the head is then the last two words).
 GENERIC_HEADS = frozenset("""changes change areas area appearance appearances increase increases lesion lesions
@@ -41,6 +55,12 @@ NOT_FINDINGS = frozenset("""mm cm images image structures structure diameter fin
 #: General words that are no anatomy cue however concentrated their few uses are.
 GENERAL = frozenset("""approximately atypical based consistent decrease facing largest moderate occupying outlook
     progression short space specific vessel manifestations mixed index taperings""".split())
+#: Anatomy words RadGenome's rows place elsewhere than the ontology's synonyms (term -> node name), checked by
+#: hand against the rows of the development volumes: a "lingular segment" finding is listed under the left lung,
+#: not its upper lobe, unless the upper lobe is named too (24 of 25 volumes); the coronary arteries' abbreviations
+#: name the heart, as "coronary" does in the ontology; "at the thoracic level" is a spinal level (4 of 5 sentences).
+ANATOMY_TERMS = {"lingula": "left lung", "lingular": "left lung", "lad": "heart", "rca": "heart", "lcx": "heart",
+                 "thoracic level": "thoracic vertebrae"}
 STOP = frozenset("""with and the of in on at to from for an a which that this these both left right bilateral
     minimal mild millimetric nonspecific several multiple few some small large""".split())
 
@@ -57,7 +77,84 @@ def _specific(paths: set[str]) -> set[str]:
     return {p for p in paths if not any(q.startswith(p + "/") for q in paths)}
 
 
-def learn(rows_folder: Path, min_count: int = 2) -> dict:
+def region_keywords(region: str) -> tuple[str, ...]:
+    """Substrings that name a top-level region in a sentence: the first six letters of each word of its name
+    (``pleura`` also in "subpleural", ``bronch`` in "bronchial")."""
+    return tuple(w[:6] for w in region.split() if len(w) >= 4)
+
+
+def learn_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, regions: list[str],
+                   min_sentences: int = 5, share: float = 0.75) -> dict[str, list[str]]:
+    """Region R beats region Q when, of the findings sentences naming both whose real phrases (written verbatim
+    in the sentence) the rows place in one of the two alone, at least ``min_sentences`` and a ``share`` go to R."""
+    sys.path.insert(0, str(ROOT))
+    from radgenome_hf.generate.ground import split_sentences
+
+    by_volume: dict[str, dict[str, set[str]]] = defaultdict(dict)
+    for (vol, ph), paths in by_phrase.items():
+        by_volume[vol.removesuffix(".nii.gz")][ph] = {p.split("/", 1)[0] for p in paths}
+    both: Counter[tuple[str, str]] = Counter()
+    alone: Counter[tuple[str, str]] = Counter()
+    with open(reports, newline="", encoding="utf-8-sig") as f:
+        for r in csv.DictReader(f):
+            phrases = by_volume.get(r["VolumeName"].removesuffix(".nii.gz"), {})
+            for sent in split_sentences(r.get("Findings_EN") or ""):
+                low = sent.lower()
+                placed = set().union(*[rs for ph, rs in phrases.items() if len(ph) > 3 and ph in low] or [set()])
+                if not placed:
+                    continue
+                named = [g for g in regions if any(k in low for k in region_keywords(g))]
+                for a in named:
+                    for b in named:
+                        if a != b:
+                            both[(a, b)] += 1
+                            alone[(a, b)] += placed == {a}
+    out: dict[str, list[str]] = defaultdict(list)
+    for (a, b), n in sorted(both.items()):
+        won, lost = alone[(a, b)], alone[(b, a)]
+        if won >= min_sentences and won >= share * (won + lost):
+            out[a].append(b)
+    return dict(out)
+
+
+def learn_node_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, min_sentences: int = 5,
+                        share: float = 0.75) -> dict[str, list[str]]:
+    """Node A beats node B (of another region) when, of the findings sentences naming both (by the package's
+    anatomy lexicon) whose real phrases the rows place in one region alone, at least ``min_sentences`` and a
+    ``share`` go to A's."""
+    sys.path.insert(0, str(ROOT))
+    from radgenome_hf.generate.ground import Lexicon, split_sentences
+
+    lex = Lexicon.default()
+    by_volume: dict[str, dict[str, set[str]]] = defaultdict(dict)
+    for (vol, ph), paths in by_phrase.items():
+        by_volume[vol.removesuffix(".nii.gz")][ph] = {p.split("/", 1)[0] for p in paths}
+    both: Counter[tuple[str, str]] = Counter()
+    alone: Counter[tuple[str, str]] = Counter()
+    with open(reports, newline="", encoding="utf-8-sig") as f:
+        for r in csv.DictReader(f):
+            phrases = by_volume.get(r["VolumeName"].removesuffix(".nii.gz"), {})
+            for sent in split_sentences(r.get("Findings_EN") or ""):
+                low = sent.lower()
+                placed = set().union(*[rs for ph, rs in phrases.items() if len(ph) > 3 and ph in low] or [set()])
+                if not placed:
+                    continue
+                names = lex._match_names(sent)[0]
+                regions = {n: {p.split("/", 1)[0] for p in lex.node_paths.get(n, ())} for n in names}
+                for a in names:
+                    for b in names:
+                        if a != b and regions[a] and regions[b] and not regions[a] & regions[b]:
+                            both[(a, b)] += 1
+                            alone[(a, b)] += placed <= regions[a]
+    out: dict[str, list[str]] = defaultdict(list)
+    for (a, b), n in sorted(both.items()):
+        won, lost = alone[(a, b)], alone[(b, a)]
+        if won >= min_sentences and won >= share * (won + lost):
+            out[a].append(b)
+    return dict(out)
+
+
+def learn(rows_folder: Path, min_count: int = 2, reports: Path | None = None) -> dict:
     by_phrase: dict[tuple[str, str], set[str]] = defaultdict(set)  # (volume, phrase) -> paths
     path_count: Counter[str] = Counter()
     with open(rows_folder / "train_vqa_abnormality.csv", newline="", encoding="utf-8") as f:
@@ -123,6 +220,18 @@ def learn(rows_folder: Path, min_count: int = 2) -> dict:
                 implies[parent].append(child)
     implies = {a: sorted(set(bs)) for a, bs in implies.items()}
 
+    volume_paths: dict[str, set[str]] = defaultdict(set)
+    for (vol, _), paths in by_phrase.items():
+        volume_paths[vol] |= paths
+    as_specific: Counter[str] = Counter()
+    for paths in volume_paths.values():
+        as_specific.update(_specific(paths))
+    descend = {}
+    for p, n in path_count.items():
+        tissue = [c for c in onto_paths if c.rpartition("/")[0] == p and c.rsplit("/", 1)[-1].endswith(" tissue")]
+        if n >= 10 and as_specific[p] <= 0.05 * n and len(tissue) == 1:
+            descend[p] = tissue[0]
+
     collapse = {}
     for p in onto_paths:
         parent = p.rpartition("/")[0]
@@ -136,6 +245,11 @@ def learn(rows_folder: Path, min_count: int = 2) -> dict:
         "finding_anatomy": finding_anatomy,
         "implies": implies,
         "collapse": collapse,
+        "descend": dict(sorted(descend.items())),
+        "anatomy_terms": ANATOMY_TERMS,
+        "region_priority": learn_priority(by_phrase, reports, sorted({p.split("/", 1)[0] for p in onto_paths}))
+        if reports is not None and reports.is_file() else {},
+        "node_priority": learn_node_priority(by_phrase, reports) if reports is not None and reports.is_file() else {},
     }
 
 
@@ -143,12 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", nargs="?", default=str(DEFAULT_ROWS), help="folder with train_vqa_abnormality.csv")
     ap.add_argument("--out", default=str(ROOT / "radgenome_hf" / "data" / "lexicon.json"))
+    ap.add_argument("--reports", default=str(DEFAULT_REPORTS),
+                    help="CT-RATE reports of the same volumes (VolumeName, Findings_EN): for region_priority")
     ap.add_argument("--min-count", type=int, default=2, help="distinct phrases / volumes a term needs (2)")
     args = ap.parse_args(argv)
-    lex = learn(Path(args.rows), args.min_count)
+    lex = learn(Path(args.rows), args.min_count, Path(args.reports))
     Path(args.out).write_text(json.dumps(lex, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {len(lex['findings'])} finding terms, {len(lex['finding_anatomy'])} anatomy cues, "
-          f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths")
+          f"{len(lex['implies'])} implication rules, {len(lex['collapse'])} collapsed paths, "
+          f"{len(lex['descend'])} descents, "
+          f"region priority {lex['region_priority']}, node priority {lex['node_priority']}")
     return 0
 
 

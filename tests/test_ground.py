@@ -19,7 +19,7 @@ from radgenome_hf.generate.ground import (
     split_sentences,
     write_region_report,
 )
-from radgenome_hf.ontology import get_ontology
+from radgenome_hf.ontology import get_lexicon_data, get_ontology
 
 RLL = ("lung/lung/right lung/right lung lower lobe", "lung/lung/lung lower lobe/right lung lower lobe")
 LLL = ("lung/lung/left lung/left lung lower lobe", "lung/lung/lung lower lobe/left lung lower lobe")
@@ -82,9 +82,14 @@ def test_lexicon_paths_are_ontology_paths():
     lex = Lexicon.default()
     for name, paths in lex.node_paths.items():
         assert all(p in onto for p in paths)
-    # every ontology synonym of a path node is a lexicon term of that node
+    # every ontology synonym of a path node is a lexicon term of that node, unless the learned lexicon places the
+    # word where RadGenome's rows do ("lingular" -> the left lung)
+    moved = get_lexicon_data()["anatomy_terms"]
     for name in lex.node_paths:
         for syn in onto.synonyms_of(name):
+            if syn.lower() in moved:
+                assert lex.terms[syn.lower()] == {moved[syn.lower()]}
+                continue
             assert name in lex.terms[syn.lower()] or any(name in lex.ancestor_names.get(n, ()) or n == name
                                                          for n in lex.terms[syn.lower()])
 
@@ -293,12 +298,18 @@ def test_misspelling_and_lexicon_terms():
 
 
 @pytest.mark.parametrize("sentence", [
-    "Heart size increased.",
+    "Increased.",
     "The vertebrae are calcified.",
     "Density in the right lung.",
 ])
 def test_bare_words_are_no_findings(sentence):
     assert analyze_sentence(sentence).findings == ()
+
+
+def test_increased_heart_size_is_a_finding():
+    # RadGenome's rows list "heart sizes", "cardiothoracic index" under the heart when they are increased
+    assert analyze_sentence("Heart size increased.").finding_paths == (("heart size", ("heart/heart/heart tissue",)),)
+    assert analyze_sentence("The cardiothoracic index is within normal limits.").findings == ()
 
 
 def test_devices_are_no_findings():
@@ -308,7 +319,10 @@ def test_devices_are_no_findings():
 def test_sizes_go_with_their_finding():
     from radgenome_hf.generate.vqa import size_rows
 
-    ss = ground_report("A 6 mm nodule in the right lower lobe, a 2 cm cyst in the left kidney.", None)
+    s = analyze_sentence("A 6 mm nodule in the right lower lobe, a 2 cm cyst in the left kidney.")
+    assert s.size_findings == ("nodule", "cyst")
+    assert size_rows("train_1_a_1", [s]) == []  # RadGenome keeps no size of a sentence that gives several
+    ss = ground_report("A 6 mm nodule in the right lower lobe. A 2 cm cyst in the left kidney.", None)
     rows = size_rows("train_1_a_1", ss)
     assert ("train_1_a_1.nii.gz", LEFT_KIDNEY[0], "cyst", "2 cm") in rows
     assert ("train_1_a_1.nii.gz", RLL[1], "nodule", "6 mm") in rows
@@ -326,3 +340,45 @@ def test_backend_interface_lives_in_ground():
     tree = ast.parse(inspect.getsource(ground))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "llm" not in imported and not any(m and m.endswith(".llm") for m in imported)
+
+
+def test_radgenome_path_conventions():
+    # a lingular finding sits under the left lung, its upper lobe only when named
+    assert analyze_sentence("Atelectasis in the lingular segment of the left lung.").paths == ("lung/lung/left lung",)
+    assert "lung/lung/left lung/left lung upper lobe" in analyze_sentence(
+        "Atelectasis in the lingular segment of the left lung upper lobe.").paths
+    # the rows never end at the mediastinum: its findings sit at the mediastinal tissue
+    assert analyze_sentence("Lymph nodes are observed in the mediastinum.").paths == ("mediastinum/mediastinal tissue",)
+    # a sentence that mentions the pleura lists its lung findings under the pleura (learned region priority)
+    assert analyze_sentence("A subpleural nodule in the right lung lower lobe.").finding_paths == (
+        ("subpleural nodule", ("pleura/pleura",)),)
+    # a differential asked in parentheses is no finding of the findings section (the impressions keep it)
+    s = analyze_sentence("Mosaic attenuation of the right lung (airway disease? vessel disease?).")
+    assert s.findings == ("mosaic attenuation",)
+    assert "airway disease" in analyze_sentence("Mosaic attenuation (airway disease?).",
+                                                section="impressions").findings
+    # plaques "in the aorta and coronary arteries" are aortic rows (learned node priority)
+    fp = dict(analyze_sentence("Calcific atheroma plaques in the aorta and coronary arteries.").finding_paths)
+    assert not any(p.startswith("heart") for p in fp["calcific atheroma plaques"])
+
+
+def test_back_reference_takes_an_abnormal_antecedent_only():
+    ss = ground_report("A nodule in the right lung lower lobe. A second nodule is seen at this level.", None)
+    assert dict(ss[1].finding_paths)["second nodule"] == dict(ss[0].finding_paths)["nodule"]
+    ss = ground_report("The heart size is normal. A nodule is seen at this level.", None)
+    assert dict(ss[1].finding_paths)["nodule"] == ()
+
+
+def test_a_later_negation_of_another_finding_does_not_negate():
+    s = analyze_sentence("A mass lesion in the left breast, no lymph node of pathological size was seen in the axilla.")
+    assert s.findings == ("mass lesion",) and "lymph node" in s.negated
+
+
+def test_comparisons_are_no_negations():
+    # a stable finding ("no significant difference in ...") and a new one ("not observed in the previous
+    # examination") are present
+    assert analyze_sentence("No significant difference was found in the size of the lung nodules.").findings == (
+        "lung nodules",)
+    assert analyze_sentence("A nodule in the right lung, which was not seen in the previous examination.").findings == (
+        "nodule",)
+    assert analyze_sentence("No nodule was seen in the right lung.").findings == ()

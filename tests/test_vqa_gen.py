@@ -52,7 +52,9 @@ def test_abnormality_content(grounded):
     v = "train_1_a_1.nii.gz"
     for p in ("lung", "lung/lung", "lung/lung/right lung", "lung/lung/right lung/right lung lower lobe",
               "lung/lung/lung lower lobe", "lung/lung/lung lower lobe/right lung lower lobe"):
-        assert ab[(v, p)] == "nodule, pulmonary nodule"
+        # RadGenome's rows hold the findings section's phrases only (every real phrase traceable to the dev
+        # reports is in the findings; none only in the impressions): "pulmonary nodule" is no row
+        assert ab[(v, p)] == "nodule"
     assert ab[(v, "pleura/pleura")] == NO_FINDINGS
     assert ab[(v, "heart/heart")] == NO_FINDINGS
     assert ab[("train_3_a_1.nii.gz", "mediastinum/aorta")].startswith("calcific atheroma plaques")
@@ -61,6 +63,24 @@ def test_abnormality_content(grounded):
     no = {(r[0], r[1]): r[2] for r in t.presence if r[3] == "No."}
     assert no[("train_2_a_1.nii.gz", "lung/lung")] == "mass, nodule"
     assert no[(v, "pleura/pleura")] == "pleural effusion"
+
+
+def test_impressions_stand_in_when_findings_name_nothing():
+    g = {"train_4_a_1": GroundedReport("train_4_a_1", ground_report(
+        "Heart contour and size are normal.", "Pulmonary nodule in the right lung lower lobe."))}
+    ab = {(r[0], r[1]): r[2] for r in build_vqa(g).abnormality}
+    assert ab[("train_4_a_1.nii.gz", "lung/lung/right lung/right lung lower lobe")] == "pulmonary nodule"
+
+
+def test_sizes_follow_radgenome(tmp_path):
+    from radgenome_hf.generate.vqa import size_rows
+
+    report = ("A 6x4 mm nodule in the right lower lobe. Effusion of 12 mm on the right and 10 mm on the left. "
+              "Lymph nodes of 15 mm in the mediastinum. A cyst was 2 cm in the previous examination. "
+              "Nodules smaller than 3 mm in the left lung.")
+    rows = size_rows("train_5_a_1", ground_report(report, None))
+    # one size per sentence; no lymph node, no earlier examination, no threshold
+    assert [r[3] for r in rows] == ["6x4 mm"]
 
 
 def test_sizes_and_disorders(grounded):

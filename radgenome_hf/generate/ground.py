@@ -53,20 +53,25 @@ ABBREVIATIONS = frozenset(
     "mr mrs ms prof sr jr dept est".split()
 )
 
+#: A capitalised word (no acronym, no eponym) right after a lower-case word starts a new item.
+_CAPITAL_ITEM = re.compile(r"(?<=[a-z)]) (?!(?:Covid|Schmorl|Hounsfield|Ca|In)\b)(?=[A-Z][a-z]{2,}\b)")
 _SPLIT_RE = re.compile(r"([.!?]+)(?=\s+|$)|(?<=[a-z)])(\.)(?=[A-Z])")
 
 
 def split_sentences(text: str | None) -> list[str]:
     """Split report text into sentences.
 
-    Items joined by two spaces or a line break (the impressions' lists) are sentences of their own. Full stops inside abbreviations (``approx.``, ``e.g.``), decimals (``6.6 mm``) and initialisms do not end a
-    sentence; a stop glued to the next capitalised word (``normal.No``) does. Semicolons stay inside a sentence
-    (the real region reports keep "window; Several …" together).
+    Items joined by two spaces or a line break (the impressions' lists), or by one space before a capitalised
+    word, are sentences of their own. Full stops inside abbreviations (``approx.``, ``e.g.``), decimals
+    (``6.6 mm``) and initialisms do not end a sentence; a stop glued to the next capitalised word (``normal.No``)
+    does. Semicolons stay inside a sentence (the real region reports keep "window; Several …" together).
 
     >>> split_sentences("Heart size is normal.No pleural effusion. Nodules, i.e. 3 mm, in the LUL.")
     ['Heart size is normal.', 'No pleural effusion.', 'Nodules, i.e. 3 mm, in the LUL.']
     >>> split_sentences("Covid pneumonia  Aortic atherosclerosis  Hepatic cyst")
     ['Covid pneumonia', 'Aortic atherosclerosis', 'Hepatic cyst']
+    >>> split_sentences("Cardiomegaly Pulmonary arterial dilatation Bilateral pleural effusion")
+    ['Cardiomegaly', 'Pulmonary arterial dilatation', 'Bilateral pleural effusion']
     >>> split_sentences("Not given.")
     []
     """
@@ -77,6 +82,8 @@ def split_sentences(text: str | None) -> list[str]:
         return []
     # impression items are often joined by two spaces (or a line break) without a full stop
     items = [t for t in re.split(r"\s*\n\s*|\s{2,}(?=[A-Z0-9(\-•*])", text) if t.strip()]
+    if len(items) == 1:  # "Cardiomegaly Pulmonary arterial dilatation": items joined by one space
+        items = [t for t in _CAPITAL_ITEM.split(text) if t.strip()]
     if len(items) > 1:
         return [x for t in items for x in split_sentences(t)]
     out: list[str] = []
@@ -128,10 +135,6 @@ class SizeMention:
     unit: str
     start: int = 0
 
-    @property
-    def max_mm(self) -> float:
-        return max(self.values_mm)
-
 
 def parse_sizes(sentence: str) -> list[SizeMention]:
     """Sizes in a sentence, text kept as written.
@@ -174,7 +177,13 @@ FINDING_TERMS: tuple[str, ...] = (
     r"granulomas?", r"bullae?", r"blebs?", r"scars?", r"scarring", r"osteophytes?", r"degenerat(?:ion|ive changes)",
     r"spondylosis", r"spondylotic changes", r"hypodensit(?:y|ies)", r"hyperdensit(?:y|ies)", r"septal thickening",
     r"bands?", r"collapse", r"hepatomegaly", r"splenomegaly", r"steatosis", r"goiter", r"goitre",
-    r"cavit(?:y|ies|ation)", r"abscess",
+    r"cavit(?:y|ies|ation)", r"abscess", r"foreign bod(?:y|ies)", r"vacuum phenomenon", r"ascites",
+    r"diverticul(?:um|a)", r"spondylolisthesis", r"syndesmophytes?", r"spur formations?", r"tapering",
+    r"appearances?", r"images", r"changes", r"osteodegenerative changes", r"hypertension", r"postoperative changes",
+    r"accessory spleen", r"(?:macro)?lobulation",
+    r"(?:cardiothoracic (?:index|ratio)|(?:heart|cardiac) sizes?|left ventricular diameter)"
+    r"(?=\s+(?:(?:is|are|was|were|has|have)\s+)?(?:\w+ly\s+)?increased)",
+    r"infect\w*(?:[- ]inflammatory)? (?:process(?:es)?|patholog(?:y|ies)|porces)",
     r"wall thickening", r"air trapping", r"hyperaeration", r"hyperinflation", r"artifacts?", r"fluid",
     r"collections?", r"hematoma", r"tumou?rs?", r"neoplasms?", r"malignancy", r"carcinoma", r"sclerosis",
     r"sclerotic changes", r"lytic lesions?", r"osteopenia", r"osteoporosis", r"scoliosis", r"kyphosis",
@@ -193,7 +202,7 @@ _STOP = frozenset(
     compared than previous prior study exam examination current image images sections section slices slice
     mainly mostly particularly especially predominantly more less most least very all each one two three
     when where while significant obvious apparent evident definite definitive prominent marked remarkable
-    suspicious possible probable likely minimal""".split()
+    suspicious possible probable likely minimal described similar natural normal usual same such catheter""".split()
 )
 
 _NEG_BEFORE = re.compile(
@@ -204,14 +213,30 @@ _NEG_AFTER = re.compile(
     r"\b(not (?:been )?(?:observed|seen|detected|identified|found|present|visualized|noted|evident|demonstrated)|"
     r"(?:was|were|is|are) absent|(?:has|have) resolved|disappeared|no longer)\b"
 )
+#: Negations that only qualify a finding ("lymph nodes that do not reach pathological dimensions are observed",
+#: "with a short axis not exceeding 1 cm"): RadGenome's rows list these findings as present.
+_QUALIFYING_NEG = re.compile(
+    r"\b(?:(?:that|which)\s+)?(?:do|does|did)\s+not\s+reach\b|\bnot\s+(?:exceeding|reaching)\b|"
+    r"\b(?:that|which)\s+(?:are|is|were|was)\s+not\s+(?:pathological|significant|enlarged)\b"
+)
+#: Negations of something else than the finding: a comparison ("no significant difference ... in the number of
+#: metastases", "which was not observed in the previous examination": a new finding).
+_NOT_A_NEGATION = re.compile(
+    r"\bno (?:significant |apparent |obvious |marked )?(?:difference|change)s?\b|"
+    r"\b(?:(?:which|that) )?(?:(?:was|were|is|are|had been|has been) )?not (?:observed|seen|present|detected|visible|"
+    r"described) (?:in|on|at) (?:the )?(?:previous|prior|earlier|last)\b"
+)
 _NORMAL_CUE = re.compile(
     r"\b(normal|within normal limits|unremarkable|natural|preserved|patent|in (?:the )?midline|clear|intact|"
     r"no (?:significant |obvious |apparent )?(?:pathology|pathologic|pathological|abnormality|abnormalities|findings?)|"
     r"not observed|not detected|not seen|were not|was not|not identified)\b"
 )
+#: "wider than normal", "above normal": a comparison with normal, no normal statement.
+_THAN_NORMAL = re.compile(r"\b(?:(?:\w+er|more|above|beyond|over) than|above|beyond|over) (?:the )?normal\b")
 _ABNORMAL_ADJ = re.compile(
     r"\b(dilated|enlarged|widened|thickened|compressed|elevated|distended|"
-    r"wider than normal|above normal|larger than normal|irregular|heterogeneous|hypertrophic|hypertrophied)\b"
+    r"wider than normal|above normal|larger than normal|smaller than normal|irregular|heterogeneous|hypertrophic|"
+    r"hypertrophied|atrophic|ectatic|corrugated)\b"
 )
 _CLAUSE_SPLIT = re.compile(r";|,\s*but\b|\bbut\b|,\s*however\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b")
 
@@ -313,11 +338,6 @@ _ORDINAL_WORDS = (
 )
 
 
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 def _plurals(term: str) -> set[str]:
     out = {term}
     last = term.rsplit(" ", 1)[-1]
@@ -368,6 +388,9 @@ def _numbers(text: str) -> list[int]:
             b = a
         nums.extend(range(a, b + 1))
     return nums
+
+
+_LOBE_PAIR = re.compile(r"\b(upper|middle|lower)(?:,| and| and the|, and)\s+(upper|middle|lower) lobes?\b")
 
 
 @dataclass
@@ -433,6 +456,10 @@ class Lexicon:
                           f"{side} lung {pos} lobe", f"{pos} {side} lobe"):
                     add(t, name)
         # ontology synonyms keyed by names that are not path nodes (mask-only names) are ignored on purpose
+        for term, name in get_lexicon_data().get("anatomy_terms", {}).items():
+            if name in best:  # where RadGenome's rows put the word ("lingular" -> the left lung)
+                for t in _plurals(_norm_text(term)):
+                    terms[t] = {name}
         return cls(
             ontology=onto,
             terms={k: frozenset(v) for k, v in terms.items()},
@@ -511,13 +538,9 @@ class Lexicon:
                 found.append((m.start(), m.end(), f"{side} rib"))
         return found
 
-    def match_names(self, sentence: str) -> list[str]:
-        """Most specific ontology node names mentioned in a sentence (in order of appearance)."""
-        return self._match_names(sentence)[0]
-
     def _match_names(self, sentence: str) -> tuple[list[str], list[str]]:
         """(most specific names, every name mentioned) of a sentence."""
-        text = _norm_text(sentence)
+        text = _LOBE_PAIR.sub(r"\1 lobe and \2 lobe", _norm_text(sentence))  # "upper and lower lobes": both lobes
         hits: list[tuple[int, int, str]] = []
         special = self._special(text)
         taken = [(s, e) for s, e, _ in special]
@@ -669,7 +692,8 @@ def _comparison(clauses: Sequence[tuple[str, bool]], text: str) -> str | None:
 
 
 #: Finding phrases that are no finding on their own (a bare word left when the head had no modifier).
-_BARE = frozenset("density densities increased increase calcified calcific thickness appearance fluid".split())
+_BARE = frozenset("density densities increased increase calcified calcific thickness appearance appearances images "
+                  "changes fluid".split())
 
 #: "When examined in the lung parenchyma window;" and similar openings: no anatomy of the sentence's findings.
 _OPENING = re.compile(
@@ -687,9 +711,11 @@ _NEG_TAIL = re.compile(
 
 @lru_cache(maxsize=1)
 def _conventions() -> tuple[dict[str, str], dict[str, tuple[str, ...]], dict[str, str]]:
-    """(collapse, implies, finding word -> path) of the learned lexicon, checked against the ontology."""
+    """(collapse and descend, implies, finding word -> path) of the learned lexicon, checked against the
+    ontology."""
     data, onto = get_lexicon_data(), get_ontology()
     collapse = {a: b for a, b in data["collapse"].items() if a in onto and b in onto}
+    collapse.update({a: b for a, b in data.get("descend", {}).items() if a in onto and b in onto})
     implies = {a: tuple(b for b in bs if b in onto) for a, bs in data["implies"].items() if a in onto}
     cues = {w: p for w, p in data["finding_anatomy"].items() if p in onto}
     return collapse, implies, cues
@@ -711,7 +737,7 @@ def apply_conventions(paths: Iterable[str]) -> tuple[str, ...]:
         parts = p.split("/")
         for i in range(1, len(parts) + 1):  # a collapsed ancestor collapses its whole subtree
             head = "/".join(parts[:i])
-            if head in collapse:
+            if head in collapse and not collapse[head].startswith(head + "/"):
                 p = collapse[head]
                 break
         todo = [p]
@@ -720,7 +746,56 @@ def apply_conventions(paths: Iterable[str]) -> tuple[str, ...]:
             if q not in out:
                 out.append(q)
                 todo.extend(implies.get(q, ()))
-    return tuple(p for p in out if not any(o != p and o.startswith(p + "/") for o in out))
+    out = [p for p in out if not any(o != p and o.startswith(p + "/") for o in out)]
+    # a path the rows never end at, when nothing below it is named: its generic tissue ("mediastinum" ->
+    # "mediastinum/mediastinal tissue")
+    return _dedupe(collapse[p] if collapse.get(p, "").startswith(p + "/") else p for p in out)
+
+
+@lru_cache(maxsize=1)
+def _region_priority() -> tuple[tuple[str, tuple[str, ...], frozenset[str]], ...]:
+    """(region R, R's keywords, regions R beats) of the learned lexicon (``region_priority``)."""
+    return tuple((r, tuple(w[:6] for w in r.split() if len(w) >= 4), frozenset(qs))
+                 for r, qs in sorted(get_lexicon_data().get("region_priority", {}).items()))
+
+
+def apply_node_priority(paths: Sequence[str], names: Sequence[str], lexicon: "Lexicon") -> tuple[str, ...]:
+    """A finding grounded in two regions whose sentence names nodes A and B, where A beats B (learned from the
+    rows, ``node_priority``: "plaques in the aorta and coronary arteries" are aortic rows): B's region goes.
+
+    >>> apply_node_priority(["mediastinum/aorta", "heart/heart/heart tissue"], ["aorta", "heart"], Lexicon.default())
+    ('mediastinum/aorta',)
+    """
+    out = list(paths)
+    named = set(names)
+    for a, beaten in get_lexicon_data().get("node_priority", {}).items():
+        if a not in named:
+            continue
+        mine = {p.split("/", 1)[0] for p in lexicon.node_paths.get(a, ())}
+        theirs = {p.split("/", 1)[0] for b in beaten if b in named for p in lexicon.node_paths.get(b, ())} - mine
+        if theirs and any(p.split("/", 1)[0] in mine for p in out):
+            out = [p for p in out if p.split("/", 1)[0] not in theirs]
+    return _dedupe(out)
+
+
+def apply_region_priority(paths: Sequence[str], low: str, sentence_paths: Sequence[str],
+                          lexicon: "Lexicon") -> tuple[str, ...]:
+    """A finding's paths in a sentence that names region R by one of its keywords, where R beats the region Q of
+    some of them (learned from the rows: a sentence mentioning the pleura, "subpleural", "pleural-based", lists
+    its lung findings under the pleura): Q's paths give way to R's (the sentence's own, else R's node).
+
+    >>> apply_region_priority(["lung/lung/right lung"], "a subpleural nodule in the right lung", [], Lexicon.default())
+    ('pleura/pleura',)
+    """
+    out = list(paths)
+    for region, keywords, beaten in _region_priority():
+        if not any(k in low for k in keywords) or (out and not any(p.split("/", 1)[0] in beaten for p in out)):
+            continue  # (a finding grounded nowhere goes to R as well)
+        out = [p for p in out if p.split("/", 1)[0] not in beaten]
+        if not any(p.split("/", 1)[0] == region for p in out):
+            own = [p for p in sentence_paths if p.split("/", 1)[0] == region]
+            out.extend(own or lexicon.node_paths.get(region, ()))
+    return _dedupe(out)
 
 
 def _cue_paths(phrase: str) -> tuple[str, ...]:
@@ -733,6 +808,17 @@ def _cue_paths(phrase: str) -> tuple[str, ...]:
             leaf = onto.leaf(p)
             return tuple(q for q in onto.paths_ending_in(leaf) if q.split("/", 1)[0] == p.split("/", 1)[0])
     return ()
+
+
+def _in_query(low: str, at: int) -> bool:
+    """Whether position ``at`` lies inside parentheses that ask ("(small airway disease? small vessel
+    disease?)", "(adenoma?)"): a differential RadGenome's VQA rows do not list (its case disorders, taken from
+    the impressions, do: there the finding stays)."""
+    open_ = low.rfind("(", 0, at)
+    if open_ < 0 or low.rfind(")", open_, at) >= 0:
+        return False
+    close = low.find(")", at)
+    return "?" in low[open_:close if close >= 0 else len(low)]
 
 
 def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
@@ -766,19 +852,26 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
         cstart = low.find(clause, offset)
         offset = max(offset, cstart + len(clause)) if cstart >= 0 else offset
         phrases = [x for x in _phrases(clause) if x[2] not in _BARE]
-        neg_before = _NEG_BEFORE.search(clause)
-        neg_after = _NEG_AFTER.search(clause)
+        # a negation that only qualifies what is observed negates nothing, when the clause opens positively
+        blank = lambda m: " " * len(m.group(0))  # noqa: E731
+        neg_clause = _NOT_A_NEGATION.sub(blank, clause)
+        if phrases and not _NEG_BEFORE.search(neg_clause, 0, phrases[0][0]):
+            neg_clause = _QUALIFYING_NEG.sub(blank, neg_clause)
+        neg_before = _NEG_BEFORE.search(neg_clause)
+        neg_after = _NEG_AFTER.search(neg_clause)
         clause_negated = False
         for s, e, ph in phrases:
-            tail = _NEG_TAIL.search(clause, e)
+            tail = _NEG_TAIL.search(neg_clause, e)
+            if tail and any(tail.start() < s2 < tail.end() for s2, _, _ in phrases) and "," in clause[e:tail.start()]:
+                tail = None  # "a mass in the left breast, no lymph node ... was observed": the later finding's own
             negated = bool((neg_before and neg_before.start() <= s) or neg_after or tail)
             if negated:
                 negatives.append(ph)
                 clause_negated = True
-            else:
+            elif section == "impressions" or not _in_query(low, max(cstart, 0) + s):
                 positives.append((max(cstart, 0) + s, ph))
         if not phrases:
-            normal = bool(_NORMAL_CUE.search(clause)) or bool(neg_before) or bool(neg_after)
+            normal = bool(_NORMAL_CUE.search(_THAN_NORMAL.sub(" ", clause))) or bool(neg_before) or bool(neg_after)
             clause_negated = normal
             adj = _ABNORMAL_ADJ.search(clause)
             if adj and not normal:
@@ -834,6 +927,7 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
     chunk_paths = [lexicon.match(bare[a:b], low) if bare[a:b].strip() else () for a, b in chunks]
     finding_chunks = {i for i, (a, b) in enumerate(chunks) for s, _ in positives if a <= s < b}
     sentence_paths = lexicon.match(anat[body_start:], context) or ()
+    names = lexicon._match_names(anat[body_start:])[0]
     out: dict[str, list[str]] = {}
     # an anatomy-only chunk that is no normal statement continues the location of the findings around it
     extra = [bool(chunk_paths[k]) and k not in finding_chunks and not _NORMAL_CUE.search(low[a:b])
@@ -859,8 +953,10 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
             ps = lexicon.match(phrase, low)  # the finding's own words: "pleural effusion"
         if not ps and not sentence_paths:
             ps = tuple(context_paths)  # "a nodule in this localization", "also observed": the previous anatomy
+        ps = apply_node_priority(apply_conventions(ps), names, lexicon)
+        ps = apply_region_priority(ps, low, sentence_paths, lexicon)
         bucket = out.setdefault(phrase, [])
-        bucket.extend(q for q in apply_conventions(ps) if q not in bucket)
+        bucket.extend(q for q in ps if q not in bucket)
     finding_paths = tuple((f, tuple(v)) for f, v in out.items())
     if not positives:
         return tuple(sentence_paths), ()
@@ -876,7 +972,8 @@ def ground_report(findings: str | None, impressions: str | None = None, *,
 
     ``backend`` (a :class:`GroundingBackend`, e.g. :mod:`radgenome_hf.generate.llm`'s) chooses the paths; the
     default is the lexicon, with each finding grounded on its own and a sentence that names no anatomy taking
-    the previous sentence's. Classification and phrase extraction always use the rules of this module.
+    the previous sentence's when that one is abnormal (a normal statement is no antecedent). Classification and
+    phrase extraction always use the rules of this module.
 
     >>> [(s.section, s.paths) for s in ground_report("Heart size is normal.", "Left pleural effusion.")]
     [('findings', ('heart/heart',)), ('impressions', ('pleura/pleura',))]
@@ -899,7 +996,7 @@ def ground_report(findings: str | None, impressions: str | None = None, *,
         s = analyze_sentence(text, section=section, index=i, paths=p, lexicon=lexicon,
                              context=out[-1].text if out else "", context_paths=previous)
         out.append(s)
-        previous = s.paths or previous
+        previous = s.paths if s.abnormal else ()  # a back-reference continues a finding, not a normal statement
     return out
 
 

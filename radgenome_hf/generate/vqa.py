@@ -2,7 +2,9 @@
 
 - ``vqa_abnormality``: one row per examined (volume, path): the comma-joined finding phrases of the abnormal
   sentences grounded at that path (at any depth below it), or ``no findings`` for a path whose sentences are all
-  normal. Abnormal rows of every volume come first, then the ``no findings`` rows (the real files' order).
+  normal. As in RadGenome's rows, the sentences are the findings section's (the impressions only when the
+  findings name no abnormality). Abnormal rows of every volume come first, then the ``no findings`` rows (the
+  real files' order).
 - ``vqa_location``: exactly the abnormality rows without ``no findings``.
 - ``vqa_presence``: the location rows with ``Presence = "Yes."`` (``Finding`` = the abnormality text), then
   ``"No."`` rows: the findings the report says are absent at that path (as the real files do), else a finding
@@ -10,7 +12,8 @@
   the CT-RATE labels mapped to that region, never one sharing a content word stem with a finding present in
   that region of that volume (``lung nodule`` is no negative where ``nodule`` is present).
 - ``vqa_size``: sizes as written ("6x4 mm", "2 cm", "12-14 mm") with the finding they measure, at the most
-  specific path of their sentence.
+  specific path of their sentence; as in RadGenome's rows only a sentence's single size of a lesion (no lymph
+  node, no earlier examination, no "less than 1 cm").
 - ``case_disorders``: the case-level findings (impressions, else findings), comma-joined, or ``no findings``.
 
 >>> from radgenome_hf.generate.ground import GroundedReport, ground_report
@@ -26,6 +29,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
@@ -78,6 +82,7 @@ def abnormality_by_path(sentences: Sequence[Sentence]) -> tuple[dict[str, list[s
     positive: dict[str, list[str]] = {}
     negative: dict[str, list[str]] = {}
     examined: dict[str, None] = {}
+    sentences = _vqa_sentences(sentences)
     for s in sentences:
         for p in s.expanded_paths(onto):
             examined[p] = None
@@ -93,6 +98,15 @@ def abnormality_by_path(sentences: Sequence[Sentence]) -> tuple[dict[str, list[s
     return ({p: list(_dedupe(v)) for p, v in positive.items() if v},
             {p: list(_dedupe(v)) for p, v in negative.items()},
             sorted(examined, key=path_sort_key))
+
+
+def _vqa_sentences(sentences: Sequence[Sentence]) -> list[Sentence]:
+    """The sentences the VQA rows come from: the findings section, or the impressions when the findings name
+    no abnormality (RadGenome's rows hold the findings' phrases, never an impression-only one)."""
+    fnd = [s for s in sentences if s.section != "impressions"]
+    if any(s.abnormal for s in fnd):
+        return fnd
+    return list(sentences)
 
 
 def _label_vocabulary() -> dict[str, list[str]]:
@@ -131,22 +145,32 @@ def disorders_rows(grounded: Mapping[str, GroundedReport]) -> list[Row]:
     return [(VolumeName.parse(k).filename, _disorders(g)) for k, g in grounded.items()]
 
 
+#: A size RadGenome keeps measures a lesion once: not a lymph node (its short axis), not an earlier examination's
+#: measurement, not a sentence listing several sizes (learned from the real rows: of the sizes in sentences with
+#: two or more of them, almost none is a row).
+_NOT_SIZED = re.compile(r"\blymph nodes?\b")
+#: "less than 1 cm", "not exceeding 1 cm": a threshold, no measurement.
+_THRESHOLD = re.compile(r"\b(?:(?:less|smaller|lower|shorter) than|below|under|not exceeding|exceeding)\s*$")
+_EARLIER = re.compile(r"\b(?:previous|prior|earlier|preceding)\b")
+
+
 def size_rows(volume_name: str, sentences: Sequence[Sentence]) -> list[Row]:
     """``(Volumename, Anatomy, Abnormality, Size)`` rows of one volume.
 
-    One row per size mention that belongs to a finding, at the most specific path of that finding (else of its
-    sentence); of a node's
-    alternative groupings the last one in ontology order is used (``lung/lung/lung lower lobe/right lung lower
-    lobe``, as in the real files).
+    One row per sentence that gives exactly one size and ties it to a finding (no lymph node, no earlier
+    examination, no threshold such as "less than 1 cm"), at the most specific path of that finding (else of its
+    sentence); of a node's alternative groupings the last one in ontology order is used (``lung/lung/lung lower
+    lobe/right lung lower lobe``, as in the real files).
     """
     filename = VolumeName.parse(volume_name).filename
     out: list[Row] = []
-    for s in sentences:
-        if not s.paths or not s.abnormal:
+    for s in _vqa_sentences(sentences):
+        low = s.text.lower()
+        if not s.paths or not s.abnormal or len(s.sizes) != 1 or _EARLIER.search(low) or _NOT_SIZED.search(low):
             continue
         own = dict(s.finding_paths)
         for z, finding in zip(s.sizes, s.size_findings):
-            if not finding:
+            if not finding or _THRESHOLD.search(low[:z.start]):
                 continue
             by_leaf: dict[str, str] = {}
             for p in own.get(finding) or s.paths:
