@@ -382,3 +382,13 @@ def test_comparisons_are_no_negations():
     assert analyze_sentence("A nodule in the right lung, which was not seen in the previous examination.").findings == (
         "nodule",)
     assert analyze_sentence("No nodule was seen in the right lung.").findings == ()
+
+
+def test_abnormal_adjective_beside_findings():
+    # an abnormal adjective in a clause that already holds a finding is a finding of its own
+    s = analyze_sentence("Ground glass areas and dilated vascular structures are seen in the left lung.")
+    assert s.findings == ("ground glass areas", "dilated")
+    # not when negated, nor in a normal statement
+    s = analyze_sentence("A small nodule in the right lung, no enlarged lymph nodes.")
+    assert "enlarged" not in s.findings
+    assert "irregular" not in analyze_sentence("The nodule is normal, not irregular.").findings

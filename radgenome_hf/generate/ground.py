@@ -870,6 +870,14 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
                 clause_negated = True
             elif section == "impressions" or not _in_query(low, max(cstart, 0) + s):
                 positives.append((max(cstart, 0) + s, ph))
+        if phrases and section != "impressions" and not _NORMAL_CUE.search(_THAN_NORMAL.sub(" ", clause)):
+            # an abnormal adjective beside the clause's findings is a finding of its own, as in RadGenome's VQA
+            # rows ("... septal thickenings and enlarged vascular structures", "a nodule with irregular borders")
+            for m in _ABNORMAL_ADJ.finditer(clause):
+                if any(s <= m.start() < e for s, e, _ in phrases) or neg_after or (
+                        neg_before and neg_before.start() <= m.start()) or _in_query(low, max(cstart, 0) + m.start()):
+                    continue
+                positives.append((max(cstart, 0) + m.start(), m.group(0)))
         if not phrases:
             normal = bool(_NORMAL_CUE.search(_THAN_NORMAL.sub(" ", clause))) or bool(neg_before) or bool(neg_after)
             clause_negated = normal
