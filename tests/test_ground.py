@@ -392,3 +392,12 @@ def test_abnormal_adjective_beside_findings():
     s = analyze_sentence("A small nodule in the right lung, no enlarged lymph nodes.")
     assert "enlarged" not in s.findings
     assert "irregular" not in analyze_sentence("The nodule is normal, not irregular.").findings
+
+
+def test_named_anatomy_below_a_cue_refines_it():
+    # a learned cue places the finding's region; anatomy named below the cue's place is kept
+    s = analyze_sentence("Osteophytic tapering is observed in the T7 vertebra.")
+    paths = dict(s.finding_paths)["osteophytic tapering"]
+    assert paths and all("thoracic vertebrae 7" in p for p in paths), paths
+    s = analyze_sentence("Osteophytic tapering is observed.")
+    assert dict(s.finding_paths)["osteophytic tapering"] == ("bone/bone/vertebrae",)

@@ -956,7 +956,10 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
                     break
                 ps = chunk_paths[k]
         cue = _cue_paths(phrase)
-        ps = cue or ps  # "pleural effusion", "pericardial effusion": where RadGenome puts them, wherever they are
+        # "pleural effusion", "pericardial effusion": where RadGenome puts them, wherever they are; named anatomy
+        # below the cue's place refines it ("osteophytes" -> the vertebrae, "in T3-4" -> those levels)
+        finer = [p for p in ps if any(p.startswith(c + "/") for c in cue)]
+        ps = tuple(finer) or cue or ps
         if not ps:
             ps = lexicon.match(phrase, low)  # the finding's own words: "pleural effusion"
         if not ps and not sentence_paths:
