@@ -401,3 +401,12 @@ def test_named_anatomy_below_a_cue_refines_it():
     assert paths and all("thoracic vertebrae 7" in p for p in paths), paths
     s = analyze_sentence("Osteophytic tapering is observed.")
     assert dict(s.finding_paths)["osteophytic tapering"] == ("bone/bone/vertebrae",)
+
+
+def test_a_landmark_is_no_place_of_the_finding():
+    s = analyze_sentence("In the upper lobe of the right lung, in a focal area adjacent to the mediastinum, there are "
+                         "ground glass densities.")
+    assert all(p.startswith("lung/") for p in dict(s.finding_paths)["ground glass densities"])
+    # the landmark still counts when nothing else is named
+    s = analyze_sentence("A lymph node adjacent to the aorta.")
+    assert "mediastinum/aorta" in dict(s.finding_paths)["lymph node"]

@@ -702,6 +702,11 @@ _OPENING = re.compile(
 )
 #: Attachment chunks: a finding belongs to the anatomy named in its chunk (commas, semicolons, contrasts).
 _CHUNK_SPLIT = re.compile(r";|,|\bbut\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b|\band also\b|\bas well as\b")
+#: A landmark: anatomy next to which a finding lies, not in which ("adjacent to the mediastinum").
+_LANDMARK = re.compile(
+    r"\b(?:adjacent to|neighbou?ring|next to|in the vicinity of|close to|in contact with|"
+    r"in the neighbou?rhood of)\s+(?:the\s+)?(?:[a-z'-]+\s*){1,4}"
+)
 #: "X - no thickening was detected", "X, no Y was seen": a negation later in the clause that ends it.
 _NEG_TAIL = re.compile(
     r"\b(?:no|not|none)\b[^;]*?\b(?:was|were|is|are|has been|have been)?\s*(?:detected|observed|seen|identified|"
@@ -932,7 +937,12 @@ def _ground_findings(low: str, positives: Sequence[tuple[int, str]], lexicon: Le
         chunks.append((start, sep.start()))
         start = sep.end()
     chunks.append((start, len(low)))
-    chunk_paths = [lexicon.match(bare[a:b], low) if bare[a:b].strip() else () for a, b in chunks]
+    # anatomy named as a landmark ("in a focal area adjacent to the mediastinum") is no place of the finding
+    # while the sentence names another
+    landmark_free = _LANDMARK.sub(lambda x: " " * len(x.group(0)), bare)
+    full_paths = [lexicon.match(bare[a:b], low) if bare[a:b].strip() else () for a, b in chunks]
+    free_paths = [lexicon.match(landmark_free[a:b], low) if landmark_free[a:b].strip() else () for a, b in chunks]
+    chunk_paths = free_paths if any(free_paths) else full_paths
     finding_chunks = {i for i, (a, b) in enumerate(chunks) for s, _ in positives if a <= s < b}
     sentence_paths = lexicon.match(anat[body_start:], context) or ()
     names = lexicon._match_names(anat[body_start:])[0]
