@@ -410,3 +410,12 @@ def test_a_landmark_is_no_place_of_the_finding():
     # the landmark still counts when nothing else is named
     s = analyze_sentence("A lymph node adjacent to the aorta.")
     assert "mediastinum/aorta" in dict(s.finding_paths)["lymph node"]
+
+
+def test_an_unsided_lobe_takes_the_only_side_named():
+    lex = Lexicon.default()
+    paths = lex.match("Ground glass areas in the upper lobes of both lungs, more prominently on the right.")
+    assert "lung/lung/right lung/right lung upper lobe" in paths
+    assert not any("left" in p for p in paths)
+    # both sides named: the lobe stays unsided
+    assert "lung/lung/lung lower lobe" in lex.match("Nodules in the lower lobes, 5 mm on the right and 3 mm on the left.")

@@ -558,6 +558,14 @@ class Lexicon:
                 hits.append((s, e, name))
         hits.extend(special)
         hits.sort()
+        # a lobe named without its side where the text names one side only ("in the upper lobes of both lungs,
+        # more prominently on the right", "on the left in both lower lobes") is that side's, as in RadGenome's rows
+        sides = set(re.findall(r"\b(left|right)\b", text))
+        if len(sides) == 1:
+            side = sides.pop()
+            for k, (s, e, name) in enumerate(hits):
+                if name.startswith("lung ") and name.endswith(" lobe") and f"{side} {name}" in self.node_paths:
+                    hits[k] = (s, e, f"{side} {name}")
         names = _dedupe(n for _, _, n in hits)
         pos = {}
         for s, e, n in hits:
