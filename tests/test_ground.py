@@ -419,3 +419,9 @@ def test_an_unsided_lobe_takes_the_only_side_named():
     assert not any("left" in p for p in paths)
     # both sides named: the lobe stays unsided
     assert "lung/lung/lung lower lobe" in lex.match("Nodules in the lower lobes, 5 mm on the right and 3 mm on the left.")
+
+
+def test_abnormal_words_of_form_are_findings():
+    assert analyze_sentence("Fusion was observed in the thoracic vertebrae.").findings == ("fusion",)
+    assert analyze_sentence("A hypodense area is seen in the right kidney.").abnormal
+    assert not analyze_sentence("No narrowing of the trachea was observed.").abnormal

@@ -233,10 +233,13 @@ _NORMAL_CUE = re.compile(
 )
 #: "wider than normal", "above normal": a comparison with normal, no normal statement.
 _THAN_NORMAL = re.compile(r"\b(?:(?:\w+er|more|above|beyond|over) than|above|beyond|over) (?:the )?normal\b")
+#: Abnormal adjectives and nouns of form (``atrophic``, ``lobulated``, ``narrowing``, ``fusion``): findings by
+#: themselves in a clause without a finding term, and beside a clause's findings (findings section).
 _ABNORMAL_ADJ = re.compile(
     r"\b(dilated|enlarged|widened|thickened|compressed|elevated|distended|"
     r"wider than normal|above normal|larger than normal|smaller than normal|irregular|heterogeneous|hypertrophic|"
-    r"hypertrophied|atrophic|ectatic|corrugated)\b"
+    r"hypertrophied|atrophic|ectatic|corrugated|hypodense|hyperdense|lobulated|narrowed|deformed|"
+    r"irregularity|fusion|narrowing|prominence|deformity|destruction|retraction)\b"
 )
 _CLAUSE_SPLIT = re.compile(r";|,\s*but\b|\bbut\b|,\s*however\b|\bhowever\b|\bwhereas\b|\balthough\b|\bwhile\b")
 
