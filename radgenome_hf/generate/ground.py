@@ -897,9 +897,9 @@ def analyze_sentence(text: str, *, section: str = "findings", index: int = 0,
         if not phrases:
             normal = bool(_NORMAL_CUE.search(_THAN_NORMAL.sub(" ", clause))) or bool(neg_before) or bool(neg_after)
             clause_negated = normal
-            adj = _ABNORMAL_ADJ.search(clause)
-            if adj and not normal:
-                positives.append((max(cstart, 0) + adj.start(), adj.group(0)))
+            if not normal:  # "the liver is atrophic and its contours are corrugated": each one
+                positives.extend((max(cstart, 0) + adj.start(), adj.group(0)) for adj in _ABNORMAL_ADJ.finditer(clause)
+                                 if section == "impressions" or not _in_query(low, max(cstart, 0) + adj.start()))
         clause_info.append((clause, clause_negated))
     findings = _dedupe(p for _, p in positives)
     sizes = tuple(parse_sizes(text))
