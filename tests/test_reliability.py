@@ -191,3 +191,173 @@ def test_a_nii_rewritten_with_size_and_mtime_restored_is_decoded_again(tmp_path)
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert (src.stat().st_size, src.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     np.testing.assert_array_equal(Volume.open(src, cache=cache).array(), b)
+
+
+# ----------------------------------------------------------------------------------------- packed masks
+from radgenome_hf.access.maskstore import MaskStore  # noqa: E402
+from radgenome_hf.access.masks import PackedMasks  # noqa: E402
+from radgenome_hf.errors import MalformedFileError, MissingVolumeError, ShapeMismatchError  # noqa: E402
+from radgenome_hf.io.release import UpstreamRelease  # noqa: E402
+from radgenome_hf.testing.synthetic import SyntheticConfig, write_release  # noqa: E402
+
+SHAPE = (32, 32, 24)
+
+
+@pytest.fixture()
+def folder_release(tmp_path):
+    """A private, writable release whose masks are loose ``seg_<volume>/`` folders."""
+    return write_release(tmp_path / "rel", SyntheticConfig(n_train_patients=1, n_valid_patients=1, shape=SHAPE,
+                                                           mask_layout="folders"), progress=False)
+
+
+def _seg_dir(rel, stem: str, kind: str = "anatomy") -> Path:
+    return rel.radgenome_root / "dataset" / f"train_{kind}_mask" / f"seg_{stem}"
+
+
+def test_bit_flips_in_a_packed_mask_file_are_errors_never_other_voxels(tmp_path):
+    """Before: 53 of ~300 flips of a packed-mask parquet decoded without error to other voxels. Now the pages
+    carry CRC32 checksums (pyarrow ``write_page_checksum``) that ``load`` verifies."""
+    rng = np.random.default_rng(7)
+    masks = {f"s{i}": rng.random(SHAPE) < 0.3 for i in range(4)}
+    path = PackedMasks.from_arrays(masks, np.eye(4)).save(tmp_path / "train_1_a_1.masks.parquet")
+    good = path.read_bytes()
+    wrong, errors = [], 0
+    for offset, bit in zip(rng.integers(0, len(good), 300), rng.integers(0, 8, 300)):
+        path.write_bytes(good)
+        _flip(path, int(offset), int(bit))
+        try:
+            got = PackedMasks.load(path)
+            same = got.names == list(masks) and all(np.array_equal(got.mask(n), m) for n, m in masks.items())
+        except (MalformedFileError, ShapeMismatchError, ValueError, KeyError):
+            errors += 1
+            continue
+        if not same:
+            wrong.append(int(offset))
+    assert wrong == []
+    assert errors > 100
+
+
+def test_a_mask_rewritten_with_size_and_mtime_restored_is_packed_again(folder_release, tmp_path):
+    """The mask store's own key: before, path + size + mtime only, so the old pack was served."""
+    rel = folder_release
+    stem = rel.volumes[0]
+    d = _seg_dir(rel, stem)
+    gz = sorted(d.glob("*.nii.gz"))[0]
+    name = gz.name[: -len(".nii.gz")]
+    nii = d / f"{name}.nii"
+    a = np.zeros(SHAPE, np.uint8)
+    a[2:6, 2:6, 2:6] = 1
+    write_nifti(nii, a, np.eye(4))
+    gz.unlink()
+    release = UpstreamRelease.discover(rel.root)
+    first = MaskStore.prepare(release, "train", "anatomy", cache_root=tmp_path / "mc", progress=False)
+    assert PackedMasks.load(first.path(stem)).voxel_count(name) == 64
+    st = nii.stat()
+    b = np.zeros(SHAPE, np.uint8)
+    b[2:4, 2:4, 2:4] = 1
+    with open(nii, "r+b") as f:  # same inode, same size
+        f.seek(st.st_size - b.nbytes)
+        f.write(b.tobytes(order="F"))
+    os.utime(nii, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = MaskStore.prepare(release, "train", "anatomy", cache_root=tmp_path / "mc", progress=False)
+    assert PackedMasks.load(again.path(stem)).voxel_count(name) == 8
+
+
+def _gz_nifti_claiming(path: Path, shape: tuple[int, int, int]) -> Path:
+    """A small .nii.gz whose (valid) header claims ``shape`` uint8 zeros: a gzip bomb of ``prod(shape)`` bytes."""
+    import gzip
+
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_qform(np.eye(4), 1)
+    hdr.set_sform(np.eye(4), 1)
+    hdr["vox_offset"] = 352
+    head = hdr.binaryblock + b"\0" * 4
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(head)
+        zeros = bytes(1 << 22)
+        total = int(np.prod(shape))
+        for _ in range(total // len(zeros)):
+            f.write(zeros)
+        f.write(bytes(total % len(zeros)))
+    return path
+
+
+def test_a_gzip_bomb_mask_is_refused_from_its_header_before_inflating(folder_release, tmp_path, monkeypatch):
+    """Before: a small mask .nii.gz claiming a valid 1024³ grid was inflated whole (2.2 GB peak RSS). Now its header
+    is checked against the volume's grid first; the error names that file, and its voxels are never read."""
+    from radgenome_hf.io import nifti
+
+    rel = folder_release
+    stem = rel.volumes[0]
+    bomb = _gz_nifti_claiming(_seg_dir(rel, stem) / "aaa_bomb.nii.gz", (256, 256, 256))  # sorts first
+    assert bomb.stat().st_size < 200_000
+    inflated = []
+    real = nifti.NiftiFile.read_raw
+
+    def spy(self):
+        inflated.append(self.where)
+        return real(self)
+
+    monkeypatch.setattr(nifti.NiftiFile, "read_raw", spy)
+    with pytest.raises(ShapeMismatchError, match=r"aaa_bomb\.nii\.gz.*\(256, 256, 256\).*\(32, 32, 24\)"):
+        MaskStore.prepare(UpstreamRelease.discover(rel.root), "train", "anatomy", cache_root=tmp_path / "mc",
+                          progress=False)
+    assert not any("aaa_bomb" in w for w in inflated)
+
+
+def test_the_wrong_grid_error_names_the_mask_on_the_wrong_grid_without_a_volume(tmp_path):
+    """Before: the first file set the grid, so when it was the odd one out the error named the next, good file."""
+    good = np.zeros(SHAPE, np.uint8)
+    good[1:3, 1:3, 1:3] = 1
+    files = {"a_odd": write_nifti(tmp_path / "a_odd.nii.gz", np.zeros((16, 16, 8), np.uint8), np.eye(4))}
+    for n in ("b_good", "c_good"):
+        files[n] = write_nifti(tmp_path / f"{n}.nii.gz", good, np.eye(4))
+    with pytest.raises(ShapeMismatchError, match=r"a_odd\.nii\.gz.*\(16, 16, 8\)") as e:
+        PackedMasks.from_nifti_files({k: str(v) for k, v in files.items()})
+    assert "b_good" not in str(e.value)
+
+
+def test_a_deleted_mask_cache_is_a_clear_error_and_force_redownload_repacks(folder_release, tmp_path):
+    """Before: "not a packed-masks parquet file … rebuild it" for a file that was simply gone. Now a
+    MissingVolumeError that names it and says how to re-pack; force_redownload then serves masks again."""
+    import shutil
+
+    import datasets
+
+    import radgenome_hf  # noqa: F401
+
+    kw = dict(data_dir=str(folder_release.root), cache_dir=str(tmp_path / "hf"),
+              mask_cache_dir=str(tmp_path / "mc"), split="train")
+    row = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
+    name = row["structures"][0]["name"]
+    assert row["masks"].mask(name).any()
+    shutil.rmtree(tmp_path / "mc")
+    row = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
+    from radgenome_hf.access import lazymasks
+
+    lazymasks._PACKED_CACHE.clear()
+    with pytest.raises(MissingVolumeError, match="force_redownload"):
+        row["masks"].mask(name)
+    row = datasets.load_dataset("radgenome", "segmentation", download_mode="force_redownload", **kw)[0]
+    assert row["masks"].mask(name).any()
+
+
+def test_a_volume_replaced_by_one_on_another_grid_is_refused_on_the_next_load(folder_release, tmp_path):
+    """Before: served with the masks of the old grid (the grid check ran only on a fresh load, and the cache key
+    did not follow the volume)."""
+    import datasets
+
+    import radgenome_hf  # noqa: F401
+
+    kw = dict(data_dir=str(folder_release.root), cache_dir=str(tmp_path / "hf"),
+              mask_cache_dir=str(tmp_path / "mc"), split="train")
+    datasets.load_dataset("radgenome", "segmentation", **kw)
+    stem = folder_release.volumes[0]
+    vol = next((folder_release.radgenome_root / "dataset").glob(f"train_preprocessed/**/{stem}.nii.gz"))
+    write_nifti(vol, np.zeros((20, 20, 10), np.int16), np.eye(4))
+    with pytest.raises(ShapeMismatchError, match=r"\(20, 20, 10\)"):
+        datasets.load_dataset("radgenome", "segmentation", **kw)

@@ -242,11 +242,43 @@ def _pack(mask: np.ndarray, source: str) -> _Packed:
     return _Packed(bb, _pack_bits(crop), int(np.count_nonzero(crop)), source)
 
 
-def _load_nifti_mask(item: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes."""
+def _where(item: object) -> str:
+    return "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+
+
+def _mask_header_shape(item: str | os.PathLike | bytes, name: str) -> tuple[int, ...]:
+    """The grid a mask file's header claims (trailing singleton axes dropped), read without inflating the data."""
     from ..errors import RadGenomeError
 
-    where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+    try:
+        shape = tuple(int(s) for s in NiftiFile.open(item).header.get_data_shape())
+    except RadGenomeError as exc:
+        raise MalformedFileError(_where(item), f"mask {name!r} is not a readable NIfTI file ({exc})") from exc
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise MalformedFileError(
+            _where(item), f"mask {name!r} is not a readable NIfTI file ({exc}); re-extract or re-download it"
+        ) from exc
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _load_nifti_mask(
+    item: str | os.PathLike | bytes, name: str, grid: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes. With ``grid``, a header
+    that claims another grid raises :class:`ShapeMismatchError` naming this file before any voxel is inflated
+    (a small ``.nii.gz`` can claim gigabytes of zeros)."""
+    from ..errors import RadGenomeError
+
+    where = _where(item)
+    if grid is not None:
+        claimed = _mask_header_shape(item, name)
+        if claimed != tuple(int(g) for g in grid):
+            raise ShapeMismatchError(
+                f"{where}: mask {name!r} has shape {claimed} but its volume's grid is {tuple(grid)}; every mask "
+                "must be on its volume's grid (re-export this structure)"
+            )
     try:
         # the one NIfTI reader: the header's claimed size is checked against the data before anything is
         # allocated, and the gzip CRC is verified
@@ -350,18 +382,25 @@ class PackedMasks:
     ) -> "PackedMasks":
         """Pack upstream per-structure NIfTI files (paths, or raw ``.nii.gz`` bytes such as tar members).
 
-        Keys are structure names (``"lung nodule.nii.gz"`` is fine: names are normalised). The grid and affine
-        come from the first file (or ``shape`` when given); any other shape raises :class:`ShapeMismatchError`.
+        Keys are structure names (``"lung nodule.nii.gz"`` is fine: names are normalised). The grid is ``shape``
+        (the volume's, when known), else the grid most of the files' headers claim; every header is checked
+        against it before its voxels are inflated, and a file on another grid raises :class:`ShapeMismatchError`
+        naming that file. The affine comes from the first file.
         """
+        if shape is None and len(files) > 1:
+            from collections import Counter
+
+            claims = Counter(_mask_header_shape(item, normalize_name(n)) for n, item in files.items())
+            shape = claims.most_common(1)[0][0]
         out: PackedMasks | None = None if shape is None else cls(shape)
         for raw_name, item in files.items():
             name = normalize_name(raw_name)
-            arr, affine = _load_nifti_mask(item, name)
+            arr, affine = _load_nifti_mask(item, name, None if out is None else out.shape)
             if out is None:
                 out = cls(arr.shape, affine)
             elif len(out) == 0 and shape is not None:
                 out.affine = affine
-            where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+            where = _where(item)
             if tuple(arr.shape) != out.shape:
                 raise ShapeMismatchError(
                     f"{where}: mask {name!r} has shape {tuple(arr.shape)} but the volume's masks have "
@@ -594,16 +633,24 @@ class PackedMasks:
 
         path = Path(path)
         with atomic_path(path) as tmp:
-            pq.write_table(self.to_arrow(volume_name), tmp, compression="zstd")
+            # page checksums (CRC32, verified by load): a flipped bit is an error, never other voxels
+            pq.write_table(self.to_arrow(volume_name), tmp, compression="zstd", write_page_checksum=True)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, volume_name: str | None = None) -> "PackedMasks":
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save` (its page checksums verified)."""
         import pyarrow.parquet as pq
 
+        from ..errors import MissingVolumeError
+
+        if not os.path.isfile(path):
+            raise MissingVolumeError(
+                f"{path}: packed-masks file is missing (was the mask cache under $RADGENOME_CACHE deleted after the "
+                "dataset was prepared?); load the dataset again with download_mode='force_redownload' to re-pack it"
+            )
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(path, page_checksum_verification=True)
         except Exception as exc:
             raise MalformedFileError(path, f"not a packed-masks parquet file ({exc}); rebuild it") from exc
         missing = set(masks_schema().names) - set(table.column_names) - {"bit_order"}  # absent in older files
