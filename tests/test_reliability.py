@@ -361,3 +361,68 @@ def test_a_volume_replaced_by_one_on_another_grid_is_refused_on_the_next_load(fo
     write_nifti(vol, np.zeros((20, 20, 10), np.int16), np.eye(4))
     with pytest.raises(ShapeMismatchError, match=r"\(20, 20, 10\)"):
         datasets.load_dataset("radgenome", "segmentation", **kw)
+
+
+# --------------------------------------------------------------------------------------------- publish (4, 5)
+@pytest.fixture(scope="module")
+def hub():
+    from radgenome_hf.testing.hub_server import HubServer
+
+    with HubServer() as server, server.patch_client():
+        yield server
+
+
+def test_a_release_that_fails_verification_never_moves_main(hub, tmp_path):
+    """Before: publishing to the default branch ``main`` exited 1 without a tag, but ``main`` pointed at the broken
+    commit and ``load_dataset(repo)`` failed for everyone. Now the commit is staged on its own branch and verified
+    there; ``main`` moves only to a verified tree."""
+    from test_publish import _load_back, make_release
+
+    from radgenome_hf.publish.hub import PublishVerificationError, publish_release
+
+    repo = "radgenome/never-broken"
+    folder = make_release(tmp_path / "rel")
+    good = publish_release(folder, repo, tag="v1.0", endpoint=hub.endpoint, token=hub.token)
+    assert hub.head(repo, "main") == good.commit == hub.head(repo, "v1.0")
+    before = hub.files(repo, "main")
+    (folder / "vqa" / "train-00000-of-00001.parquet").write_bytes(b"PAR1 this shard does not load PAR1")
+    with pytest.raises(PublishVerificationError) as e:
+        publish_release(folder, repo, tag="v1.1", endpoint=hub.endpoint, token=hub.token)
+    assert hub.head(repo, "main") == good.commit and hub.files(repo, "main") == before
+    assert e.value.report.verification.revision != good.commit  # the staged commit was the one checked
+    assert "'main' was not moved" in str(e.value)
+    assert hub.head(repo, "v1.1") is None
+    refs = hub._repos[("dataset", repo)]
+    assert set(refs.branches) == {"main"}  # the staging branch is gone
+    got = _load_back(hub, tmp_path / "home", repo, "vqa", "main")
+    assert len(got["auth"]["train"]) == 5  # users still load the previous, verified release
+
+
+def test_a_verified_release_moves_the_branch_to_the_verified_tree(hub, tmp_path):
+    from test_publish import make_release
+
+    from radgenome_hf.publish.hub import publish_release
+
+    repo = "radgenome/staged-ok"
+    r = publish_release(make_release(tmp_path / "rel"), repo, tag="v1.0", endpoint=hub.endpoint, token=hub.token)
+    assert r.verification.ok and hub.head(repo, "main") == r.commit == hub.head(repo, "v1.0")
+    assert hub.files(repo, "main") == hub.files(repo, r.verification.revision)
+    assert set(hub._repos[("dataset", repo)].branches) == {"main"}
+
+
+def test_an_http_error_listing_the_tree_is_a_hub_error_not_a_name_error(hub, tmp_path):
+    """Before: ``_remote_files`` caught ``HfHubHTTPError`` without importing it: ``NameError`` on any 5xx."""
+    from test_publish import make_release
+
+    from radgenome_hf.errors import HubAccessError
+    from radgenome_hf.publish.hub import publish_release
+
+    repo = "radgenome/tree-500"
+    folder = make_release(tmp_path / "rel")
+    publish_release(folder, repo, endpoint=hub.endpoint, token=hub.token, verify=False)
+    hub.fail_next("tree", status=500, times=10)
+    try:
+        with pytest.raises(HubAccessError, match="listing the files of radgenome/tree-500"):
+            publish_release(folder, repo, endpoint=hub.endpoint, token=hub.token, verify=False)
+    finally:
+        hub._failures.clear()
