@@ -426,3 +426,50 @@ def test_an_http_error_listing_the_tree_is_a_hub_error_not_a_name_error(hub, tmp
             publish_release(folder, repo, endpoint=hub.endpoint, token=hub.token, verify=False)
     finally:
         hub._failures.clear()
+
+
+# ------------------------------------------------------------------------------------- hostile inputs (9)
+def _tar_with(path: Path, members: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in members.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("member", [
+    "train_anatomy_mask/seg_train_1_a_1/../seg_train_1_a_1/pwned.nii.gz",
+    "/train_anatomy_mask/seg_train_1_a_1/absmask.nii.gz",
+])
+def test_dotdot_and_absolute_members_are_refused_not_packed(tmp_path, member):
+    """Before: they became structures (``pwned``, ``absmask``) although the README says they are refused."""
+    from radgenome_hf.errors import UnsafeArchiveError
+    from radgenome_hf.io.archives import iter_masks
+
+    ok = write_nifti(tmp_path / "m.nii.gz", np.ones((8, 8, 4), np.uint8), np.eye(4)).read_bytes()
+    archive = _tar_with(tmp_path / "train_anatomy_mask.tar.gz",
+                        {"train_anatomy_mask/seg_train_1_a_1/lung.nii.gz": ok, member: ok})
+    with pytest.raises(UnsafeArchiveError) as e:
+        list(iter_masks(archive))
+    assert e.value.member == member and "train_anatomy_mask.tar.gz" in str(e.value)
+
+
+def test_build_copy_refuses_a_volume_linked_from_outside_the_release(tmp_path):
+    """Before: ``build --copy`` copied the link's target into the packed release, so ``publish`` uploaded it."""
+    from radgenome_hf.publish.build import build_release
+
+    rel = write_release(tmp_path / "rel", SyntheticConfig(n_train_patients=1, n_valid_patients=1, shape=(16, 16, 8)),
+                        progress=False)
+    stem = rel.volumes[0]
+    vol = next((rel.radgenome_root / "dataset").glob(f"train_preprocessed/**/{stem}.nii.gz"))
+    outside = tmp_path / "elsewhere" / "private.nii.gz"
+    outside.parent.mkdir()
+    os.replace(vol, outside)
+    vol.symlink_to(outside)
+    with pytest.raises(MalformedFileError, match=r"outside the source release"):
+        build_release(rel.root, tmp_path / "out", configs=("segmentation",), link="copy")
+    assert not (tmp_path / "out").exists()

@@ -75,6 +75,8 @@ class _Placer:
         if path in self.done:
             return self.done[path]
         src = Path(path)
+        if kind != "mask":
+            self._check_volume(src)
         if kind == "mask":
             rel = f"masks/{src.parent.name}/{src.name}"
         else:
@@ -96,6 +98,19 @@ class _Placer:
                 shutil.copy2(src, dst)
         self.done[path] = rel
         return rel
+
+    def _check_volume(self, src: Path) -> None:
+        """Only NIfTI files of the source release go into a packed release (and so to the Hub): a link that leads
+        out of it, or a file that is not NIfTI, is refused with an error naming it."""
+        from ..errors import MalformedFileError
+        from ..io.nifti import NiftiFile
+
+        real = src.resolve()
+        roots = [Path(r).resolve() for r in self.roots.values() if r]
+        if not any(real.is_relative_to(r) for r in roots):
+            raise MalformedFileError(src, f"is a link to {real}, outside the source release; refusing to copy it into "
+                                          "the packed release (replace the link by the volume file itself)")
+        NiftiFile.open(real).header  # noqa: B018 - CorruptVolumeError names a file that is not NIfTI
 
 
 def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
@@ -262,7 +277,7 @@ def build_release(
                 (tmp / config).mkdir(exist_ok=True)
                 for i in range(n):
                     pq.write_table(table.slice(i * size, size), tmp / config / f"{split}-{i:05d}-of-{n:05d}.parquet",
-                                   compression="zstd")
+                                   compression="zstd", write_page_checksum=True)
             specs.append(ConfigSpec(
                 name=config,
                 data_files={split: f"{config}/{split}-*.parquet" for split in dd},
