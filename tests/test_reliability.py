@@ -473,3 +473,26 @@ def test_build_copy_refuses_a_volume_linked_from_outside_the_release(tmp_path):
     with pytest.raises(MalformedFileError, match=r"outside the source release"):
         build_release(rel.root, tmp_path / "out", configs=("segmentation",), link="copy")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_packed_release_rebuilt_in_place_is_not_served_from_the_old_cache(tmp_path, monkeypatch):
+    """Before: after ``build --overwrite``, ``load_packed`` and plain ``datasets.load_dataset(folder)`` served the
+    old rows (datasets keys a local folder's cache by the card's patterns, which did not change)."""
+    import datasets
+
+    import radgenome_hf
+    from radgenome_hf.publish.build import build_release
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    rel = write_release(tmp_path / "rel", SyntheticConfig(n_train_patients=2, n_valid_patients=1, shape=(16, 16, 8)),
+                        progress=False)
+    out = tmp_path / "out"
+    build_release(rel.root, out, configs=("vqa",))
+    before = datasets.load_dataset(str(out), "vqa", split="train").num_rows
+    csv = rel.radgenome_root / "dataset" / "radgenome_files" / "train_vqa_abnormality.csv"
+    lines = csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    csv.write_text("".join(lines[:-3]), encoding="utf-8")
+    build_release(rel.root, out, configs=("vqa",), overwrite=True)
+    assert datasets.load_dataset(str(out), "vqa", split="train").num_rows == before - 3
+    assert radgenome_hf.load_packed(str(out), "vqa", split="train").num_rows == before - 3

@@ -6,7 +6,8 @@ The packed release is what :mod:`radgenome_hf.publish` pushes to the Hub. Plain
 
     README.md                         YAML ``configs:`` (one default) + card body from cards/README.template.md
     release_manifest.json             rows per config and split (publish verifies against it)
-    <config>/<split>-0000i-of-0000N.parquet   zstd; N divides by 2, 4 and 8 where the rows allow
+    <config>/<split>-0000i-of-0000N-<digest>.parquet   zstd, page checksums; N divides by 2, 4 and 8 where the
+                                      rows allow; <digest> follows the split's content (see _write_shards)
     volumes/<upstream relative path>  NIfTI files, referenced from rows by relative path (``volume.path``)
     masks/<split>_<kind>/<stem>.masks.parquet  packed masks (bbox + numpy.packbits), referenced from rows
     figures/*.png                     a slice with mask overlays and its grounded sentence; distributions
@@ -111,6 +112,26 @@ class _Placer:
             raise MalformedFileError(src, f"is a link to {real}, outside the source release; refusing to copy it into "
                                           "the packed release (replace the link by the volume file itself)")
         NiftiFile.open(real).header  # noqa: B018 - CorruptVolumeError names a file that is not NIfTI
+
+
+def _write_shards(table: pa.Table, folder: Path, split: str, size: int, n: int) -> str:
+    """Write ``n`` zstd shards with page checksums, named ``<split>-0000i-of-0000N-<digest>.parquet`` where the
+    digest is of the split's bytes; returns the card's glob for them. ``datasets`` keys its cache of a local
+    folder by the card's patterns, not by the files: a pattern that follows the content means a release
+    rebuilt in place is never served from the old Arrow files (unchanged shards keep their names, so a publish
+    still uploads only what changed)."""
+    import hashlib
+
+    paths, h = [], hashlib.sha256()
+    for i in range(n):
+        p = folder / f".{split}-{i:05d}.parquet"
+        pq.write_table(table.slice(i * size, size), p, compression="zstd", write_page_checksum=True)
+        h.update(p.read_bytes())
+        paths.append(p)
+    digest = h.hexdigest()[:12]
+    for i, p in enumerate(paths):
+        p.rename(folder / f"{split}-{i:05d}-of-{n:05d}-{digest}.parquet")
+    return f"{split}-*-{digest}.parquet"
 
 
 def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
@@ -268,6 +289,7 @@ def build_release(
             dd = builder.as_dataset()
             loaded[config] = dd
             tables[config] = {}
+            patterns = {}
             for split, ds in dd.items():
                 # native types only: drop datasets' feature metadata (it names this package's feature types)
                 table = _rewrite(ds.data.table, placer).replace_schema_metadata(None)
@@ -275,12 +297,10 @@ def build_release(
                 size = math.ceil(table.num_rows / _num_shards(table.num_rows, num_shards)) or 1
                 n = max(1, math.ceil(table.num_rows / size))
                 (tmp / config).mkdir(exist_ok=True)
-                for i in range(n):
-                    pq.write_table(table.slice(i * size, size), tmp / config / f"{split}-{i:05d}-of-{n:05d}.parquet",
-                                   compression="zstd", write_page_checksum=True)
+                patterns[split] = _write_shards(table, tmp / config, split, size, n)
             specs.append(ConfigSpec(
                 name=config,
-                data_files={split: f"{config}/{split}-*.parquet" for split in dd},
+                data_files={split: f"{config}/{pattern}" for split, pattern in patterns.items()},
                 default=(config == "vqa"),
                 description=builder.info.description or "",
             ))
