@@ -6,7 +6,7 @@ The packed release is what :mod:`radgenome_hf.publish` pushes to the Hub. Plain
 
     README.md                         YAML ``configs:`` (one default) + card body from cards/README.template.md
     release_manifest.json             rows per config and split (publish verifies against it)
-    <config>/<split>-0000i-of-0000N-<digest>.parquet   zstd, page checksums; N divides by 2, 4 and 8 where the
+    <config>/<split>-<digest>-0000i-of-0000N.parquet   zstd, page checksums; N divides by 2, 4 and 8 where the
                                       rows allow; <digest> follows the split's content (see _write_shards)
     volumes/<upstream relative path>  NIfTI files, referenced from rows by relative path (``volume.path``)
     masks/<split>_<kind>/<stem>.masks.parquet  packed masks (bbox + numpy.packbits), referenced from rows
@@ -115,7 +115,7 @@ class _Placer:
 
 
 def _write_shards(table: pa.Table, folder: Path, split: str, size: int, n: int) -> str:
-    """Write ``n`` zstd shards with page checksums, named ``<split>-0000i-of-0000N-<digest>.parquet`` where the
+    """Write ``n`` zstd shards with page checksums, named ``<split>-<digest>-0000i-of-0000N.parquet`` where the
     digest is of the split's bytes; returns the card's glob for them. ``datasets`` keys its cache of a local
     folder by the card's patterns, not by the files: a pattern that follows the content means a release
     rebuilt in place is never served from the old Arrow files (unchanged shards keep their names, so a publish
@@ -130,8 +130,8 @@ def _write_shards(table: pa.Table, folder: Path, split: str, size: int, n: int) 
         paths.append(p)
     digest = h.hexdigest()[:12]
     for i, p in enumerate(paths):
-        p.rename(folder / f"{split}-{i:05d}-of-{n:05d}-{digest}.parquet")
-    return f"{split}-*-{digest}.parquet"
+        p.rename(folder / f"{split}-{digest}-{i:05d}-of-{n:05d}.parquet")
+    return f"{split}-{digest}-*.parquet"
 
 
 def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
