@@ -496,3 +496,39 @@ def test_a_packed_release_rebuilt_in_place_is_not_served_from_the_old_cache(tmp_
     build_release(rel.root, out, configs=("vqa",), overwrite=True)
     assert datasets.load_dataset(str(out), "vqa", split="train").num_rows == before - 3
     assert radgenome_hf.load_packed(str(out), "vqa", split="train").num_rows == before - 3
+
+
+# ---------------------------------------------------------------------------------- errors that mislead (8)
+def test_a_valid_csv_with_a_2_mb_quoted_field_is_read(tmp_path):
+    """Before: rejected with pyarrow's block-size message ("straddling object") and no row."""
+    from radgenome_hf.io.tables import read_case_disorders
+
+    long = 'a ""quoted"" nodule,\n' * 100_000  # 2 MB, quoted, with escaped quotes: pyarrow needs a bigger block
+    p = tmp_path / "train_case_disorders.csv"
+    p.write_text(f'Volumename,Disorders\ntrain_1_a_1.nii.gz,"{long}"\ntrain_2_a_1.nii.gz,"no findings"\n',
+                 encoding="utf-8")
+    t = read_case_disorders(p)
+    assert t.num_rows == 2 and t["disorders"][0].as_py() == long.replace('""', '"')
+
+
+def test_a_truly_malformed_row_after_a_long_field_is_named(tmp_path):
+    from radgenome_hf.io.tables import read_case_disorders
+
+    long = 'x ""y""\n' * 200_000
+    p = tmp_path / "train_case_disorders.csv"
+    p.write_text(f'Volumename,Disorders\ntrain_1_a_1.nii.gz,"{long}"\ntrain_2_a_1.nii.gz,a,b,c\n', encoding="utf-8")
+    with pytest.raises(MalformedFileError) as e:
+        read_case_disorders(p)
+    assert e.value.row == 2 and "straddl" not in str(e.value)
+
+
+def test_a_million_column_header_is_not_called_empty(tmp_path):
+    """Before: "the file is empty". Now: what the header is, briefly (not a million names)."""
+    from radgenome_hf.io.tables import read_case_disorders
+
+    p = tmp_path / "train_case_disorders.csv"
+    p.write_text(",".join(f"c{i}" for i in range(1_000_000)) + "\n", encoding="utf-8")
+    with pytest.raises(MalformedFileError) as e:
+        read_case_disorders(p)
+    msg = str(e.value)
+    assert "empty" not in msg and "Volumename" in msg and len(msg) < 2000
