@@ -100,3 +100,8 @@ class PublishVerificationError(RadGenomeError):
 
 class UnsafeFileError(RadGenomeError):
     """Reading a file would execute code from it (a pickle); it is read only on explicit request."""
+
+
+class BuildError(RadGenomeError, OSError):
+    """Writing a packed release failed (a full disk, a lost permission, a concurrent build); the previous release
+    is unchanged. An ``OSError`` too, with the ``errno`` of the failure when there was one."""

@@ -532,3 +532,51 @@ def test_a_million_column_header_is_not_called_empty(tmp_path):
         read_case_disorders(p)
     msg = str(e.value)
     assert "empty" not in msg and "Volumename" in msg and len(msg) < 2000
+
+
+_BUILD_FULL_DISK = """
+import resource, signal, sys
+from radgenome_hf.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+sys.exit(main(["build", sys.argv[1], "--data-dir", sys.argv[2], "--configs", "vqa", "--copy"]))
+"""
+
+
+def test_build_on_a_full_disk_is_a_one_line_error(tmp_path):
+    """Before: a traceback (OSError, or datasets' DatasetGenerationError around it)."""
+    rel = write_release(tmp_path / "rel", SyntheticConfig(n_train_patients=2, n_valid_patients=1, shape=(16, 16, 8)),
+                        progress=False)
+    env = {**_env(), "HF_DATASETS_CACHE": str(tmp_path / "hf"), "RADGENOME_CACHE": str(tmp_path / "rc")}
+    r = subprocess.run([sys.executable, "-c", _BUILD_FULL_DISK, str(tmp_path / "out"), str(rel.root)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("radgenome-hf build: error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "File too large" in errors[0] and "unchanged" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_losing_concurrent_build_overwrite_is_a_clear_error_and_keeps_a_release(tmp_path, monkeypatch):
+    """Before: ``OSError: Directory not empty`` as a traceback. Now a RadGenomeError (one CLI line), and ``out``
+    holds the winner's complete release."""
+    from radgenome_hf.errors import RadGenomeError
+    from radgenome_hf.publish import build
+
+    out, tmp = tmp_path / "out", tmp_path / "out.tmp-1"
+    out.mkdir()
+    (out / "README.md").write_text("old")
+    tmp.mkdir()
+    (tmp / "README.md").write_text("ours")
+    real = os.replace
+
+    def racing(src, dst):
+        real(src, dst)
+        if Path(dst).name.startswith("out.old-"):  # the other build swaps its release in right after our move
+            Path(out).mkdir()
+            (out / "README.md").write_text("theirs")
+
+    monkeypatch.setattr(build.os, "replace", racing)
+    with pytest.raises(RadGenomeError, match="another build running at the same time"):
+        build._swap_in(tmp, out)
+    assert (out / "README.md").read_text() == "theirs"

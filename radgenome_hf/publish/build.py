@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import RadGenomeError
+from ..errors import BuildError, RadGenomeError
 from ..hf.schema import CONFIG_NAMES
 
 PATH_COLUMNS = {"volume": ("path",), "mask": ("path",), "masks": ("region", "anatomy")}
@@ -237,9 +237,17 @@ def _swap_in(tmp: Path, out: Path) -> None:
     """Put the finished release under its final name: the old one is renamed aside first, so at every instant
     ``out`` is either the complete old release or the complete new one (never a half-deleted folder)."""
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
+    moved = False
+    try:
+        if out.exists():
+            os.replace(out, old)
+            moved = True
+        os.replace(tmp, out)  # fails (not empty) when a concurrent build swapped its release in meanwhile
+    except OSError as exc:
+        if moved and not out.exists():
+            os.replace(old, out)
+        raise BuildError(f"{out} was replaced by another build running at the same time ({exc.strerror}); "
+                         "this build's output was discarded: run one build at a time") from exc
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -311,8 +319,17 @@ def build_release(
         (tmp / "README.md").write_text(render_card(specs, stats, figures, repo_id=repo_id))
         shutil.rmtree(tmp / ".build-cache", ignore_errors=True)
         _swap_in(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        from datasets.exceptions import DatasetGenerationError
+
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ if isinstance(exc, DatasetGenerationError) else None
+        if isinstance(cause, OSError) and not isinstance(exc, RadGenomeError):
+            # a full disk, a lost permission: also when datasets wraps it in a DatasetGenerationError
+            err = BuildError(f"building {out} failed writing {cause.filename or tmp}: {cause.strerror or cause}; "
+                             f"{out} is unchanged (free space or fix permissions, then run build again)")
+            err.errno = cause.errno
+            raise err from exc
         raise
     files = [p for p in out.rglob("*") if p.is_file()]
     report.files = len(files)
