@@ -580,3 +580,28 @@ def test_the_losing_concurrent_build_overwrite_is_a_clear_error_and_keeps_a_rele
     with pytest.raises(RadGenomeError, match="another build running at the same time"):
         build._swap_in(tmp, out)
     assert (out / "README.md").read_text() == "theirs"
+
+
+_LOAD_FULL_DISK = """
+import resource, signal, sys
+import datasets
+import radgenome_hf
+from radgenome_hf.errors import CacheWriteError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+try:
+    datasets.load_dataset("radgenome", "vqa", data_dir=sys.argv[1], cache_dir=sys.argv[2])
+except CacheWriteError as e:
+    print("CacheWriteError", e.errno, str(e).startswith(sys.argv[2]))
+"""
+
+
+def test_a_full_disk_under_the_datasets_cache_is_named(tmp_path):
+    """Before: ``DatasetGenerationError: An error occurred while generating the dataset``."""
+    rel = write_release(tmp_path / "rel", SyntheticConfig(n_train_patients=3, n_valid_patients=1, shape=(16, 16, 8)),
+                        progress=False)
+    env = {**_env(), "RADGENOME_CACHE": str(tmp_path / "rc")}
+    r = subprocess.run([sys.executable, "-c", _LOAD_FULL_DISK, str(rel.root), str(tmp_path / "hf"), "16000"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-3:] == ["CacheWriteError", "27", "True"], (r.stdout, r.stderr[-3000:])

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._version import __version__
-from ..errors import MalformedFileError, MissingVolumeError, RadGenomeError, ShapeMismatchError
+from ..errors import CacheWriteError, MalformedFileError, MissingVolumeError, RadGenomeError, ShapeMismatchError
 from .features import VolumeFeature, LazyMaskFeature, MaskSetFeature, register_features
 from .schema import CONFIG_NAMES, VQA_TYPES, _DESCRIPTIONS, config_features
 from ..names import HF_SPLIT, Split, VolumeName
@@ -169,6 +169,21 @@ class RadGenome(datasets.ArrowBasedBuilder):
 
         for i, t in enumerate(tables):
             yield Key(i, 0), t
+
+    def _download_and_prepare(self, dl_manager, verification_mode, **kwargs):
+        """datasets' own, with a full disk (or a lost permission) named as such instead of "An error occurred
+        while generating the dataset"."""
+        try:
+            return super()._download_and_prepare(dl_manager, verification_mode, **kwargs)
+        except datasets.exceptions.DatasetGenerationError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, OSError) or isinstance(cause, RadGenomeError):
+                raise
+            err = CacheWriteError(f"{self.cache_dir}: writing the prepared rows failed ({cause.strerror or cause}"
+                                  f"{': ' + str(cause.filename) if cause.filename else ''}); free space there, or "
+                                  "pass cache_dir= on another disk, and load again")
+            err.errno = cause.errno
+            raise err from exc
 
     # -- shared pieces ---------------------------------------------------------------------------------
     def _read(self, release: UpstreamRelease, path: str, reader):
