@@ -292,6 +292,8 @@ def build_release(
             try:
                 builder.download_and_prepare()
             except RadGenomeError as exc:
+                if isinstance(exc, OSError):  # a full disk is no reason to skip a config
+                    raise
                 report.skipped[config] = str(exc)
                 continue
             dd = builder.as_dataset()
@@ -324,7 +326,7 @@ def build_release(
         from datasets.exceptions import DatasetGenerationError
 
         cause = exc if isinstance(exc, OSError) else exc.__cause__ if isinstance(exc, DatasetGenerationError) else None
-        if isinstance(cause, OSError) and not isinstance(exc, RadGenomeError):
+        if isinstance(cause, OSError) and not isinstance(exc, BuildError):
             # a full disk, a lost permission: also when datasets wraps it in a DatasetGenerationError
             err = BuildError(f"building {out} failed writing {cause.filename or tmp}: {cause.strerror or cause}; "
                              f"{out} is unchanged (free space or fix permissions, then run build again)")
