@@ -32,10 +32,10 @@ environment; they are never logged nor written into reports, cards or manifests.
 
 >>> from radgenome_hf.publish.hub import validate_target
 >>> validate_target("org/radgenome", branch="release-v1", tag="v1.0")
->>> validate_target("org/bad name")
+>>> validate_target("org/bad name")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-radgenome_hf.publish.hub.PublishTargetError: invalid repo id 'org/bad name': ...
+radgenome_hf.errors.PublishTargetError: invalid repo id 'org/bad name': ...
 """
 
 from __future__ import annotations
