@@ -152,7 +152,7 @@ def test_two_processes_evicting_each_other_never_fail_a_read(tmp_path):
     """Before: ``Volume.array()`` raised ``FileNotFoundError`` when another process evicted the entry between the
     rename and the stat of ``put_array`` (3 runs of 3). Now a read never fails over a cache."""
     srcs = [str(write_nifti(tmp_path / f"train_{i}_a_1.nii", _ct((24, 24, 12), i), np.eye(4))) for i in range(1, 4)]
-    procs = [subprocess.Popen([sys.executable, "-c", _RACE_CHILD, str(tmp_path / "cache"), "25", *srcs],
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE_CHILD, str(tmp_path / "cache"), "300", *srcs],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
              for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
