@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from radgenome_hf.access import cache as cache_mod
 from radgenome_hf.access.cache import PreparedCache
 from radgenome_hf.access.volume import Volume
 from radgenome_hf.io.nifti import write_nifti
@@ -605,3 +603,35 @@ def test_a_full_disk_under_the_datasets_cache_is_named(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-3:] == ["CacheWriteError", "27", "True"], (r.stdout, r.stderr[-3000:])
+
+
+def test_a_mask_archive_replaced_serves_the_new_masks(tmp_path):
+    """Before (package-version cache key): the rows and packs of the old archive came back."""
+    import tarfile
+
+    import datasets
+
+    import radgenome_hf  # noqa: F401
+
+    rel = write_release(tmp_path / "rel", SyntheticConfig(n_train_patients=1, n_valid_patients=1, shape=SHAPE),
+                        progress=False)
+    kw = dict(data_dir=str(rel.root), cache_dir=str(tmp_path / "hf"), mask_cache_dir=str(tmp_path / "mc"),
+              split="train")
+    row = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
+    region = {s["name"] for s in row["structures"] if s["source"] == "region"}
+    victim = sorted(region)[0]
+    archive = rel.radgenome_root / "dataset" / "train_region_mask.tar.gz"
+    st = archive.stat()
+    new = archive.with_name(".new.tar.gz")
+    with tarfile.open(archive, "r:gz") as src, tarfile.open(new, "w:gz") as dst:
+        for m in src:  # the same archive without one structure's mask
+            if not (m.isreg() and m.name.endswith(f"/{victim}.nii.gz")):
+                dst.addfile(m, src.extractfile(m) if m.isreg() else None)
+    os.replace(new, archive)
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))
+    from radgenome_hf.access import lazymasks
+
+    lazymasks._PACKED_CACHE.clear()
+    row = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
+    names = {s["name"] for s in row["structures"] if s["source"] == "region"}
+    assert names == region - {victim}
