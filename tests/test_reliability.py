@@ -319,28 +319,29 @@ def test_the_wrong_grid_error_names_the_mask_on_the_wrong_grid_without_a_volume(
     assert "b_good" not in str(e.value)
 
 
-def test_a_deleted_mask_cache_is_a_clear_error_and_force_redownload_repacks(folder_release, tmp_path):
-    """Before: "not a packed-masks parquet file … rebuild it" for a file that was simply gone. Now a
-    MissingVolumeError that names it and says how to re-pack; force_redownload then serves masks again."""
+def test_a_deleted_mask_cache_is_packed_again_on_the_next_load(folder_release, tmp_path):
+    """Before: the datasets cache still pointed rows at the deleted packs, and decoding failed with "not a
+    packed-masks parquet file … rebuild it" for a file that was simply gone. Now the next load packs again (the
+    mask cache's token is part of the rows' cache key), and rows still held from before the deletion fail with a
+    MissingVolumeError that names the file and says how to re-pack."""
     import shutil
 
     import datasets
 
     import radgenome_hf  # noqa: F401
+    from radgenome_hf.access import lazymasks
 
     kw = dict(data_dir=str(folder_release.root), cache_dir=str(tmp_path / "hf"),
               mask_cache_dir=str(tmp_path / "mc"), split="train")
-    row = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
-    name = row["structures"][0]["name"]
-    assert row["masks"].mask(name).any()
+    held = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
+    name = held["structures"][0]["name"]
+    assert held["masks"].mask(name).any()
     shutil.rmtree(tmp_path / "mc")
-    row = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
-    from radgenome_hf.access import lazymasks
-
     lazymasks._PACKED_CACHE.clear()
-    with pytest.raises(MissingVolumeError, match="force_redownload"):
-        row["masks"].mask(name)
-    row = datasets.load_dataset("radgenome", "segmentation", download_mode="force_redownload", **kw)[0]
+    with pytest.raises(MissingVolumeError, match="load the dataset again") as e:
+        held["masks"].mask(name)
+    assert ".masks.parquet" in str(e.value)
+    row = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
     assert row["masks"].mask(name).any()
 
 

@@ -646,8 +646,8 @@ class PackedMasks:
 
         if not os.path.isfile(path):
             raise MissingVolumeError(
-                f"{path}: packed-masks file is missing (was the mask cache under $RADGENOME_CACHE deleted after the "
-                "dataset was prepared?); load the dataset again with download_mode='force_redownload' to re-pack it"
+                f"{path}: packed-masks file is missing (was the mask cache under $RADGENOME_CACHE deleted after these "
+                "rows were loaded?); load the dataset again: a new load packs the masks again"
             )
         try:
             table = pq.read_table(path, page_checksum_verification=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -131,6 +132,39 @@ def source_identity(source: MaskSource) -> str:
             st = os.stat(p)
             h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def cache_token(cache_root: str | os.PathLike | None = None) -> str:
+    """A random token kept in the mask cache folder, made on first use: it changes when the folder is deleted, so
+    rows prepared against packs that are gone are prepared (and packed) again. ``""`` when the folder cannot be
+    written (nothing is packed there either).
+
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> cache_token(root) == cache_token(root) != ""
+    True
+    """
+    folder = Path(cache_root) / "masks" if cache_root else masks_cache_root()
+    path = folder / ".token"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return ""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".token.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.write_text(secrets.token_hex(8), encoding="ascii")
+        try:
+            os.link(tmp, path)  # fails if another process made it first: its token is the one
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
 
 
 def _iter_volumes(source: MaskSource, progress: bool) -> Iterator[tuple[str, dict[str, object]]]:

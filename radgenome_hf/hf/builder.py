@@ -118,11 +118,14 @@ class RadGenome(datasets.ArrowBasedBuilder):
         builder_config, config_id = super()._create_builder_config(
             config_name=config_name, custom_features=custom_features, config_id=config_id, **config_kwargs
         )
+        from ..access.maskstore import cache_token
+
         try:
             fingerprint = self._release_of(builder_config).fingerprint()
         except RadGenomeError:  # no release here: preparing will raise the error that says what to do
             return builder_config, config_id
-        return builder_config, f"{config_id}-{fingerprint}"
+        # the mask cache's token too: rows point at packs there, and a deleted cache must be packed again
+        return builder_config, f"{config_id}-{fingerprint}{cache_token(builder_config.mask_cache_dir)[:8]}"
 
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
