@@ -636,3 +636,27 @@ def test_a_mask_archive_replaced_serves_the_new_masks(tmp_path):
     row = datasets.load_dataset("radgenome", "segmentation", **kw)[0]
     names = {s["name"] for s in row["structures"] if s["source"] == "region"}
     assert names == region - {victim}
+
+
+@pytest.mark.parametrize("where", ["page payload", "a third in"])
+def test_a_damaged_shard_of_a_packed_release_is_an_error_naming_it(tmp_path, monkeypatch, where):
+    """Before: pyarrow's "Invalid number of indices: 0" or "ZSTD decompression failed" inside datasets' "An error
+    occurred while generating the dataset", naming no file (the page checksums were never verified)."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    import radgenome_hf
+    from radgenome_hf.publish.build import build_release
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    rel = write_release(tmp_path / "rel", SyntheticConfig(n_train_patients=2, n_valid_patients=1, shape=(16, 16, 8)),
+                        progress=False)
+    out = tmp_path / "out"
+    build_release(rel.root, out, configs=("vqa",), num_shards=1)
+    shard = next((out / "vqa").glob("train-*.parquet"))
+    col = pq.read_metadata(shard).row_group(0).column(1)  # the question strings
+    end = (col.dictionary_page_offset or col.data_page_offset) + col.total_compressed_size
+    _flip(shard, end - 3 if where == "page payload" else len(shard.read_bytes()) // 3, 2)
+    with pytest.raises(MalformedFileError, match="damaged") as e:
+        radgenome_hf.load_packed(str(out), "vqa", split="train")
+    assert e.value.path == str(shard)
