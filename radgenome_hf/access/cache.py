@@ -20,6 +20,10 @@ Writes go to a unique temporary name and are published with ``os.replace`` (safe
 writing the same key); the total size is bounded, evicting the least recently used files. Whole-array
 readers memory-map the file, so an eviction racing with a reader does not break it; crops read the touched
 chunks with plain reads (faster cold and warm), and a crop racing with an eviction is a miss (``None``).
+What the cache writes is checksummed (xxh3-64 per chunk of a ``.b2nd``, over header + payload of a ``.b2f``) and
+verified on every read: a damaged entry is dropped and is a miss. Any other problem reading an entry is a miss
+too, and :meth:`PreparedCache.store` (what :class:`~radgenome_hf.access.volume.Volume` writes with) warns once
+instead of failing: a cache never fails a read, the caller decodes the source.
 blosc2's NDArray slicing holds the GIL, so chunked reads do not overlap across threads; frame reads do.
 
 >>> import numpy as np, tempfile
@@ -75,8 +79,8 @@ def source_identity(source: str | os.PathLike | bytes) -> str:
     """A string that changes whenever the source's content may have changed.
 
     Local file: resolved path + size + mtime_ns + inode + ctime_ns (a rewrite that restores size and mtime still
-    changes the ctime, which no user can set back; a replacement by rename changes the inode). Raw bytes: their BLAKE2 hash. ``hf://…@<40-hex sha>/path``: the
-    URL itself (a pinned revision is immutable). Other URLs: the URL plus fsspec's ``ukey`` (a hash of the
+    changes the ctime, which no user can set back; a replacement by rename changes the inode). Raw bytes: their
+    BLAKE2 hash. ``hf://…@<40-hex sha>/path``: the URL itself (a pinned revision is immutable). Other URLs: the URL plus fsspec's ``ukey`` (a hash of the
     remote file's info: size, etag/blob id, …).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
