@@ -246,21 +246,27 @@ def _where(item: object) -> str:
     return "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
 
 
-def _mask_header_shape(item: str | os.PathLike | bytes, name: str) -> tuple[int, ...]:
-    """The grid a mask file's header claims (trailing singleton axes dropped), read without inflating the data."""
+def _unreadable(item: object, name: str, exc: Exception) -> MalformedFileError:
     from ..errors import RadGenomeError
 
-    try:
-        shape = tuple(int(s) for s in NiftiFile.open(item).header.get_data_shape())
-    except RadGenomeError as exc:
-        raise MalformedFileError(_where(item), f"mask {name!r} is not a readable NIfTI file ({exc})") from exc
-    except Exception as exc:  # nibabel raises many types for bad files
-        raise MalformedFileError(
-            _where(item), f"mask {name!r} is not a readable NIfTI file ({exc}); re-extract or re-download it"
-        ) from exc
+    hint = "" if isinstance(exc, RadGenomeError) else "; re-extract or re-download it"
+    return MalformedFileError(_where(item), f"mask {name!r} is not a readable NIfTI file ({exc}){hint}")
+
+
+def _claimed_grid(f: NiftiFile) -> tuple[int, ...]:
+    """The grid a header claims, trailing singleton axes dropped (the voxels are not read)."""
+    shape = tuple(int(s) for s in f.header.get_data_shape())
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     return shape
+
+
+def _mask_header_shape(item: str | os.PathLike | bytes, name: str) -> tuple[int, ...]:
+    """The grid a mask file's header claims, read without inflating the data."""
+    try:
+        return _claimed_grid(NiftiFile.open(item))
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise _unreadable(item, name, exc) from exc
 
 
 def _load_nifti_mask(
@@ -269,28 +275,24 @@ def _load_nifti_mask(
     """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes. With ``grid``, a header
     that claims another grid raises :class:`ShapeMismatchError` naming this file before any voxel is inflated
     (a small ``.nii.gz`` can claim gigabytes of zeros)."""
-    from ..errors import RadGenomeError
-
     where = _where(item)
-    if grid is not None:
-        claimed = _mask_header_shape(item, name)
-        if claimed != tuple(int(g) for g in grid):
-            raise ShapeMismatchError(
-                f"{where}: mask {name!r} has shape {claimed} but its volume's grid is {tuple(grid)}; every mask "
-                "must be on its volume's grid (re-export this structure)"
-            )
     try:
         # the one NIfTI reader: the header's claimed size is checked against the data before anything is
         # allocated, and the gzip CRC is verified
         f = NiftiFile.open(item)
+        claimed = _claimed_grid(f) if grid is not None else None
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise _unreadable(item, name, exc) from exc
+    if claimed is not None and claimed != tuple(int(g) for g in grid):  # type: ignore[arg-type]
+        raise ShapeMismatchError(
+            f"{where}: mask {name!r} has shape {claimed} but its volume's grid is {tuple(grid)}; every mask "  # type: ignore[arg-type]
+            "must be on its volume's grid (re-export this structure)"
+        )
+    try:
         arr = apply_rescale(f.read_raw(), *f.slope_inter())
         affine = f.affine
-    except RadGenomeError as exc:
-        raise MalformedFileError(where, f"mask {name!r} is not a readable NIfTI file ({exc})") from exc
     except Exception as exc:  # nibabel raises many types for bad files
-        raise MalformedFileError(
-            where, f"mask {name!r} is not a readable NIfTI file ({exc}); re-extract or re-download it"
-        ) from exc
+        raise _unreadable(item, name, exc) from exc
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3 or 0 in arr.shape:
