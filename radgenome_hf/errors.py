@@ -100,3 +100,13 @@ class PublishVerificationError(RadGenomeError):
 
 class UnsafeFileError(RadGenomeError):
     """Reading a file would execute code from it (a pickle); it is read only on explicit request."""
+
+
+class BuildError(RadGenomeError, OSError):
+    """Writing a packed release failed (a full disk, a lost permission, a concurrent build); the previous release
+    is unchanged. An ``OSError`` too, with the ``errno`` of the failure when there was one."""
+
+
+class CacheWriteError(RadGenomeError, OSError):
+    """Writing the prepared rows into the ``datasets`` cache failed (a full disk, a lost permission); the message
+    names the cache folder. An ``OSError`` too, with the ``errno`` of the failure."""

@@ -242,23 +242,57 @@ def _pack(mask: np.ndarray, source: str) -> _Packed:
     return _Packed(bb, _pack_bits(crop), int(np.count_nonzero(crop)), source)
 
 
-def _load_nifti_mask(item: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes."""
+def _where(item: object) -> str:
+    return "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+
+
+def _unreadable(item: object, name: str, exc: Exception) -> MalformedFileError:
     from ..errors import RadGenomeError
 
-    where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+    hint = "" if isinstance(exc, RadGenomeError) else "; re-extract or re-download it"
+    return MalformedFileError(_where(item), f"mask {name!r} is not a readable NIfTI file ({exc}){hint}")
+
+
+def _claimed_grid(f: NiftiFile) -> tuple[int, ...]:
+    """The grid a header claims, trailing singleton axes dropped (the voxels are not read)."""
+    shape = tuple(int(s) for s in f.header.get_data_shape())
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _mask_header_shape(item: str | os.PathLike | bytes, name: str) -> tuple[int, ...]:
+    """The grid a mask file's header claims, read without inflating the data."""
+    try:
+        return _claimed_grid(NiftiFile.open(item))
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise _unreadable(item, name, exc) from exc
+
+
+def _load_nifti_mask(
+    item: str | os.PathLike | bytes, name: str, grid: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) of one mask file given as a path or raw ``.nii``/``.nii.gz`` bytes. With ``grid``, a header
+    that claims another grid raises :class:`ShapeMismatchError` naming this file before any voxel is inflated
+    (a small ``.nii.gz`` can claim gigabytes of zeros)."""
+    where = _where(item)
     try:
         # the one NIfTI reader: the header's claimed size is checked against the data before anything is
         # allocated, and the gzip CRC is verified
         f = NiftiFile.open(item)
+        claimed = _claimed_grid(f) if grid is not None else None
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise _unreadable(item, name, exc) from exc
+    if claimed is not None and claimed != tuple(int(g) for g in grid):  # type: ignore[arg-type]
+        raise ShapeMismatchError(
+            f"{where}: mask {name!r} has shape {claimed} but its volume's grid is {tuple(grid)}; every mask "  # type: ignore[arg-type]
+            "must be on its volume's grid (re-export this structure)"
+        )
+    try:
         arr = apply_rescale(f.read_raw(), *f.slope_inter())
         affine = f.affine
-    except RadGenomeError as exc:
-        raise MalformedFileError(where, f"mask {name!r} is not a readable NIfTI file ({exc})") from exc
     except Exception as exc:  # nibabel raises many types for bad files
-        raise MalformedFileError(
-            where, f"mask {name!r} is not a readable NIfTI file ({exc}); re-extract or re-download it"
-        ) from exc
+        raise _unreadable(item, name, exc) from exc
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3 or 0 in arr.shape:
@@ -350,18 +384,25 @@ class PackedMasks:
     ) -> "PackedMasks":
         """Pack upstream per-structure NIfTI files (paths, or raw ``.nii.gz`` bytes such as tar members).
 
-        Keys are structure names (``"lung nodule.nii.gz"`` is fine: names are normalised). The grid and affine
-        come from the first file (or ``shape`` when given); any other shape raises :class:`ShapeMismatchError`.
+        Keys are structure names (``"lung nodule.nii.gz"`` is fine: names are normalised). The grid is ``shape``
+        (the volume's, when known), else the grid most of the files' headers claim; every header is checked
+        against it before its voxels are inflated, and a file on another grid raises :class:`ShapeMismatchError`
+        naming that file. The affine comes from the first file.
         """
+        if shape is None and len(files) > 1:
+            from collections import Counter
+
+            claims = Counter(_mask_header_shape(item, normalize_name(n)) for n, item in files.items())
+            shape = claims.most_common(1)[0][0]
         out: PackedMasks | None = None if shape is None else cls(shape)
         for raw_name, item in files.items():
             name = normalize_name(raw_name)
-            arr, affine = _load_nifti_mask(item, name)
+            arr, affine = _load_nifti_mask(item, name, None if out is None else out.shape)
             if out is None:
                 out = cls(arr.shape, affine)
             elif len(out) == 0 and shape is not None:
                 out.affine = affine
-            where = "<bytes>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+            where = _where(item)
             if tuple(arr.shape) != out.shape:
                 raise ShapeMismatchError(
                     f"{where}: mask {name!r} has shape {tuple(arr.shape)} but the volume's masks have "
@@ -624,16 +665,24 @@ class PackedMasks:
 
         path = Path(path)
         with atomic_path(path) as tmp:
-            pq.write_table(self.to_arrow(volume_name), tmp, compression="zstd")
+            # page checksums (CRC32, verified by load): a flipped bit is an error, never other voxels
+            pq.write_table(self.to_arrow(volume_name), tmp, compression="zstd", write_page_checksum=True)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, volume_name: str | None = None) -> "PackedMasks":
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save` (its page checksums verified)."""
         import pyarrow.parquet as pq
 
+        from ..errors import MissingVolumeError
+
+        if not os.path.isfile(path):
+            raise MissingVolumeError(
+                f"{path}: packed-masks file is missing (was the mask cache under $RADGENOME_CACHE deleted after these "
+                "rows were loaded?); load the dataset again: a new load packs the masks again"
+            )
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(path, page_checksum_verification=True)
         except Exception as exc:
             raise MalformedFileError(path, f"not a packed-masks parquet file ({exc}); rebuild it") from exc
         missing = set(masks_schema().names) - set(table.column_names) - {"bit_order"}  # absent in older files

@@ -5,13 +5,16 @@ tar.gz cut into ``_aa``, ``_ab``… parts). An archive cannot be seeked, so it i
 structure goes into the packed form (:class:`~radgenome_hf.access.masks.PackedMasks`: bbox + packed bits), one parquet file
 per (volume, kind) under the cache. Rows then decode masks from those files, never from the archive.
 
-The store is keyed by the source's fingerprint (file sizes and mtimes), so a changed source is packed again.
+The store is keyed by the source's fingerprint (file sizes, mtimes, inodes and ctimes), so a changed source is
+packed again. Each mask's header is checked against its volume's grid (when the volume is there) before its voxels
+are inflated.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -78,26 +81,42 @@ class MaskStore:
         root.mkdir(parents=True, exist_ok=True)
         index: dict[str, dict] = {}
         for stem, files in _iter_volumes(source, progress=progress):
-            index[stem] = _pack_one(root, stem, kind, files)
+            index[stem] = _pack_one(root, stem, kind, files, _volume_grid(release, stem))
         write_text(index_file, json.dumps(index))
         return cls(root, index)
 
 
-def _pack_one(root: Path, stem: str, kind: MaskKind, files: dict[str, object]) -> dict:
+def _volume_grid(release: UpstreamRelease, stem: str) -> tuple[int, int, int] | None:
+    """The grid of a local volume from its header alone (``None`` when the volume is not here: the masks' own
+    majority grid is used then)."""
+    from ..io.nifti import NiftiFile
+
+    try:
+        path = release.radgenome_volume(stem)
+    except Exception:  # noqa: BLE001 - a name this release cannot place
+        return None
+    if path is None or "://" in path or not os.path.isfile(path):
+        return None
+    return NiftiFile.open(path).shape  # CorruptVolumeError names the volume
+
+
+def _pack_one(root: Path, stem: str, kind: MaskKind, files: dict[str, object],
+              grid: tuple[int, int, int] | None = None) -> dict:
     from .masks import PackedMasks
 
     from ..ontology import normalize_name
 
     # structure order is by name, whatever order the folder listing or archive had
     ordered = dict(sorted(files.items(), key=lambda kv: normalize_name(kv[0])))
-    packed = PackedMasks.from_nifti_files(ordered, source=kind)
+    packed = PackedMasks.from_nifti_files(ordered, source=kind, shape=grid)
     out = root / f"{stem}.masks.parquet"
     packed.save(out)
     return {"names": list(packed.names), "shape": list(packed.shape)}
 
 
 def source_identity(source: MaskSource) -> str:
-    """A fingerprint of a mask source that changes when its files change (names, sizes, mtimes)."""
+    """A fingerprint of a mask source that changes when its files change (names, sizes, mtimes, inodes, ctimes:
+    an archive replaced by one with the same size and mtime still changes its inode or ctime)."""
     from .masks import BIT_ORDER
 
     # the bit order is part of the key, so packs written in an older, slower order are packed again
@@ -107,11 +126,45 @@ def source_identity(source: MaskSource) -> str:
             for root, _dirs, files in os.walk(p):
                 for f in sorted(files):
                     st = os.stat(os.path.join(root, f))
-                    h.update(f"{os.path.relpath(os.path.join(root, f), p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+                    h.update(f"{os.path.relpath(os.path.join(root, f), p)}|{st.st_size}|{st.st_mtime_ns}|"
+                             f"{st.st_ino}|{st.st_ctime_ns}".encode())
         else:
             st = os.stat(p)
-            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def cache_token(cache_root: str | os.PathLike | None = None) -> str:
+    """A random token kept in the mask cache folder, made on first use: it changes when the folder is deleted, so
+    rows prepared against packs that are gone are prepared (and packed) again. ``""`` when the folder cannot be
+    written (nothing is packed there either).
+
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> cache_token(root) == cache_token(root) != ""
+    True
+    """
+    folder = Path(cache_root) / "masks" if cache_root else masks_cache_root()
+    path = folder / ".token"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return ""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".token.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.write_text(secrets.token_hex(8), encoding="ascii")
+        try:
+            os.link(tmp, path)  # fails if another process made it first: its token is the one
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
 
 
 def _iter_volumes(source: MaskSource, progress: bool) -> Iterator[tuple[str, dict[str, object]]]:

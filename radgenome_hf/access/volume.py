@@ -266,7 +266,7 @@ class Volume:
             if arr is None:
                 arr = apply_rescale(self._nifti().read_raw(), *self._rescale())
                 if self._cache is not None:
-                    self._cache.put_array(self._cache_key_for(), arr)
+                    self._cache.store(self._cache_key_for(), arr)  # a failed write warns once, never fails the read
             self._array = arr
         return self._array if dtype is None else self._array.astype(dtype, copy=False)
 

@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RadGenomeError as exc:
         print(f"radgenome-hf {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a lost permission: the file and the reason, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"radgenome-hf {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._version import __version__
-from ..errors import MalformedFileError, MissingVolumeError, RadGenomeError, ShapeMismatchError
+from ..errors import CacheWriteError, MalformedFileError, MissingVolumeError, RadGenomeError, ShapeMismatchError
 from .features import VolumeFeature, LazyMaskFeature, MaskSetFeature, register_features
 from .schema import CONFIG_NAMES, VQA_TYPES, _DESCRIPTIONS, config_features
 from ..names import HF_SPLIT, Split, VolumeName
@@ -120,11 +120,14 @@ class RadGenome(datasets.ArrowBasedBuilder):
         builder_config, config_id = super()._create_builder_config(
             config_name=config_name, custom_features=custom_features, config_id=config_id, **config_kwargs
         )
+        from ..access.maskstore import cache_token
+
         try:
             fingerprint = self._release_of(builder_config).fingerprint()
         except RadGenomeError:  # no release here: preparing will raise the error that says what to do
             return builder_config, config_id
-        return builder_config, f"{config_id}-{fingerprint}"
+        # the mask cache's token too: rows point at packs there, and a deleted cache must be packed again
+        return builder_config, f"{config_id}-{fingerprint}{cache_token(builder_config.mask_cache_dir)[:8]}"
 
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
@@ -171,6 +174,21 @@ class RadGenome(datasets.ArrowBasedBuilder):
 
         for i, t in enumerate(tables):
             yield Key(i, 0), t
+
+    def _download_and_prepare(self, dl_manager, verification_mode, **kwargs):
+        """datasets' own, with a full disk (or a lost permission) named as such instead of "An error occurred
+        while generating the dataset"."""
+        try:
+            return super()._download_and_prepare(dl_manager, verification_mode, **kwargs)
+        except datasets.exceptions.DatasetGenerationError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, OSError) or isinstance(cause, RadGenomeError):
+                raise
+            err = CacheWriteError(f"{self.cache_dir}: writing the prepared rows failed ({cause.strerror or cause}"
+                                  f"{': ' + str(cause.filename) if cause.filename else ''}); free space there, or "
+                                  "pass cache_dir= on another disk, and load again")
+            err.errno = cause.errno
+            raise err from exc
 
     # -- shared pieces ---------------------------------------------------------------------------------
     def _read(self, release: UpstreamRelease, path: str, reader):

@@ -150,15 +150,47 @@ def load_packed(path_or_repo: str | os.PathLike, config: str = "vqa", *args: Any
         ds[0]["volume"]     # Volume(...), downloaded on first decode
     """
     import datasets
+    import pyarrow.dataset as pds
 
     register()
     path = os.fspath(path_or_repo)
-    ds = datasets.load_dataset(path, config, *args, revision=revision, **kwargs)
+    # the release's shards carry page checksums (publish/build.py): verify them, so a damaged shard is an error
+    kwargs.setdefault("fragment_scan_options", pds.ParquetFragmentScanOptions(page_checksum_verification=True))
+    try:
+        ds = datasets.load_dataset(path, config, *args, revision=revision, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as exc:
+        damaged = _damaged_shard(path, config, exc)
+        if damaged is None:
+            raise
+        raise damaged from exc
     if os.path.isdir(path):
         base = os.path.abspath(path)
     else:
         base = f"hf://datasets/{path}@{revision or 'main'}"
     return lazy(ds, base)
+
+
+def _damaged_shard(path: str, config: str, exc: BaseException) -> Exception | None:
+    """A MalformedFileError naming the shard that does not read (a page checksum or its decompression fails),
+    or ``None`` when no shard is to blame. The error of datasets names no file: each is read again to find it."""
+    from ..errors import MalformedFileError
+
+    cause = exc.__cause__
+    if not isinstance(cause, OSError):
+        return None
+    if "checksum" in str(cause).lower() and not os.path.isdir(path):
+        return MalformedFileError(f"{path} ({config} shards)", f"damaged: a page fails its checksum ({cause}); "
+                                  "download the release again")
+    import glob
+
+    import pyarrow.parquet as pq
+
+    for f in sorted(glob.glob(os.path.join(path, config, "*.parquet"))):
+        try:
+            pq.read_table(f, page_checksum_verification=True)
+        except OSError as bad:
+            return MalformedFileError(f, f"damaged ({bad}); download or build the release again")
+    return None
 
 
 def load_dataset_builder(config: str = "vqa", **kwargs: Any):

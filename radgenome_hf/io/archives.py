@@ -455,7 +455,8 @@ def iter_members(
     ``source``: a :class:`MaskSource`, a ``.tar.gz`` path, a split base path / part / list of parts, a folder
     (names relative to the folder's parent, like archive members), or a binary stream. ``select(name)``
     decides before anything is read: a skipped member is inflated (gzip cannot seek) but never held in
-    memory. Links, devices and folders are not yielded. Use :func:`names.parse_mask_member` (or
+    memory. Links, devices and folders are not yielded; an absolute or ``..`` member name raises
+    :class:`~radgenome_hf.errors.UnsafeArchiveError`. Use :func:`names.parse_mask_member` (or
     :func:`iter_masks`) to interpret names. A corrupt or truncated archive raises :class:`MalformedFileError`
     naming it; gzip detects some corruption only at the end (CRC), so treat the whole pass as failed then.
     ``progress``: show a tqdm bar of compressed bytes (``None`` = only on a TTY).
@@ -475,6 +476,7 @@ def iter_members(
         for member in _stream_members(tf, label):
             if not member.isreg():
                 continue
+            _check_name(label, member.name)
             name = _clean(member.name)
             if select is not None and not select(name):
                 continue
@@ -552,16 +554,21 @@ def read_member(source: ArchiveLike, name: str) -> bytes:
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-def _check_member(label: str, member: tarfile.TarInfo, target: Path) -> Path:
-    """Raise UnsafeArchiveError unless ``member`` is a regular file or folder that stays inside ``target``."""
-    raw = member.name
+def _check_name(label: str, raw: str) -> None:
+    """Raise UnsafeArchiveError for a member name that is empty, absolute or climbs with ``..`` (extracted or
+    not: such a member is never a mask either)."""
     if not raw or "\x00" in raw:
         raise UnsafeArchiveError(label, raw, "empty or NUL in the name")
     if raw.startswith(("/", "\\")) or _DRIVE.match(raw):
         raise UnsafeArchiveError(label, raw, "absolute path")
-    parts = re.split(r"[/\\]", raw)
-    if ".." in parts:
+    if ".." in re.split(r"[/\\]", raw):
         raise UnsafeArchiveError(label, raw, "'..' in the path")
+
+
+def _check_member(label: str, member: tarfile.TarInfo, target: Path) -> Path:
+    """Raise UnsafeArchiveError unless ``member`` is a regular file or folder that stays inside ``target``."""
+    raw = member.name
+    _check_name(label, raw)
     if member.issym() or member.islnk():
         raise UnsafeArchiveError(label, raw, f"link to {member.linkname!r} (links are never extracted)")
     if member.ischr() or member.isblk():

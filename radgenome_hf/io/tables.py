@@ -194,8 +194,12 @@ def _label(source: Source) -> str:
     return "<stream>"
 
 
-def _csv_options(header: Sequence[str], *, use_threads: bool, handler=None):
-    read = pacsv.ReadOptions(use_threads=use_threads)
+_BLOCK = 1 << 20  # pyarrow's default block size; a row (or the header) must fit in one block
+_MAX_BLOCK = 1 << 30
+
+
+def _csv_options(header: Sequence[str], *, use_threads: bool, handler=None, block_size: int = _BLOCK):
+    read = pacsv.ReadOptions(use_threads=use_threads, block_size=block_size)
     parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=handler)
     convert = pacsv.ConvertOptions(
         column_types={c: pa.string() for c in header},
@@ -214,14 +218,39 @@ def _open_input(source: Source):
     return source
 
 
-def _parse_error_row(source: Source, header: Sequence[str]) -> int | None:
+def _rewind(source: Source) -> bool:
+    """Whether ``source`` can be read again from its start (paths always; streams when seekable)."""
+    if isinstance(source, (str, os.PathLike)):
+        return True
+    seek = getattr(source, "seek", None)
+    seekable = getattr(source, "seekable", lambda: False)
+    if seek is None or not seekable():
+        return False
+    seek(0)
+    return True
+
+
+def _too_big_for_a_block(msg: str) -> bool:
+    # a quoted field longer than the block (escaped quotes in it make pyarrow need the whole field in one block)
+    return "straddling" in msg
+
+
+def _header_too_long(source: Source) -> bool:
+    """Whether the first block holds no line end: a header of more than 1 MiB (never one of this release's)."""
+    if not _rewind(source):
+        return False
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            head = f.read(_BLOCK)
+    else:
+        head = source.read(_BLOCK)
+    return len(head) >= _BLOCK and b"\n" not in head and b"\r" not in head
+
+
+def _parse_error_row(source: Source, header: Sequence[str], block_size: int = _BLOCK) -> int | None:
     """Re-parse single-threaded to learn the physical line of a malformed row (error path only)."""
-    if not isinstance(source, (str, os.PathLike)):
-        seek = getattr(source, "seek", None)
-        seekable = getattr(source, "seekable", lambda: False)
-        if seek is None or not seekable():
-            return None
-        seek(0)
+    if not _rewind(source):
+        return None
     rows: list[int] = []
 
     def handler(row) -> str:
@@ -229,7 +258,7 @@ def _parse_error_row(source: Source, header: Sequence[str]) -> int | None:
             rows.append(row.number)
         return "error"
 
-    read, parse, convert = _csv_options(header, use_threads=False, handler=handler)
+    read, parse, convert = _csv_options(header, use_threads=False, handler=handler, block_size=block_size)
     try:
         pacsv.read_csv(_open_input(source), read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, OSError):
@@ -237,22 +266,46 @@ def _parse_error_row(source: Source, header: Sequence[str]) -> int | None:
     return rows[0] - 1 if rows else None  # physical line (header = line 1) -> data row
 
 
+def _read_csv(source: Source, header: Sequence[str]) -> tuple[pa.Table, int]:
+    """(table, block size used): pyarrow's 1 MiB blocks first; a valid file with a longer row or header is read
+    again with blocks 8x larger, up to the file's size (1 GiB for a stream)."""
+    block = _BLOCK
+    limit = os.path.getsize(source) + 1 if isinstance(source, (str, os.PathLike)) and os.path.isfile(source) \
+        else _MAX_BLOCK
+    while True:
+        read, parse, convert = _csv_options(header, use_threads=True, block_size=block)
+        try:
+            table = pacsv.read_csv(_open_input(source), read_options=read, parse_options=parse,
+                                   convert_options=convert)
+            table.column_names  # noqa: B018 - decoded lazily: a non-UTF-8 header fails here
+            return table, block
+        except pa.ArrowInvalid as e:
+            if not _too_big_for_a_block(str(e)) or block >= limit or not _rewind(source):
+                e.block_size = block  # type: ignore[attr-defined]
+                raise
+            block = min(block * 8, limit)
+
+
 def _read_strings(source: Source, header: Sequence[str]) -> pa.Table:
     """Read a CSV whose header must be exactly ``header``; every column comes back as a string column."""
     label = _label(source)
-    read, parse, convert = _csv_options(header, use_threads=True)
     try:
-        table = pacsv.read_csv(_open_input(source), read_options=read, parse_options=parse, convert_options=convert)
-        names = table.column_names  # pyarrow decodes header names lazily: a non-UTF-8 header fails here
+        table, _ = _read_csv(source, header)
+        names = table.column_names
     except UnicodeDecodeError as e:
         raise MalformedFileError(label, f"the header line is not UTF-8 text ({e.reason} at byte {e.start})") from e
     except pa.ArrowInvalid as e:
         msg = str(e)
+        if "Empty CSV file" in msg and _header_too_long(source):
+            raise MalformedFileError(
+                label, f"the header line is longer than {_BLOCK >> 20} MiB (is this a CSV of this release?); expected "
+                f"the header {','.join(header)}"
+            ) from e
         if "Empty CSV file" in msg:
             raise MalformedFileError(
                 label, f"the file is empty (or its header line is incomplete); expected the header {','.join(header)}"
             ) from e
-        row = _parse_error_row(source, header)
+        row = _parse_error_row(source, header, getattr(e, "block_size", _BLOCK))
         raise MalformedFileError(
             label,
             f"not a valid CSV table ({msg.replace('CSV parse error: ', '')}); every row must have "
@@ -269,9 +322,10 @@ def _read_strings(source: Source, header: Sequence[str]) -> pa.Table:
         else:
             column = next(h for h, n in zip(header, names) if h != n)
             what = "columns are in the wrong order"
+        got = ",".join(names[:40]) + (f",… ({len(names)} columns)" if len(names) > 40 else "")
         raise MalformedFileError(
             label,
-            f"wrong header: {what}. Expected exactly {','.join(header)!r}, got {','.join(names)!r} "
+            f"wrong header: {what}. Expected exactly {','.join(header)!r}, got {got!r} "
             "(is this the right file? RadGenome files key volumes by 'Volumename', CT-RATE files by 'VolumeName')",
             column=column,
         )

@@ -6,7 +6,8 @@ The packed release is what :mod:`radgenome_hf.publish` pushes to the Hub. Plain
 
     README.md                         YAML ``configs:`` (one default) + card body from cards/README.template.md
     release_manifest.json             rows per config and split (publish verifies against it)
-    <config>/<split>-0000i-of-0000N.parquet   zstd; N divides by 2, 4 and 8 where the rows allow
+    <config>/<split>-<digest>-0000i-of-0000N.parquet   zstd, page checksums; N divides by 2, 4 and 8 where the
+                                      rows allow; <digest> follows the split's content (see _write_shards)
     volumes/<upstream relative path>  NIfTI files, referenced from rows by relative path (``volume.path``)
     masks/<split>_<kind>/<stem>.masks.parquet  packed masks (bbox + numpy.packbits), referenced from rows
     figures/*.png                     a slice with mask overlays and its grounded sentence; distributions
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import RadGenomeError
+from ..errors import BuildError, RadGenomeError
 from ..hf.schema import CONFIG_NAMES
 
 PATH_COLUMNS = {"volume": ("path",), "mask": ("path",), "masks": ("region", "anatomy")}
@@ -75,6 +76,8 @@ class _Placer:
         if path in self.done:
             return self.done[path]
         src = Path(path)
+        if kind != "mask":
+            self._check_volume(src)
         if kind == "mask":
             rel = f"masks/{src.parent.name}/{src.name}"
         else:
@@ -96,6 +99,39 @@ class _Placer:
                 shutil.copy2(src, dst)
         self.done[path] = rel
         return rel
+
+    def _check_volume(self, src: Path) -> None:
+        """Only NIfTI files of the source release go into a packed release (and so to the Hub): a link that leads
+        out of it, or a file that is not NIfTI, is refused with an error naming it."""
+        from ..errors import MalformedFileError
+        from ..io.nifti import NiftiFile
+
+        real = src.resolve()
+        roots = [Path(r).resolve() for r in self.roots.values() if r]
+        if not any(real.is_relative_to(r) for r in roots):
+            raise MalformedFileError(src, f"is a link to {real}, outside the source release; refusing to copy it into "
+                                          "the packed release (replace the link by the volume file itself)")
+        NiftiFile.open(real).header  # noqa: B018 - CorruptVolumeError names a file that is not NIfTI
+
+
+def _write_shards(table: pa.Table, folder: Path, split: str, size: int, n: int) -> str:
+    """Write ``n`` zstd shards with page checksums, named ``<split>-<digest>-0000i-of-0000N.parquet`` where the
+    digest is of the split's bytes; returns the card's glob for them. ``datasets`` keys its cache of a local
+    folder by the card's patterns, not by the files: a pattern that follows the content means a release
+    rebuilt in place is never served from the old Arrow files (unchanged shards keep their names, so a publish
+    still uploads only what changed)."""
+    import hashlib
+
+    paths, h = [], hashlib.sha256()
+    for i in range(n):
+        p = folder / f".{split}-{i:05d}.parquet"
+        pq.write_table(table.slice(i * size, size), p, compression="zstd", write_page_checksum=True)
+        h.update(p.read_bytes())
+        paths.append(p)
+    digest = h.hexdigest()[:12]
+    for i, p in enumerate(paths):
+        p.rename(folder / f"{split}-{digest}-{i:05d}-of-{n:05d}.parquet")
+    return f"{split}-{digest}-*.parquet"
 
 
 def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
@@ -201,9 +237,17 @@ def _swap_in(tmp: Path, out: Path) -> None:
     """Put the finished release under its final name: the old one is renamed aside first, so at every instant
     ``out`` is either the complete old release or the complete new one (never a half-deleted folder)."""
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
+    moved = False
+    try:
+        if out.exists():
+            os.replace(out, old)
+            moved = True
+        os.replace(tmp, out)  # fails (not empty) when a concurrent build swapped its release in meanwhile
+    except OSError as exc:
+        if moved and not out.exists():
+            os.replace(old, out)
+        raise BuildError(f"{out} was replaced by another build running at the same time ({exc.strerror}); "
+                         "this build's output was discarded: run one build at a time") from exc
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -248,11 +292,14 @@ def build_release(
             try:
                 builder.download_and_prepare()
             except RadGenomeError as exc:
+                if isinstance(exc, OSError):  # a full disk is no reason to skip a config
+                    raise
                 report.skipped[config] = str(exc)
                 continue
             dd = builder.as_dataset()
             loaded[config] = dd
             tables[config] = {}
+            patterns = {}
             for split, ds in dd.items():
                 # native types only: drop datasets' feature metadata (it names this package's feature types)
                 table = _rewrite(ds.data.table, placer).replace_schema_metadata(None)
@@ -260,12 +307,10 @@ def build_release(
                 size = math.ceil(table.num_rows / _num_shards(table.num_rows, num_shards)) or 1
                 n = max(1, math.ceil(table.num_rows / size))
                 (tmp / config).mkdir(exist_ok=True)
-                for i in range(n):
-                    pq.write_table(table.slice(i * size, size), tmp / config / f"{split}-{i:05d}-of-{n:05d}.parquet",
-                                   compression="zstd")
+                patterns[split] = _write_shards(table, tmp / config, split, size, n)
             specs.append(ConfigSpec(
                 name=config,
-                data_files={split: f"{config}/{split}-*.parquet" for split in dd},
+                data_files={split: f"{config}/{pattern}" for split, pattern in patterns.items()},
                 default=(config == "vqa"),
                 description=builder.info.description or "",
             ))
@@ -276,8 +321,17 @@ def build_release(
         (tmp / "README.md").write_text(render_card(specs, stats, figures, repo_id=repo_id))
         shutil.rmtree(tmp / ".build-cache", ignore_errors=True)
         _swap_in(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        from datasets.exceptions import DatasetGenerationError
+
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ if isinstance(exc, DatasetGenerationError) else None
+        if isinstance(cause, OSError) and not isinstance(exc, BuildError):
+            # a full disk, a lost permission: also when datasets wraps it in a DatasetGenerationError
+            err = BuildError(f"building {out} failed writing {cause.filename or tmp}: {cause.strerror or cause}; "
+                             f"{out} is unchanged (free space or fix permissions, then run build again)")
+            err.errno = cause.errno
+            raise err from exc
         raise
     files = [p for p in out.rglob("*") if p.is_file()]
     report.files = len(files)

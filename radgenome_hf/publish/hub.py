@@ -9,16 +9,22 @@ Flow of :func:`publish_release`:
    (``list_repo_tree(recursive=True)`` gives ``lfs.sha256`` / ``blob_id``) -> add / update / delete /
    unchanged. Only added and changed files are sent; remote files absent locally are deleted
    (``.gitattributes`` is kept). ``dry_run=True`` stops here and returns the plan;
-4. upload large files in batches with ``HfApi.preupload_lfs_files`` (nothing is visible yet), then ONE
-   ``create_commit`` with ``parent_commit`` = the head read in step 2. An interrupted or failed push
-   therefore leaves the branch exactly as it was; re-running it re-uses the LFS objects already
-   uploaded (the Hub reports them present and the client skips them), and a concurrent commit on the
-   branch makes the commit fail (412) instead of silently overwriting it;
-5. verify the new commit by loading every config of the README YAML ``configs:`` back with
+4. **stage**: upload large files in batches with ``HfApi.preupload_lfs_files`` (nothing is visible yet),
+   then ONE ``create_commit`` on a fresh staging branch (``publish-staging-<hex>``, started at the head
+   read in step 2), so the published branch does not move yet;
+5. **verify** the staged commit by loading every config of the README YAML ``configs:`` back with
    ``datasets.load_dataset(repo_id, config, revision=<commit sha>)`` in a fresh process with a fresh
    cache (what a user sees), compare row counts with ``release_manifest.json`` when the folder has
-   one (``{"configs": {"vqa": {"train": N, ...}}}``), decode a few rows per split;
-6. tag the commit (``create_tag``) only if verification passed.
+   one (``{"configs": {"vqa": {"train": N, ...}}}``), decode a few rows per split. A release that does not
+   verify never reaches the branch: users of ``main`` keep loading the previous revision;
+6. **move**: the same operations are committed on the branch with ``parent_commit`` = the head read in
+   step 2 (the large files are already on the Hub: nothing is sent twice), and the new commit's tree is
+   checked to be the staged, verified one. An interrupted or failed push therefore leaves the branch
+   exactly as it was; re-running it re-uses the LFS objects already uploaded, and a concurrent commit on
+   the branch makes the move fail (412) instead of silently overwriting it. The staging branch is deleted;
+7. tag the commit (``create_tag``) only if verification passed.
+
+With ``verify=False`` there is nothing to stage for: step 4 commits on the branch directly.
 
 Nothing here is specific to the test server: ``endpoint=None`` means the real Hub (or ``HF_ENDPOINT``).
 Tokens are passed to ``huggingface_hub`` and, for verification, to the child process through its
@@ -26,7 +32,7 @@ environment; they are never logged nor written into reports, cards or manifests.
 
 >>> from radgenome_hf.publish.hub import validate_target
 >>> validate_target("org/radgenome", branch="release-v1", tag="v1.0")
->>> validate_target("org/bad name")
+>>> validate_target("org/bad name")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
 radgenome_hf.errors.PublishTargetError: invalid repo id 'org/bad name': ...
@@ -34,11 +40,13 @@ radgenome_hf.errors.PublishTargetError: invalid repo id 'org/bad name': ...
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
 import re
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -440,6 +448,54 @@ class PublishReport:
         return "\n".join(lines)
 
 
+def _run_verify(verify: Callable[..., Any] | bool, repo_id: str, revision: str | None, folder: Path, api: Any,
+                endpoint: str | None, token: str | bool | None) -> Verification:
+    if callable(verify):
+        res = verify(repo_id=repo_id, revision=revision, folder=folder, api=api)
+        return res if isinstance(res, Verification) else Verification(
+            ok=bool(res), revision=revision, method=getattr(verify, "__name__", "custom"),
+            errors=[] if res else ["custom verification returned False"])
+    return verify_release(repo_id, revision, folder, endpoint=endpoint, token=token)
+
+
+def _drop_branch(api: Any, repo_id: str, name: str | None) -> None:
+    """Delete a staging branch; best effort (a leftover one is harmless: it is nobody's revision)."""
+    if name is None:
+        return
+    try:
+        api.delete_branch(repo_id, branch=name, repo_type="dataset")
+    except Exception as e:  # noqa: BLE001 - the publish itself has succeeded or failed already
+        logger.warning("could not delete the staging branch %s of %s: %s", name, repo_id, hub_error(e, "deleting"))
+
+
+def _move_branch(api: Any, repo_id: str, branch: str, head: str | None, staged: str, adds: list[Any],
+                 dels: list[Any], msg: str, desc: str) -> tuple[str, str]:
+    """Commit the verified operations on ``branch`` on top of ``head``; check the result is the staged tree."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    again = []
+    for op in adds:  # the same files, already uploaded: no re-hash, no re-upload
+        op2 = copy.copy(op)
+        op2._is_committed = False
+        again.append(op2)
+    try:
+        info_c = api.create_commit(repo_id, operations=[*again, *(copy.copy(d) for d in dels)], commit_message=msg,
+                                   commit_description=desc, repo_type="dataset", revision=branch,
+                                   parent_commit=head)
+    except HfHubHTTPError as e:
+        err = hub_error(e, f"moving {repo_id}@{branch} to the verified release")
+        raise HubAccessError(f"{err} -- {branch!r} still points at {head}; the verified release is commit {staged}; "
+                             "re-run publish") from None
+
+    def tree(rev: str) -> dict[str, str | None]:
+        return {p: getattr(f, "blob_id", None) for p, f in _remote_files(api, repo_id, rev).items()}
+
+    if tree(info_c.oid) != tree(staged):
+        raise HubAccessError(f"{repo_id}@{branch}: commit {info_c.oid} does not hold the verified tree of {staged} "
+                             "(the branch changed meanwhile?); check the branch and re-run publish")
+    return info_c.oid, info_c.commit_url
+
+
 def _batches(items: list[Any], max_files: int, max_bytes: int) -> Iterable[list[Any]]:
     batch: list[Any] = []
     size = 0
@@ -559,7 +615,10 @@ def publish_release(
     if dry_run:
         return report
 
-    # 3. upload (invisible until the commit) then one commit on top of `head`
+    # 3. stage (upload, then one commit on a staging branch), 4. verify there, 5. move the branch
+    msg = commit_message or (f"Publish release {tag}" if tag else "Publish release")
+    desc = commit_description if commit_description is not None else plan.summary(max_files=50)
+    revision = head
     if plan.has_changes:
         adds = []
         for c in plan.to_upload:
@@ -567,38 +626,43 @@ def publish_release(
             op.upload_info.sha256 = bytes.fromhex(c.sha256)  # already hashed while planning
             adds.append(op)
         dels = [CommitOperationDelete(path_in_repo=c.path, is_folder=False) for c in plan.of("delete")]
+        staging = f"publish-staging-{secrets.token_hex(6)}" if verify is not False else None
+        target = staging or branch
         try:
+            if staging is not None:
+                api.create_branch(repo_id, branch=staging, revision=head, repo_type="dataset")
             with tqdm(total=sum(op.upload_info.size for op in adds), unit="B", unit_scale=True,
                       desc="uploading", disable=None) as bar:
                 for batch in _batches(adds, batch_files, batch_bytes):
-                    api.preupload_lfs_files(repo_id, additions=batch, repo_type="dataset", revision=branch)
+                    api.preupload_lfs_files(repo_id, additions=batch, repo_type="dataset", revision=target)
                     bar.update(sum(op.upload_info.size for op in batch))
-            msg = commit_message or (f"Publish release {tag}" if tag else "Publish release")
-            desc = commit_description if commit_description is not None else plan.summary(max_files=50)
             info_c = api.create_commit(repo_id, operations=[*adds, *dels], commit_message=msg,
-                                       commit_description=desc, repo_type="dataset", revision=branch,
+                                       commit_description=desc, repo_type="dataset", revision=target,
                                        parent_commit=head)
         except HfHubHTTPError as e:
-            err = hub_error(e, f"pushing to {repo_id}@{branch}")
+            _drop_branch(api, repo_id, staging)
+            err = hub_error(e, f"pushing to {repo_id}@{target}")
             raise HubAccessError(f"{err} -- nothing was committed: {branch!r} still points at {head}; re-run "
                                  "publish to resume (uploaded large files are reused)") from None
-        report.commit = info_c.oid
-        report.url = info_c.commit_url
+        revision = info_c.oid
+        if staging is None:
+            report.commit, report.url = info_c.oid, info_c.commit_url
+    try:
+        if verify is not False:
+            report.verification = _run_verify(verify, repo_id, revision, folder, api, endpoint, token)
+            if not report.verification.ok:
+                raise PublishVerificationError(
+                    f"{repo_id}@{revision} did not verify, so {branch!r} was not moved (it still points at "
+                    f"{head}) and nothing was tagged:\n" + "\n".join(
+                        f"  - {e}" for e in report.verification.errors), report)
+            if plan.has_changes:
+                report.commit, report.url = _move_branch(api, repo_id, branch, head, revision, adds, dels, msg, desc)
+    finally:
+        if plan.has_changes:
+            _drop_branch(api, repo_id, staging)
     revision = report.commit
 
-    # 4. verify, 5. tag
-    if verify is not False:
-        if callable(verify):
-            res = verify(repo_id=repo_id, revision=revision, folder=folder, api=api)
-            report.verification = res if isinstance(res, Verification) else Verification(
-                ok=bool(res), revision=revision, method=getattr(verify, "__name__", "custom"),
-                errors=[] if res else ["custom verification returned False"])
-        else:
-            report.verification = verify_release(repo_id, revision, folder, endpoint=endpoint, token=token)
-        if not report.verification.ok:
-            raise PublishVerificationError(
-                f"{repo_id}@{revision} did not verify, so it was not tagged:\n" + "\n".join(
-                    f"  - {e}" for e in report.verification.errors), report)
+    # 6. tag
     if tag is not None:
         try:
             if tags.get(tag) != revision:

@@ -573,7 +573,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(501, "this test hub does not implement Xet; set HF_HUB_DISABLE_XET=1")
         if head == "commit" and m == "POST":
             self._body()
-            self._maybe_fail()  # outside the lock: a held request must not block the server
+        self._maybe_fail()  # any API kind (fail_next / hold); outside the lock: a held request must not block
         with hub._lock:
             repo = hub._repo(rtype, repo_id)
             self._check_read(repo)
