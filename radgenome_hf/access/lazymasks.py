@@ -195,6 +195,17 @@ class MaskSet:
                 out[box[0]][box[1]] = value
         return out
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """``np.asarray(mask_set)`` (what ``ds.with_format("numpy" | "torch")`` convert): the label map of the
+        anatomy masks (the region masks when there are none), value ``i + 1`` for the ``i``-th name."""
+        anatomy = self.anatomy
+        names = list(anatomy.names) if anatomy is not None and len(anatomy.names) else list(
+            self.region.names if self.region is not None else ())
+        if not names:
+            raise ValueError(f"{self!r} holds no structures: there is no label map to convert")
+        a = self.label_map(names)
+        return a if dtype is None else a.astype(dtype)
+
     def __repr__(self) -> str:  # names the files; reading them is left to the first mask asked for
         def name(path: str | None) -> str | None:
             return None if path is None else path.rsplit("/", 1)[-1]

@@ -119,9 +119,12 @@ _WRITE_BEHIND_MIN = 16 << 20
 _writer_lock = threading.Lock()
 
 
-def write_behind(cache: "PreparedCache", key: str, arr: np.ndarray, *, layout: str | None = None) -> bool:
+def write_behind(
+    cache: "PreparedCache", key: str, arr: np.ndarray, *, layout: str | None = None, copy: bool = False
+) -> bool:
     """Store ``arr`` under ``key`` in a background thread (returns at once; arrays under 16 MiB are written at
-    once). ``False`` when the writer is busy and the write was dropped. ``arr`` must not change afterwards (pass a read-only or fresh array)."""
+    once). ``False`` when the writer is busy and the write was dropped. ``arr`` must not change until written:
+    pass ``copy=True`` for an array the caller may modify (copied only when the write is accepted)."""
     global _writer
     if arr.nbytes < _WRITE_BEHIND_MIN:  # small arrays compress in a few ms: write now, the entry is there at once
         try:
@@ -134,8 +137,10 @@ def write_behind(cache: "PreparedCache", key: str, arr: np.ndarray, *, layout: s
         if _writer is None or _writer.pid != os.getpid():  # a forked DataLoader worker starts its own thread
             _writer = _Writer()
         w = _writer
+    if w.jobs.full():
+        return False
     try:
-        w.jobs.put_nowait((cache, key, arr, layout))
+        w.jobs.put_nowait((cache, key, arr.copy(order="K") if copy else arr, layout))
         return True
     except queue.Full:
         return False
@@ -281,6 +286,18 @@ class Volume:
         """Local path or URL of the source (``None`` for bytes or arrays)."""
         f = self._file
         return None if f is None or f.kind == "bytes" else f.source  # type: ignore[return-value]
+
+    @property
+    def prepared_cache(self) -> "PreparedCache | None":
+        """The prepared cache this volume reads and fills (``None``: none)."""
+        return self._cache
+
+    def derived_key(self, preset: str, **params: Any) -> str | None:
+        """The prepared-cache key of something computed from this volume (a preset's output, with its
+        parameters), or ``None`` without a cache or a file. Changes whenever the file or its rescale changes."""
+        if self._cache is None or self._file is None or self._file.kind == "bytes":
+            return None
+        return self._cache.key_for(self._cache_key_for().encode(), preset, **params)
 
     @property
     def loaded(self) -> bool:

@@ -63,6 +63,10 @@ class RadGenomeConfig(datasets.BuilderConfig):
         question_templates: ``"auto"`` (upstream ``qa_templates/`` when the release ships them, else this package's
             templates) or ``"radgenome_hf"``.
         progress: show progress bars while preparing.
+        volume_cache: where decoded volumes are kept so that later rows, epochs and crops read only what they
+            need: ``"default"`` (``$RADGENOME_CACHE``, bounded by ``$RADGENOME_CACHE_MAX_BYTES``), a folder, or
+            ``False`` (off: every row decodes its file, apart from the per-process LRU of open volumes).
+            ``None`` means the default: ``load_dataset`` drops config arguments that are ``None``.
     """
 
     radgenome_dir: str | None = None
@@ -73,6 +77,7 @@ class RadGenomeConfig(datasets.BuilderConfig):
     mask_cache_dir: str | None = None
     question_templates: str = "auto"
     progress: bool = True
+    volume_cache: str | bool | None = "default"
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,9 +130,14 @@ class RadGenome(datasets.ArrowBasedBuilder):
         return builder_config, f"{config_id}-{fingerprint}"
 
     def _info(self) -> datasets.DatasetInfo:
+        features = config_features(self.config.name)
+        for feature in features.values():
+            if isinstance(feature, VolumeFeature):
+                c = self.config.volume_cache
+                feature.cache = "none" if c is False else ("default" if c in (None, True) else str(c))
         return datasets.DatasetInfo(
             description=_DESCRIPTIONS[self.config.name],
-            features=config_features(self.config.name),
+            features=features,
             homepage="https://huggingface.co/datasets/RadGenome/RadGenome-ChestCT",
             license="cc-by-4.0 (RadGenome annotations); cc-by-nc-sa-4.0 (CT-RATE volumes and reports)",
         )
