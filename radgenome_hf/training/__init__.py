@@ -30,7 +30,7 @@ _EXPORTS = {
     "slices": ("Plane", "SliceSequence", "SliceSequenced", "slice_indices", "slice_sequence"),
     "regions": ("RegionCrop", "RegionCropd", "region_bbox", "region_crop", "resolve_region_mask"),
     "collate": ("collate_volumes",),
-    "loaders": ("ThreadedVolumeLoader", "dist_info", "make_dataloader", "read_into"),
+    "loaders": ("ThreadedDataLoader", "ThreadedVolumeLoader", "dist_info", "make_dataloader", "read_into"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
