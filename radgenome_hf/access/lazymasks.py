@@ -17,6 +17,7 @@ MaskSet(region=None, anatomy='train_1_a_1.masks.parquet')
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from threading import Lock
 from typing import TYPE_CHECKING, Any, Sequence
@@ -46,7 +47,12 @@ def open_packed_masks(path: str) -> "PackedMasks":
         if hit is not None:
             _PACKED_CACHE.move_to_end(path)
             return hit
-    packed = PackedMasks.load(local_path(path))
+    local = local_path(path)
+    if not os.path.exists(local):  # a folder source's volume, packed on its first use
+        from .maskstore import pack_on_demand
+
+        pack_on_demand(local)
+    packed = PackedMasks.load(local)
     with _PACKED_LOCK:
         _PACKED_CACHE[path] = packed
         while len(_PACKED_CACHE) > _PACKED_CACHE_SIZE:

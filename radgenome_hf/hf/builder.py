@@ -344,6 +344,8 @@ class RadGenome(datasets.ArrowBasedBuilder):
 
     def _table_segmentation(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
         stores = self._masks(release, split)
+        for store in stores.values():  # the structures column needs every bbox: pack what is not, on all cores
+            store.pack_all(progress=self.config.progress)
         stems: list[str] = sorted(
             {s for store in stores.values() for s in store.index}, key=lambda s: VolumeName.parse(s)
         )
