@@ -167,6 +167,10 @@ class Volume:
         self._cache: "PreparedCache | None" = None
         self._cache_key: str | None = None
         self._open_key: str | None = None
+        #: whether a decode of the file is kept for later rows (the process LRU) and written to the prepared
+        #: cache; a preset that caches its own output turns it off (later epochs read that output instead, so
+        #: storing the raw volume too would only cost the first epoch a compression)
+        self.retain = True
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -386,11 +390,11 @@ class Volume:
         if arr is None:
             arr = apply_rescale(self._nifti().read_raw(), *self._rescale())
             arr.flags.writeable = False  # shared by every row of this volume, and queued for the cache writer
-            if self._cache is not None:
+            if self._cache is not None and self.retain:
                 write_behind(self._cache, self._cache_key_for(), arr)
         else:
             arr.flags.writeable = False
-        if shared is not None:
+        if shared is not None and self.retain:
             _OPEN.put(shared, arr)
         return arr
 

@@ -229,7 +229,8 @@ class CTClipd(PresetTransform):
 
     Works on one sample or a datasets batch (``ds.with_transform(CTClipd("volume", output="int16"))``).
     ``cache=True`` (default): the output of a :class:`~radgenome_hf.access.volume.Volume` that has a prepared cache
-    (every row of ``load_dataset`` has one unless ``volume_cache=None``) is stored there, keyed by the volume's
+    (every row of ``load_dataset`` has one unless ``volume_cache=False``) is stored there (and the raw volume is
+    then not: ``Volume.retain``), keyed by the volume's
     identity and this preset's parameters, as a one-shot frame: the next epoch decodes the finished
     480×480×240 grid (GIL-free, no resampling). :meth:`cached_readers` hands such hits to a loader that decodes
     them into reused buffers (:func:`~radgenome_hf.training.make_dataloader`).
@@ -304,14 +305,14 @@ class CTClipd(PresetTransform):
                 d[key] = torch.from_numpy(got)
                 continue
             sp, aff = self._geometry(d, key, d.get(self.spacing_key, self.spacing) if self.spacing_key else self.spacing)
+            if where is not None:
+                d[key].retain = False  # this output is what later epochs read, not the raw volume
             out = ctclip_preprocess(
                 d[key], spacing=sp, affine=aff, rescale=self.rescale, target_spacing=self.target_spacing,
                 target_shape=self.target_shape, output=self.output,
             )
-            if where is not None:
-                from ..access.volume import write_behind
-
-                write_behind(where[0], where[1], out.numpy(), layout="frame", copy=True)
+            if where is not None:  # written now (a loader thread's time): the next epoch finds every output
+                where[0].put_array(where[1], out.numpy(), layout="frame")
             d[key] = out
         for key in self._present(d, self.mask_keys):
             sp, aff = self._geometry(d, key, d.get(self.spacing_key, self.spacing) if self.spacing_key else self.spacing)

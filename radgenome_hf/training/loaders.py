@@ -181,7 +181,7 @@ def make_dataloader(
         return ThreadedDataLoader(
             dataset, batch_size=batch_size, num_threads=max(1, num_workers), sampler=sampler, transform=transform,
             pad_values=pad_values, collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
-            prefetch=max(1, (prefetch_factor or 2) * max(1, num_workers) // max(1, batch_size)),
+            prefetch=max(1, num_workers),  # batches decoded ahead: one per thread keeps both busy
         )
     if collate_fn is not None:
         collate = collate_fn
