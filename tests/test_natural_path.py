@@ -162,3 +162,14 @@ def test_make_dataloader_processes_for_other_transforms_and_streaming_nodes(synt
         for b in make_dataloader(ids, batch_size=4, num_workers=2, rank=rank, world_size=2):
             seen += _ids(b)
     assert sorted(seen) == sorted(zip(vqa["volume_name"], vqa["question"]))  # every row once over the nodes
+
+
+def test_segmentation_with_format_numpy_gives_the_label_map(synthetic_release, tmp_path):
+    ds = datasets.load_dataset("radgenome", "segmentation", data_dir=str(synthetic_release.root), split="train",
+                               cache_dir=str(tmp_path / "hf"), volume_cache=str(tmp_path / "v"))
+    ms = ds[0]["masks"]
+    got = ds.with_format("numpy")[0]["masks"]
+    names = ms.anatomy.names
+    assert got.shape == ds[0]["volume"].shape and got.max() <= len(names)
+    np.testing.assert_array_equal(got, ms.label_map(names))
+    np.testing.assert_array_equal(got > 0, ms.union(names))
