@@ -8,7 +8,9 @@ Three pieces:
 * :func:`make_dataloader` is the recipe for ``datasets`` map-style and streaming (iterable) datasets on one or
   many nodes: each node (rank of ``torch.distributed``, else ``$RANK``/``$WORLD_SIZE``) gets its part with
   ``datasets.distributed.split_dataset_by_node``; each DataLoader worker then reads disjoint shards (``datasets``
-  assigns shards to workers), so every row is read exactly once per epoch.
+  assigns shards to workers), so every row is read exactly once per epoch. With a preset (or no transform) it
+  returns a :class:`ThreadedDataLoader`: threads, cached preset outputs decoded into reused batch buffers;
+  with any other transform a ``DataLoader`` with worker processes.
 
   .. code-block:: python
 
