@@ -322,7 +322,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             res = _run_child(name, common, sub, str(HERE.parent))
         runs.setdefault(name, []).append(res)
-    results = {name: max(rs, key=lambda r: _rate(r, 1) or _rate(r, 0) or 0) for name, rs in runs.items()}
 
     def row(label, res):
         r1, r2 = _rate(res, 0), _rate(res, 1)
@@ -342,11 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in labels.items():
         for k, res in enumerate(runs.get(name, [])):
             row(label + (f" (run {k + 1})" if len(runs[name]) > 1 else ""), res)
-    nat = results.get("natural", {})
-    print("\nRatios below use each path's faster run (the runs above show the spread).")
+    nat = max(runs.get("natural", [{}]), key=lambda r: r.get("peak_rss", 0))
+    print("\nRatios below take each path's faster run for that epoch (the runs above show the spread).")
+
+    def best(name, epoch):
+        rates = [r for r in (_rate(res, epoch) for res in runs.get(name, [])) if r]
+        return max(rates) if rates else None
 
     def ratio(a, ea, b, eb, what):
-        ra, rb = _rate(results.get(a, {}), ea), _rate(results.get(b, {}), eb)
+        ra, rb = best(a, ea), best(b, eb)
         if ra and rb:
             print(f"- {what}: {ra / rb:.2f}x")
 
@@ -365,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio("natural", 1, "today", 1, "epoch 2, ours / today")
     ratio("plain_torch", 1, "natural", 1, "epoch 2, plain torch DataLoader / make_dataloader")
     if nat.get("peak_rss"):
-        print(f"- peak RSS of the 2-worker loop over 2 epochs: {nat['peak_rss'] / 1e9:.2f} GB (target <= 2 GB)")
-    crop_res = results.get("crop")
+        print(f"- peak RSS of the 2-worker loop over 2 epochs (the larger run): {nat['peak_rss'] / 1e9:.2f} GB "
+              "(target <= 2 GB)")
+    crop_res = (runs.get("crop") or [None])[0]
     if crop_res:
         m = crop_res["median_s"]
         print(f"\n## 2. A {'x'.join(map(str, crop))} crop through a fresh row of a touched volume (warm, median of "

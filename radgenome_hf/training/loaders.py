@@ -183,7 +183,8 @@ def make_dataloader(
         return ThreadedDataLoader(
             dataset, batch_size=batch_size, num_threads=max(1, num_workers), sampler=sampler, transform=transform,
             pad_values=pad_values, collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
-            prefetch=max(1, num_workers),  # batches decoded ahead: one per thread keeps both busy
+            # two batches per thread in flight: a thread that finishes before the oldest batch is taken finds work
+            prefetch=2 * max(1, num_workers),
         )
     if collate_fn is not None:
         collate = collate_fn
