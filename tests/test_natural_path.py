@@ -173,3 +173,13 @@ def test_segmentation_with_format_numpy_gives_the_label_map(synthetic_release, t
     assert got.shape == ds[0]["volume"].shape and got.max() <= len(names)
     np.testing.assert_array_equal(got, ms.label_map(names))
     np.testing.assert_array_equal(got > 0, ms.union(names))
+
+
+def test_slice_preset_takes_a_datasets_batch(vqa):
+    from radgenome_hf.training import SliceSequenced
+
+    rows = vqa.select(range(2))
+    batch = rows.with_transform(SliceSequenced("volume", n_slices=4))[0:2]
+    assert len(batch["volume"]) == 2
+    one = SliceSequenced("volume", n_slices=4)(rows[0])["volume"]
+    torch.testing.assert_close(torch.as_tensor(batch["volume"][0]), torch.as_tensor(one), rtol=0, atol=0)
