@@ -119,6 +119,16 @@ _WRITE_BEHIND_MIN = 16 << 20
 _writer_lock = threading.Lock()
 
 
+def _after_fork() -> None:  # a lock held by another thread at fork time would never be released in the child
+    global _writer, _writer_lock
+    _writer, _writer_lock = None, threading.Lock()
+    _OPEN._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 def write_behind(
     cache: "PreparedCache", key: str, arr: np.ndarray, *, layout: str | None = None, copy: bool = False
 ) -> bool:
