@@ -96,6 +96,48 @@ def baseline(root: Path, cache: Path) -> int:
     return len(ds)
 
 
+def pandas_baseline(root: Path, cache: Path) -> int:
+    """pandas.read_csv of every file + ``Dataset.from_pandas`` (no question rendering, no grounding: a floor)."""
+    import datasets
+    import pandas as pd
+
+    files = root / "RadGenome-ChestCT" / "dataset" / "radgenome_files"
+    frames = []
+    for kind in ("abnormality", "location", "presence", "size"):
+        df = pd.read_csv(files / f"train_vqa_{kind}.csv", dtype=str)
+        frames.append(pd.DataFrame({"volume_name": df["Volumename"].str[:-7], "question_type": kind,
+                                    "anatomy": df["Anatomy"], "answer": df.iloc[:, -1]}))
+    df = pd.read_csv(files / "train_case_disorders.csv", dtype=str)
+    frames.append(pd.DataFrame({"volume_name": df["Volumename"].str[:-7], "question_type": "disorders",
+                                "anatomy": "", "answer": df["Disorders"]}))
+    ds = datasets.Dataset.from_pandas(pd.concat(frames, ignore_index=True))
+    ds.save_to_disk(str(cache))  # the Arrow write, as the builders do
+    return len(ds)
+
+
+RUNNERS = {"ours": ours, "baseline": baseline, "pandas": pandas_baseline}
+
+
+def in_child(label: str, root: Path, cache: Path) -> tuple[float, int, int]:
+    """(seconds, rows, peak RSS bytes) of one runner in a fresh process (``os.wait4`` gives that process's
+    own maximum resident set)."""
+    import json
+    import os
+    import subprocess
+
+    code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_prepare_vqa as b; "
+            f"from pathlib import Path; print(json.dumps(b.RUNNERS[{label!r}](Path({str(root)!r}), "
+            f"Path({str(cache)!r}))))")
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    dt = time.perf_counter() - t
+    if status != 0:
+        raise SystemExit(f"{label} failed (status {status})")
+    return dt, int(json.loads(out)), usage.ru_maxrss * 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_300_000)
@@ -108,17 +150,23 @@ def main() -> None:
         t0 = time.perf_counter()
         counts = make_release(tmp / "rel", args.rows)
         print(f"wrote {sum(counts.values()):,} CSV rows in {time.perf_counter() - t0:.1f} s: {counts}")
-        ours_t, base_t = [], []
+        times: dict[str, list[float]] = {k: [] for k in RUNNERS}
+        rss: dict[str, int] = {}
+        import os
+
         for r in range(args.rounds):
-            for label, fn, acc in (("ours", ours, ours_t), ("baseline", baseline, base_t)):
+            for label in RUNNERS:
                 cache = tmp / f"cache-{label}-{r}"
-                t = time.perf_counter()
-                n = fn(tmp / "rel", cache)
-                acc.append(time.perf_counter() - t)
-                print(f"  {label}: {n:,} rows in {acc[-1]:.1f} s")
+                dt, n, peak = in_child(label, tmp / "rel", cache)
+                times[label].append(dt)
+                rss[label] = max(rss.get(label, 0), peak)
+                print(f"  {label}: {n:,} rows in {dt:.1f} s (process start included), peak RSS {peak / 1e6:,.0f} MB, "
+                      f"load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
                 shutil.rmtree(cache, ignore_errors=True)
-        print_comparisons([Comparison(f"prepare vqa ({args.rows:,} CSV rows)", "radgenome builder", ours_t,
-                                      {"csv.DictReader + Dataset.from_generator": base_t})])
+        print_comparisons([Comparison(f"prepare vqa ({args.rows:,} CSV rows)", "radgenome builder", times["ours"],
+                                      {"csv.DictReader + Dataset.from_generator": times["baseline"],
+                                       "pandas.read_csv + Dataset.from_pandas (no questions)": times["pandas"]})])
+        print("peak RSS: " + ", ".join(f"{k} {v / 1e6:,.0f} MB" for k, v in rss.items()) + " (target: ours < 600 MB)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -22,6 +22,8 @@ def main() -> int:
     args = ap.parse_args()
     size = ["--realistic"] if args.realistic else []
     runs = [
+        ["bench_natural.py", *size],
+        ["bench_masks.py"],
         ["bench_access.py", *size],
         ["bench_presets.py", *size],
         ["bench_prepare_vqa.py", "--rows", str(args.vqa_rows)],

@@ -6,7 +6,8 @@ next call sees it.
 | variable | default | what |
 | --- | --- | --- |
 | ``RADGENOME_CACHE`` | ``~/.cache/radgenome_hf`` | root of the package's caches: prepared volumes, packed masks |
-| ``RADGENOME_CACHE_MAX_BYTES`` | 200 GiB | size bound of the prepared-volume cache |
+| ``RADGENOME_CACHE_MAX_BYTES`` | 200 GiB | size bound of the prepared-volume cache (decoded rows, preset outputs) |
+| ``RADGENOME_OPEN_VOLUMES_MAX_BYTES`` | 512 MiB | per-process bound of the decoded volumes kept in memory for later rows |
 | ``RADGENOME_MAX_VOLUME_BYTES`` | 16 GiB | largest decoded volume a header may ask for (larger = corrupt) |
 | ``RADGENOME_LLM_ENDPOINT`` / ``RADGENOME_LLM_MODEL`` | unset | the optional LLM grounding backend |
 | ``RADGENOME_LLM_API_KEY`` (else ``OPENAI_API_KEY``) | unset | its key, sent in a header only |
@@ -27,7 +28,8 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "cache_root", "masks_cache_root", "prepared_cache_max_bytes", "max_volume_bytes", "llm_settings", "dist_env",
+    "cache_root", "masks_cache_root", "prepared_cache_max_bytes", "open_volumes_max_bytes", "max_volume_bytes",
+    "llm_settings", "dist_env",
 ]
 
 
@@ -55,6 +57,12 @@ def masks_cache_root() -> Path:
 def prepared_cache_max_bytes() -> int:
     """``$RADGENOME_CACHE_MAX_BYTES`` or 200 GiB."""
     return _int("RADGENOME_CACHE_MAX_BYTES", 200 << 30)
+
+
+def open_volumes_max_bytes() -> int:
+    """``$RADGENOME_OPEN_VOLUMES_MAX_BYTES`` or 512 MiB: how many bytes of decoded volumes one process keeps, so
+    the many rows of one volume decode it once (``0`` keeps none)."""
+    return _int("RADGENOME_OPEN_VOLUMES_MAX_BYTES", 512 << 20)
 
 
 def max_volume_bytes() -> int:

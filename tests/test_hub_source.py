@@ -86,3 +86,32 @@ def test_packed_release_from_the_hub_decodes_lazily(synthetic_release, tmp_path)
     assert got["mask"].startswith(f"hf://datasets/{repo}@v0.1/masks/")
     assert got["voxels"] == got["count"] > 0
     assert got["shape"] == list(synthetic_release.config.grid_shape)
+
+
+
+def test_fetch_resolves_the_revision_once_and_cached_files_cost_no_request(synthetic_release, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from radgenome_hf.io import hub as hub_io
+
+    repo = "radgenome-test/fetch"
+    files = os.path.join(str(synthetic_release.radgenome_root), "dataset", "radgenome_files")
+    monkeypatch.setattr(hub_io, "_commits", {})
+    monkeypatch.setattr(hub_io, "_fetched", {})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    with HubServer() as hub, hub.patch_client():
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        api.create_repo(repo, repo_type="dataset")
+        api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=files, path_in_repo="csv")
+        urls = [f"hf://datasets/{repo}/csv/{n}" for n in ("train_region_report.csv", "train_vqa_size.csv")]
+        urls.append(f"hf://datasets/{repo}@main/csv/train_vqa_presence.csv")
+        hub.reset_log()
+        paths = [hub_io.fetch(u) for u in urls]
+        first = hub.counts(repo)
+        assert first["repo_info"] == 2  # once for the default branch, once for "main"; not once per file
+        hub.reset_log()
+        again = [hub_io.fetch(u) for u in urls * 5]  # e.g. 15 rows of the same volumes
+        assert again == paths * 5 and sum(hub.counts(repo).values()) == 0, hub.counts(repo)
+    with open(paths[0], "rb") as got, open(os.path.join(files, "train_region_report.csv"), "rb") as want:
+        assert got.read() == want.read()

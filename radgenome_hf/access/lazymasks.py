@@ -17,6 +17,7 @@ MaskSet(region=None, anatomy='train_1_a_1.masks.parquet')
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from threading import Lock
 from typing import TYPE_CHECKING, Any, Sequence
@@ -46,7 +47,12 @@ def open_packed_masks(path: str) -> "PackedMasks":
         if hit is not None:
             _PACKED_CACHE.move_to_end(path)
             return hit
-    packed = PackedMasks.load(local_path(path))
+    local = local_path(path)
+    if not os.path.exists(local):  # a folder source's volume, packed on its first use
+        from .maskstore import pack_on_demand
+
+        pack_on_demand(local)
+    packed = PackedMasks.load(local)
     with _PACKED_LOCK:
         _PACKED_CACHE[path] = packed
         while len(_PACKED_CACHE) > _PACKED_CACHE_SIZE:
@@ -207,6 +213,17 @@ class MaskSet:
             if box is not None:
                 out[box[0]][box[1]] = value
         return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """``np.asarray(mask_set)`` (what ``ds.with_format("numpy" | "torch")`` convert): the label map of the
+        anatomy masks (the region masks when there are none), value ``i + 1`` for the ``i``-th name."""
+        anatomy = self.anatomy
+        names = list(anatomy.names) if anatomy is not None and len(anatomy.names) else list(
+            self.region.names if self.region is not None else ())
+        if not names:
+            raise ValueError(f"{self!r} holds no structures: there is no label map to convert")
+        a = self.label_map(names)
+        return a if dtype is None else a.astype(dtype)
 
     def __repr__(self) -> str:  # names the files; reading them is left to the first mask asked for
         def name(path: str | None) -> str | None:

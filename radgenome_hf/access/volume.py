@@ -8,8 +8,13 @@ The file is read through :class:`~radgenome_hf.io.nifti.NiftiFile` (header check
 decode buffer, crops of ``.nii`` that read only the crop). HU rules (:func:`~radgenome_hf.io.nifti.apply_rescale`):
 the rescale (``scl_slope``/``scl_inter`` from the header, or ``rescale=(slope, intercept)`` given explicitly, which
 then replaces the header's) is applied exactly once; integer data stay integer where the result fits; never
-float64. With a :class:`~radgenome_hf.access.cache.PreparedCache` the decoded HU array is stored once and later
-reads and crops come from it.
+float64. With a :class:`~radgenome_hf.access.cache.PreparedCache` the decoded HU array is stored once (written
+behind, in a background thread, so a first touch costs no more than the decode) and later reads and crops come
+from it.
+
+Every file-backed volume of a process shares one LRU of decoded arrays, keyed by the file's identity (path, size,
+mtime) and bounded by ``$RADGENOME_OPEN_VOLUMES_MAX_BYTES`` (:func:`radgenome_hf.config.open_volumes_max_bytes`):
+the ~50 ``vqa`` rows of one volume inflate its ``.nii.gz`` once. Shared arrays are read-only.
 
 >>> import numpy as np
 >>> v = Volume.from_array(np.zeros((4, 4, 2), np.int16), np.diag([0.75, 0.75, 1.5, 1.0]), name="train_1_a_1")
@@ -21,11 +26,15 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
+from collections import OrderedDict
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from ..config import open_volumes_max_bytes
 from ..errors import MalformedFileError, ShapeMismatchError, UnknownAnatomyError
 from ..io.nifti import NiftiFile, apply_rescale, ctrate_geometry, predict_dtype
 from ..ontology import get_ontology, normalize_name, normalize_path
@@ -37,7 +46,114 @@ if TYPE_CHECKING:  # pragma: no cover
     from .cache import PreparedCache
     from .masks import PackedMasks
 
-__all__ = ["Volume"]
+__all__ = ["Volume", "write_behind", "wait_for_writes", "clear_open_volumes"]
+
+
+class _OpenArrays:
+    """The process's decoded arrays by source identity, least recently used dropped first, bounded in bytes."""
+
+    def __init__(self) -> None:
+        self._items: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+            return arr
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        bound = open_volumes_max_bytes()
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            if arr.nbytes > bound:
+                return
+            self._items[key] = arr
+            self._bytes += arr.nbytes
+            while self._bytes > bound:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+_OPEN = _OpenArrays()
+
+
+def clear_open_volumes() -> None:
+    """Forget the decoded arrays this process keeps (the next read decodes or reads the prepared cache again)."""
+    _OPEN.clear()
+
+
+class _Writer:
+    """One background thread per process that stores arrays into prepared caches, so a read never waits for a
+    compression. At most one array waits (memory stays bounded); a write offered while one waits is dropped,
+    and the entry is written at a later touch."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.jobs: "queue.Queue[tuple[Any, str, np.ndarray, str | None]]" = queue.Queue(maxsize=1)
+        threading.Thread(target=self._run, name="radgenome-cache-writer", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            cache, key, arr, layout = self.jobs.get()
+            try:
+                if key not in cache:
+                    cache.store(key, arr, layout=layout)  # a failed write warns once and is a later miss
+            finally:
+                self.jobs.task_done()
+
+
+_writer: _Writer | None = None
+_WRITE_BEHIND_MIN = 16 << 20
+_writer_lock = threading.Lock()
+
+
+def _after_fork() -> None:  # a lock held by another thread at fork time would never be released in the child
+    global _writer, _writer_lock
+    _writer, _writer_lock = None, threading.Lock()
+    _OPEN._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def write_behind(
+    cache: "PreparedCache", key: str, arr: np.ndarray, *, layout: str | None = None, copy: bool = False
+) -> bool:
+    """Store ``arr`` under ``key`` in a background thread (returns at once; arrays under 16 MiB are written at
+    once). ``False`` when the writer is busy and the write was dropped. ``arr`` must not change until written:
+    pass ``copy=True`` for an array the caller may modify (copied only when the write is accepted)."""
+    global _writer
+    if arr.nbytes < _WRITE_BEHIND_MIN:  # small arrays compress in a few ms: write now, the entry is there at once
+        return key in cache or cache.store(key, arr, layout=layout) is not None
+    with _writer_lock:
+        if _writer is None or _writer.pid != os.getpid():  # a forked DataLoader worker starts its own thread
+            _writer = _Writer()
+        w = _writer
+    if w.jobs.full():
+        return False
+    try:
+        w.jobs.put_nowait((cache, key, arr.copy(order="K") if copy else arr, layout))
+        return True
+    except queue.Full:
+        return False
+
+
+def wait_for_writes() -> None:
+    """Block until the background writes of this process are on disk (tests, benchmarks, before exiting)."""
+    w = _writer
+    if w is not None and w.pid == os.getpid():
+        w.jobs.join()
 
 
 class Volume:
@@ -53,6 +169,11 @@ class Volume:
         self._array: np.ndarray | None = None
         self._cache: "PreparedCache | None" = None
         self._cache_key: str | None = None
+        self._open_key: str | None = None
+        #: whether a decode of the file is kept for later rows (the process LRU) and written to the prepared
+        #: cache; a preset that caches its own output turns it off (later epochs read that output instead, so
+        #: storing the raw volume too would only cost the first epoch a compression)
+        self.retain = True
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -174,6 +295,18 @@ class Volume:
         return None if f is None or f.kind == "bytes" else f.source  # type: ignore[return-value]
 
     @property
+    def prepared_cache(self) -> "PreparedCache | None":
+        """The prepared cache this volume reads and fills (``None``: none)."""
+        return self._cache
+
+    def derived_key(self, preset: str, **params: Any) -> str | None:
+        """The prepared-cache key of something computed from this volume (a preset's output, with its
+        parameters), or ``None`` without a cache or a file. Changes whenever the file or its rescale changes."""
+        if self._cache is None or self._file is None or self._file.kind == "bytes":
+            return None
+        return self._cache.key_for(self._cache_key_for().encode(), preset, **params)
+
+    @property
     def loaded(self) -> bool:
         """Whether the voxel data are in memory."""
         return self._array is not None
@@ -237,9 +370,41 @@ class Volume:
             self._cache_key = self._cache.key_for(self._file.source, "hu", slope=slope, intercept=inter, **extra)  # type: ignore[arg-type]
         return self._cache_key
 
+    def _shared_key(self) -> str | None:
+        """Key of this volume's decoded array in the process LRU (file-backed volumes only)."""
+        if self._open_key is None and self._file is not None and self._file.kind != "bytes":
+            from .cache import source_identity
+
+            try:
+                ident = source_identity(self._file.source)  # type: ignore[arg-type]
+            except OSError:
+                return None
+            self._open_key = f"{ident}|{self._rescale_override}"
+        return self._open_key
+
+    def _decode(self) -> np.ndarray:
+        """The HU array: from the process LRU, else the prepared cache, else the file (then stored in both)."""
+        shared = self._shared_key()
+        arr = _OPEN.get(shared) if shared is not None else None
+        if arr is not None:
+            return arr
+        if self._cache is not None:
+            arr = self._cache.get_array(self._cache_key_for())
+        if arr is None:
+            arr = apply_rescale(self._nifti().read_raw(), *self._rescale())
+            arr.flags.writeable = False  # shared by every row of this volume, and queued for the cache writer
+            if self._cache is not None and self.retain:
+                write_behind(self._cache, self._cache_key_for(), arr)
+        else:
+            arr.flags.writeable = False
+        if shared is not None and self.retain:
+            _OPEN.put(shared, arr)
+        return arr
+
     def array(self, dtype: Any = None, out: np.ndarray | None = None) -> np.ndarray:
         """The whole volume in HU, ``(i, j, k)``, Fortran order (kept in memory; ``release()`` drops it).
 
+        File-backed volumes share a read-only array with the other rows of the same file (copy it to write).
         ``out``: a buffer of the volume's shape and HU dtype to fill and return instead, kept by the caller and
         not by this object. From a prepared cache the volume decodes straight into it, which spares the kernel
         mapping and zeroing a fresh array per call (the loop-over-volumes pattern).
@@ -247,11 +412,12 @@ class Volume:
         if out is not None:
             if dtype is not None:
                 raise ValueError("pass either dtype= or out= (out's dtype is the volume's HU dtype)")
-            if self._array is None and self._cache is not None:
+            shared = self._shared_key()
+            if self._array is None and (shared is None or _OPEN.get(shared) is None) and self._cache is not None:
                 got = self._cache.get_array(self._cache_key_for(), out=out)
                 if got is not None:
                     return got
-            arr = self.array()
+            arr = self._array if self._array is not None else self._decode()
             if out.shape != arr.shape or out.dtype != arr.dtype:
                 raise ValueError(
                     f"out= has shape {out.shape} {out.dtype}, the volume is {arr.shape} {arr.dtype}; "
@@ -260,15 +426,15 @@ class Volume:
             np.copyto(out, arr)
             return out
         if self._array is None:
-            arr = None
-            if self._cache is not None:
-                arr = self._cache.get_array(self._cache_key_for())
-            if arr is None:
-                arr = apply_rescale(self._nifti().read_raw(), *self._rescale())
-                if self._cache is not None:
-                    self._cache.store(self._cache_key_for(), arr)  # a failed write warns once, never fails the read
-            self._array = arr
+            self._array = self._decode()
         return self._array if dtype is None else self._array.astype(dtype, copy=False)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(volume)``: the HU array (what ``ds.with_format("numpy" | "torch")`` convert)."""
+        arr = self.array()
+        if dtype is not None and np.dtype(dtype) != arr.dtype:
+            return arr.astype(dtype)
+        return arr.copy(order="K") if copy else arr
 
     def release(self) -> None:
         """Drop the decoded array (a file-backed volume can decode again later)."""
@@ -286,8 +452,12 @@ class Volume:
         """Voxels inside the half-open ``bbox`` (HU, F order). Reads only what it needs from a cache or ``.nii``."""
         b = self._check_bbox(bbox)
         sl = (slice(b[0], b[3]), slice(b[1], b[4]), slice(b[2], b[5]))
-        if self._array is not None:
-            return self._array[sl].copy(order="K")
+        held = self._array
+        if held is None:
+            shared = self._shared_key()
+            held = _OPEN.get(shared) if shared is not None else None
+        if held is not None:
+            return held[sl].copy(order="K")
         if self._cache is not None:
             got = self._cache.crop(self._cache_key_for(), b)
             if got is not None:
@@ -300,9 +470,13 @@ class Volume:
 
     def tensor(self) -> "torch.Tensor":
         """``torch.from_numpy(array().T)``: a zero-copy ``(k, j, i)`` tensor sharing memory with :meth:`array`."""
+        import warnings
+
         import torch
 
-        return torch.from_numpy(self.array().T)
+        with warnings.catch_warnings():  # a shared read-only array: torch warns that writes would be undefined
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self.array().T)
 
     def region(
         self,

@@ -65,6 +65,10 @@ class RadGenomeConfig(datasets.BuilderConfig):
         question_templates: ``"auto"`` (upstream ``qa_templates/`` when the release ships them, else this package's
             templates) or ``"radgenome_hf"``.
         progress: show progress bars while preparing.
+        volume_cache: where decoded volumes are kept so that later rows, epochs and crops read only what they
+            need: ``"default"`` (``$RADGENOME_CACHE``, bounded by ``$RADGENOME_CACHE_MAX_BYTES``), a folder, or
+            ``False`` (off: every row decodes its file, apart from the per-process LRU of open volumes).
+            ``None`` means the default: ``load_dataset`` drops config arguments that are ``None``.
     """
 
     radgenome_dir: str | None = None
@@ -75,6 +79,7 @@ class RadGenomeConfig(datasets.BuilderConfig):
     mask_cache_dir: str | None = None
     question_templates: str = "auto"
     progress: bool = True
+    volume_cache: str | bool | None = "default"
 
     def __post_init__(self):
         super().__post_init__()
@@ -130,9 +135,14 @@ class RadGenome(datasets.ArrowBasedBuilder):
         return builder_config, f"{config_id}-{fingerprint}{cache_token(builder_config.mask_cache_dir)[:8]}"
 
     def _info(self) -> datasets.DatasetInfo:
+        features = config_features(self.config.name)
+        for feature in features.values():
+            if isinstance(feature, VolumeFeature):
+                c = self.config.volume_cache
+                feature.cache = "none" if c is False else ("default" if c in (None, True) else str(c))
         return datasets.DatasetInfo(
             description=_DESCRIPTIONS[self.config.name],
-            features=config_features(self.config.name),
+            features=features,
             homepage="https://huggingface.co/datasets/RadGenome/RadGenome-ChestCT",
             license="cc-by-4.0 (RadGenome annotations); cc-by-nc-sa-4.0 (CT-RATE volumes and reports)",
         )
@@ -271,43 +281,41 @@ class RadGenome(datasets.ArrowBasedBuilder):
                 continue
             if qtype == "disorders":
                 t = self._read(release, path, read_case_disorders)
-                anatomy = [""] * t.num_rows
-                finding = t.column("disorders").to_pylist()
-                answer = finding
+                anatomy = pa.repeat(pa.scalar("", pa.string()), t.num_rows)
+                finding = answer = t.column("disorders")
             else:
                 t = self._read(release, path, lambda f, k=qtype: read_vqa(f, k))
-                anatomy = t.column("anatomy").to_pylist()
+                anatomy = t.column("anatomy")
                 if qtype == "presence":
-                    finding = t.column("finding").to_pylist()
-                    answer = t.column("presence").to_pylist()
+                    finding, answer = t.column("finding"), t.column("presence")
                 elif qtype == "size":
-                    finding = t.column("abnormality").to_pylist()
-                    answer = t.column("size").to_pylist()
+                    finding, answer = t.column("abnormality"), t.column("size")
                 elif qtype == "location":
-                    finding = t.column("abnormality").to_pylist()
-                    answer = anatomy
+                    finding, answer = t.column("abnormality"), anatomy
                 else:
-                    finding = t.column("abnormality").to_pylist()
-                    answer = finding
-            stems = t.column("volume_name").to_pylist()
-            region_names = _map_unique(pa.array(anatomy, pa.string()), _leaf_or_scan, pa.string()).to_pylist()
-            render = templates.render
-            questions = [
-                render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
-                for s, a, r, fi in zip(stems, anatomy, region_names, finding)
-            ]
+                    finding = answer = t.column("abnormality")
+            anatomy, finding = _flat(anatomy), _flat(finding)
+            region_names = _map_unique(anatomy, _leaf_or_scan, pa.string())
+            # rendered a slice at a time: Python strings for 1.3M rows at once cost ~0.5 GB of peak memory
+            stems_col = _flat(t.column("volume_name"))
+            questions = pa.chunked_array(
+                [_render_questions(templates, qtype, *(c.slice(o, _RENDER_ROWS) for c in
+                                                        (stems_col, anatomy, region_names, finding)))
+                 for o in range(0, t.num_rows, _RENDER_ROWS)],
+                pa.string(),
+            )
             verified = t.column("manually_verified") if "manually_verified" in t.column_names else None
             parts.append(
                 pa.table(
                     {
                         "volume_name": t.column("volume_name"),
-                        "question_type": pa.repeat(pa.scalar(qtype), len(stems)),
+                        "question_type": pa.repeat(pa.scalar(qtype), t.num_rows),
                         "question": questions,
                         "answer": answer,
                         "anatomy": anatomy,
                         "region": region_names,
                         "finding": finding,
-                        "manually_verified": verified if verified is not None else pa.nulls(len(stems), pa.bool_()),
+                        "manually_verified": verified if verified is not None else pa.nulls(t.num_rows, pa.bool_()),
                     }
                 )
             )
@@ -354,6 +362,8 @@ class RadGenome(datasets.ArrowBasedBuilder):
 
     def _table_segmentation(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
         stores = self._masks(release, split)
+        for store in stores.values():  # the structures column needs every bbox: pack what is not, on all cores
+            store.pack_all(progress=self.config.progress)
         stems: list[str] = sorted(
             {s for store in stores.values() for s in store.index}, key=lambda s: VolumeName.parse(s)
         )
@@ -521,6 +531,24 @@ def _add_ids(table: pa.Table) -> pa.Table:
 def _ground_rule(path: str, anatomy_names: tuple, region_names: tuple) -> tuple[str, str | None]:
     # most volumes share the same mask-name sets, so this cache turns ~1M lookups into a few thousand
     return get_ontology().grounding_mask(path, available_anatomy=anatomy_names, available_regions=region_names)
+
+
+_RENDER_ROWS = 131_072
+
+
+def _flat(column) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _render_questions(templates, qtype: str, stems: pa.Array, anatomy: pa.Array, region: pa.Array,
+                      finding: pa.Array) -> pa.Array:
+    """The questions of a slice of rows (the phrasing of each depends on its volume, anatomy and finding)."""
+    render = templates.render
+    return pa.array(
+        [render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
+         for s, a, r, fi in zip(stems.to_pylist(), anatomy.to_pylist(), region.to_pylist(), finding.to_pylist())],
+        pa.string(),
+    )
 
 
 def _leaf_or_scan(path: str | None) -> str:

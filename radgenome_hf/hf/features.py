@@ -31,7 +31,30 @@ def resolve(path: str | None, base: str | None) -> str | None:
     return base.rstrip("/") + "/" + path
 
 
-def _open_volume(value: dict, token_per_repo_id=None):
+_caches: dict[str, Any] = {}
+
+
+def prepared_cache(where: str | None):
+    """The :class:`~radgenome_hf.access.cache.PreparedCache` rows decode through: ``"default"`` is
+    ``$RADGENOME_CACHE`` (bounded by ``$RADGENOME_CACHE_MAX_BYTES``), a folder is that folder, ``None`` or
+    ``"none"`` is none. One object per folder and process.
+
+    >>> prepared_cache("none") is None
+    True
+    """
+    if where is None or where == "none":
+        return None
+    from ..access.cache import PreparedCache
+    from ..config import cache_root
+
+    root = str(cache_root()) if where == "default" else where
+    cache = _caches.get(root)
+    if cache is None:
+        cache = _caches[root] = PreparedCache(root)
+    return cache
+
+
+def _open_volume(value: dict, token_per_repo_id=None, cache: str | None = None):
     from ..access.volume import Volume
 
     path = value.get("path")
@@ -55,12 +78,17 @@ def _open_volume(value: dict, token_per_repo_id=None):
         spacing=tuple(spacing) if spacing else None,
         rescale=tuple(rescale) if rescale else None,
         name=name,
+        cache=prepared_cache(cache),
     )
 
 
 @dataclass
 class VolumeFeature:
-    """A CT volume stored by reference; decodes to a lazy :class:`~radgenome_hf.access.volume.Volume`."""
+    """A CT volume stored by reference; decodes to a lazy :class:`~radgenome_hf.access.volume.Volume`.
+
+    ``cache``: where the decoded volume is kept for later rows, epochs and crops (see :func:`prepared_cache`):
+    ``"default"`` (``$RADGENOME_CACHE``), a folder, or ``"none"`` (every decode reads the file).
+    """
 
     decode: bool = True
     id: Optional[str] = field(default=None, repr=False)
@@ -75,6 +103,7 @@ class VolumeFeature:
     )
     #: folder or ``hf://datasets/<repo>@<rev>`` that relative paths are relative to (packed releases)
     base: Optional[str] = None
+    cache: Optional[str] = "default"
     _type: str = field(default="VolumeFeature", init=False, repr=False)
 
     def __call__(self):
@@ -93,7 +122,7 @@ class VolumeFeature:
     def decode_example(self, value, token_per_repo_id=None):
         if value is None or not isinstance(value, dict):
             return value
-        return _open_volume({**value, "path": resolve(value.get("path"), self.base)}, token_per_repo_id)
+        return _open_volume({**value, "path": resolve(value.get("path"), self.base)}, token_per_repo_id, self.cache)
 
 
 @dataclass

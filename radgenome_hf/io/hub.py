@@ -12,12 +12,14 @@ HfUrl(repo_id='org/repo', revision='v1.0', path='dataset/train/a.nii.gz', repo_t
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from typing import Any, Mapping, NamedTuple
 
 from ..errors import HubAccessError
 
-__all__ = ["CTRATE_REPO", "HfUrl", "fetch", "hub_error", "is_url", "local_path", "parse_hf_url"]
+__all__ = ["CTRATE_REPO", "HfUrl", "fetch", "hub_error", "is_url", "local_path", "parse_hf_url", "resolve_revision"]
 
 CTRATE_REPO = "ibrahimhamamci/CT-RATE"
 
@@ -49,19 +51,62 @@ def parse_hf_url(url: str) -> HfUrl:
     return HfUrl(f"{org}/{name}", revision or None, parts[2] if len(parts) > 2 else "")
 
 
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_commits: dict[tuple[str, str, str | None], str] = {}
+_fetched: dict[str, str] = {}
+_lock = threading.Lock()
+
+
+def resolve_revision(repo_id: str, revision: str | None, token: Any = None, repo_type: str = "dataset") -> str | None:
+    """The commit a branch or tag (``None``: the default branch) points at, asked of the Hub once per process and
+    revision; a 40-hex commit is returned as it is. Offline or when the Hub cannot say, the revision as given
+    (the Hugging Face cache then resolves it without the network).
+
+    >>> resolve_revision("org/repo", "0123456789abcdef0123456789abcdef01234567")
+    '0123456789abcdef0123456789abcdef01234567'
+    """
+    if revision is not None and _COMMIT.match(revision):
+        return revision
+    key = (repo_type, repo_id, revision)
+    with _lock:
+        hit = _commits.get(key)
+    if hit is not None:
+        return hit
+    from huggingface_hub import HfApi, constants
+
+    sha = revision
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            sha = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, token=token).sha or revision
+        except Exception:  # noqa: BLE001 - the download that follows reports the real problem, in words
+            sha = revision
+    with _lock:
+        _commits[key] = sha  # type: ignore[assignment]
+    return sha
+
+
 def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
     """Download one file of an ``hf://`` URL into the Hugging Face cache (resumable) and return its local path.
 
-    A file already in the cache at a pinned commit costs no request.
+    The revision is resolved to a commit once per process (:func:`resolve_revision`), and a file already fetched
+    by this process, or in the cache at that commit, costs no request: rows of one volume ask the Hub nothing.
     """
+    with _lock:
+        hit = _fetched.get(url)
+    if hit is not None and os.path.exists(hit):
+        return hit
     from huggingface_hub import hf_hub_download
 
     u = parse_hf_url(url)
     token = (token_per_repo_id or {}).get(u.repo_id)
     try:
-        return hf_hub_download(u.repo_id, u.path, repo_type=u.repo_type, revision=u.revision, token=token)
+        revision = resolve_revision(u.repo_id, u.revision, token, u.repo_type)
+        path = hf_hub_download(u.repo_id, u.path, repo_type=u.repo_type, revision=revision, token=token)
     except Exception as exc:  # noqa: BLE001 - every failure gets a message that says what to do
         raise hub_error(exc, f"fetching {url}") from exc
+    with _lock:
+        _fetched[url] = path
+    return path
 
 
 def local_path(path: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:

@@ -33,7 +33,7 @@ _EXPORTS = {
     "samplers": ("CentredPatches", "FindingAwareSampler", "ForegroundPatches", "LabelPatches", "Patch", "SamplePatchd",
                  "UniformPatches", "patch_box", "sample_rng"),
     "collate": ("collate_volumes",),
-    "loaders": ("ThreadedVolumeLoader", "dist_info", "make_dataloader", "read_into"),
+    "loaders": ("ThreadedDataLoader", "ThreadedVolumeLoader", "dist_info", "make_dataloader", "read_into"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

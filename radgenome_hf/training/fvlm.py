@@ -161,6 +161,8 @@ class FVLMd(PresetTransform):
         self.spacing = spacing
 
     def __call__(self, data: Mapping) -> dict:
+        if self._is_batch(data):  # a datasets batch (with_transform / set_transform)
+            return self._per_row(data)
         d = dict(data)
         if len(self._present(d, self.keys)) < 2:
             return d

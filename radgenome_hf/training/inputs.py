@@ -118,7 +118,11 @@ def need_spacing(sp: Any, what: str) -> tuple[float, float, float]:
 
 
 class PresetTransform(MapTransform):
-    """The dict-transform base of the presets: MONAI's key handling plus the geometry lookup they share."""
+    """The dict-transform base of the presets: MONAI's key handling plus the geometry lookup they share.
+
+    A preset takes one sample (a dict) or a datasets batch (a dict of lists, as ``ds.with_transform(preset)``
+    passes), and gives back the same kind.
+    """
 
     def _present(self, data: Mapping, keys: Sequence[Hashable]) -> list[Hashable]:
         out = []
@@ -128,6 +132,21 @@ class PresetTransform(MapTransform):
             elif not self.allow_missing_keys:
                 raise KeyError(f"{type(self).__name__}: key {k!r} not in the sample (keys: {sorted(map(str, data))})")
         return out
+
+    def _is_batch(self, data: Mapping) -> bool:
+        """Whether ``data`` is a datasets batch (``with_transform`` / ``set_transform`` / batched ``map``: column ->
+        list of values) rather than one sample."""
+        for k in self.keys:
+            if k in data:
+                return isinstance(data[k], (list, tuple))
+        return False
+
+    def _per_row(self, data: Mapping) -> dict:
+        """Apply this transform to every row of a batch and give the batch back (column -> list)."""
+        cols = [k for k, v in data.items() if isinstance(v, (list, tuple))]
+        n = len(data[cols[0]]) if cols else 0
+        rows = [self({k: (v[i] if k in cols else v) for k, v in data.items()}) for i in range(n)]
+        return {k: [r[k] for r in rows] for k in (rows[0] if rows else data)}
 
     @staticmethod
     def _key_tuple(keys: Hashable | Sequence[Hashable] | None) -> tuple[Hashable, ...]:

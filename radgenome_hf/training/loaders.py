@@ -8,7 +8,9 @@ Three pieces:
 * :func:`make_dataloader` is the recipe for ``datasets`` map-style and streaming (iterable) datasets on one or
   many nodes: each node (rank of ``torch.distributed``, else ``$RANK``/``$WORLD_SIZE``) gets its part with
   ``datasets.distributed.split_dataset_by_node``; each DataLoader worker then reads disjoint shards (``datasets``
-  assigns shards to workers), so every row is read exactly once per epoch.
+  assigns shards to workers), so every row is read exactly once per epoch. With a preset (or no transform) it
+  returns a :class:`ThreadedDataLoader`: threads, cached preset outputs decoded into reused batch buffers;
+  with any other transform a ``DataLoader`` with worker processes.
 
   .. code-block:: python
 
@@ -47,7 +49,7 @@ from .collate import collate_volumes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["dist_info", "make_dataloader", "ThreadedVolumeLoader", "read_into"]
+__all__ = ["dist_info", "make_dataloader", "ThreadedDataLoader", "ThreadedVolumeLoader", "read_into"]
 
 
 def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -108,9 +110,23 @@ def make_dataloader(
     prefetch_factor: int | None = 2,
     persistent_workers: bool = False,
     drop_last: bool = False,
+    backend: str = "auto",
     **kwargs: Any,
-) -> "DataLoader":
-    """A ``torch.utils.data.DataLoader`` over a ``datasets`` (map-style or streaming) or torch dataset.
+) -> "DataLoader | ThreadedDataLoader":
+    """A loader over a ``datasets`` (map-style or streaming) or torch dataset: one of two backends.
+
+    * ``backend="threads"`` (:class:`ThreadedDataLoader`): ``num_workers`` threads in this process fetch rows,
+      run ``transform`` and batch into a ring of reused buffers; a sample whose preset output is already in the
+      prepared cache (``transform.cached_readers``, e.g. :class:`~radgenome_hf.training.CTClipd`) is decoded
+      straight into the batch buffer, GIL-free, with no transform at all. No worker fork per epoch, no pickling,
+      no shared-memory copy: with the presets' cached outputs this is the fast path (benchmarks/bench_natural.py).
+      Batches are views of ring slots that are reused once the next batch is asked for (move them to the GPU
+      or ``.clone()`` them within the step).
+    * ``backend="processes"``: a ``torch.utils.data.DataLoader`` with ``num_workers`` worker processes, for
+      transforms that hold the GIL (pure-Python work) or are not thread-safe.
+    * ``"auto"`` (default): threads when ``transform`` is ``None``, one of this package's presets or a MONAI
+      ``Compose`` of them (their work runs in torch, numpy, blosc2 and isal, which release the GIL) and no
+      ``collate_fn``/``kwargs`` for the DataLoader are given; processes otherwise.
 
     * Node split: with ``world_size > 1`` (arguments, else ``torch.distributed``, else ``$RANK``/``$WORLD_SIZE``),
       ``datasets`` objects go through ``split_dataset_by_node`` (whole shards per node when the shard count
@@ -159,6 +175,17 @@ def make_dataloader(
         if n_shards and num_workers > n_shards:
             log.info("make_dataloader: %d shards on this node; using %d workers instead of %d", n_shards, n_shards, num_workers)
             num_workers = n_shards
+    if backend not in ("auto", "threads", "processes"):
+        raise ValueError(f"backend must be 'auto', 'threads' or 'processes', got {backend!r}")
+    if backend == "auto":
+        backend = "threads" if collate_fn is None and not kwargs and _thread_safe(transform) else "processes"
+    if backend == "threads":
+        return ThreadedDataLoader(
+            dataset, batch_size=batch_size, num_threads=max(1, num_workers), sampler=sampler, transform=transform,
+            pad_values=pad_values, collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
+            # two batches per thread in flight: a thread that finishes before the oldest batch is taken finds work
+            prefetch=2 * max(1, num_workers),
+        )
     if collate_fn is not None:
         collate = collate_fn
     elif pad_values is not None:
@@ -179,6 +206,184 @@ def make_dataloader(
         loader_kwargs["persistent_workers"] = persistent_workers
     loader_kwargs.update(kwargs)
     return DataLoader(dataset, **loader_kwargs)
+
+
+def _thread_safe(transform: Any) -> bool:
+    """Whether ``transform`` is known to run well in threads: None, a preset, or a MONAI Compose of presets."""
+    from .inputs import PresetTransform
+
+    if transform is None or isinstance(transform, PresetTransform):
+        return True
+    inner = getattr(transform, "transforms", None)
+    return isinstance(inner, (list, tuple)) and bool(inner) and all(isinstance(t, PresetTransform) for t in inner)
+
+
+def _cached_readers(transform: Any, row: Mapping) -> dict | None:
+    """The preset's readers of a cache hit (``transform.cached_readers``; a Compose only when it has one step)."""
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)) and len(inner) == 1:
+        transform = inner[0]
+    fn = getattr(transform, "cached_readers", None)
+    return fn(row) if callable(fn) else None
+
+
+class ThreadedDataLoader:
+    """:func:`make_dataloader`'s thread backend: rows fetched, transformed and batched by a thread pool into a ring
+    of reused buffers (see :func:`make_dataloader`). Iterating yields collated batches (the keys of
+    :func:`collate_volumes`); ``len()`` is the number of batches of a map-style dataset.
+
+    >>> import numpy as np
+    >>> rows = [{"x": np.full((2, 2), i, np.int16), "id": str(i)} for i in range(5)]
+    >>> loader = ThreadedDataLoader(rows, batch_size=2, num_threads=2)
+    >>> [(tuple(b["x"].shape), b["id"]) for b in loader]
+    [((2, 2, 2), ['0', '1']), ((2, 2, 2), ['2', '3']), ((1, 2, 2), ['4'])]
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        batch_size: int = 1,
+        num_threads: int = 2,
+        sampler: Any = None,
+        transform: Callable[[dict], dict] | None = None,
+        pad_values: Mapping[str, float] | None = None,
+        collate_fn: Callable[[list], Any] | None = None,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+        prefetch: int | None = None,
+    ) -> None:
+        if batch_size < 1 or num_threads < 1:
+            raise ValueError(f"batch_size and num_threads must be >= 1, got {batch_size} and {num_threads}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.num_threads = int(num_threads)
+        self.sampler = sampler
+        self.transform = transform
+        self.collate = collate_fn or functools.partial(collate_volumes, pad_values=dict(pad_values or {}))
+        self.custom_collate = collate_fn is not None
+        self.drop_last = drop_last
+        self.prefetch = int(prefetch) if prefetch is not None else 2 * self.num_threads
+        self._slots = [_Slot(pin_memory) for _ in range(self.prefetch + 1)]
+        self._lock = threading.Lock()
+
+    def _indexed(self) -> bool:
+        return self.sampler is not None or _is_map_style(self.dataset)
+
+    def __len__(self) -> int:
+        if not self._indexed():
+            raise TypeError("a streaming dataset has no length")
+        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def allocations(self) -> int:
+        """Buffers the ring has allocated so far (flat once every slot has seen the largest batch)."""
+        return sum(s.allocations for s in self._slots)
+
+    def _batches(self) -> Iterator[list]:
+        """Lists of row indices (map-style) or of rows (streaming), ``batch_size`` each."""
+        if self._indexed():
+            source: Any = iter(self.sampler) if self.sampler is not None else iter(range(len(self.dataset)))
+        else:
+            source = iter(self.dataset)
+        while True:
+            chunk = [x for _, x in zip(range(self.batch_size), source)]
+            if not chunk or (self.drop_last and len(chunk) < self.batch_size):
+                return
+            yield chunk
+
+    def _sample(self, slot: _Slot, b: int, n: int, item: Any, shapes: dict) -> dict:
+        import torch
+
+        row = self.dataset[item] if self._indexed() else item
+        readers = _cached_readers(self.transform, row) if self.transform is not None else None
+        if readers is None:
+            return self.transform(row) if self.transform is not None else row
+
+        sample = dict(row)
+        for key, reader in readers.items():
+            def alloc(name, shape, dtype, order="C", key=key):
+                want = (tuple(shape), np.dtype(dtype))
+                if shapes.setdefault(key, want) != want:  # a shape unlike the batch's first: a private buffer
+                    return slot.alloc(f"{key}#{b}", shape, dtype, order)
+                return slot.alloc(key, (n, *shape), dtype, "C")[b]
+
+            sample[key] = torch.from_numpy(reader.read_into(alloc, key))
+        return sample
+
+    def _batch(self, slot: _Slot, chunk: list) -> Any:
+        import torch
+
+        n = len(chunk)
+        shapes: dict = {}
+        samples = [self._sample(slot, b, n, item, shapes) for b, item in enumerate(chunk)]
+        if self.custom_collate:
+            return self.collate(samples)
+        out: dict[str, Any] = {}
+        for key in list(samples[0]) if samples and isinstance(samples[0], Mapping) else []:
+            values = [s.get(key) for s in samples]
+            if not all(isinstance(v, torch.Tensor) for v in values):
+                continue
+            shape, dtype = tuple(values[0].shape), values[0].dtype
+            if shape == () or any(tuple(v.shape) != shape or v.dtype != dtype for v in values):
+                continue
+            buf = torch.from_numpy(slot.alloc(key, (n, *shape), torch.empty((), dtype=dtype).numpy().dtype, "C"))
+            for b, v in enumerate(values):
+                if v.data_ptr() != buf[b].data_ptr():  # not decoded in place: one copy into the ring
+                    buf[b].copy_(v)
+            out[key] = buf
+            out[f"{key}_shape"] = torch.tensor([shape] * n, dtype=torch.int64)
+        rest = self.collate([{k: v for k, v in s.items() if k not in out} for s in samples])
+        return {**rest, **out}
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("ThreadedDataLoader: one iteration at a time (its ring buffers are shared)")
+        free = collections.deque(self._slots)
+        pending: collections.deque[tuple[_Slot, Future]] = collections.deque()
+        held: _Slot | None = None
+        pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="radgenome-dataloader")
+        chunks = self._batches()
+        exhausted = False
+        try:
+            while True:
+                if held is not None:
+                    free.append(held)
+                    held = None
+                while not exhausted and len(pending) < self.prefetch and free:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        exhausted = True
+                        break
+                    slot = free.popleft()
+                    pending.append((slot, pool.submit(self._batch, slot, chunk)))
+                if not pending:
+                    return
+                slot, fut = pending.popleft()
+                result = fut.result()
+                held = slot
+                yield result
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._lock.release()
+
+
+def _is_map_style(dataset: Any) -> bool:
+    try:
+        import datasets as hf_datasets
+
+        if isinstance(dataset, hf_datasets.IterableDataset):
+            return False
+        if isinstance(dataset, hf_datasets.Dataset):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    from torch.utils.data import IterableDataset
+
+    return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
 
 
 Alloc = Callable[..., np.ndarray]  # alloc(key, shape, dtype, order="C") -> a reused buffer of that shape

@@ -213,6 +213,8 @@ class RegionCropd(PresetTransform):
         self.margin, self.margin_unit, self.spacing, self.as_tensor = margin, margin_unit, spacing, as_tensor
 
     def __call__(self, data: Mapping) -> dict:
+        if self._is_batch(data):  # a datasets batch (with_transform / set_transform)
+            return self._per_row(data)
         import torch
 
         d = dict(data)

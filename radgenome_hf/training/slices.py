@@ -150,6 +150,8 @@ class SliceSequenced(PresetTransform):
         self.spacing, self.window = spacing, window
 
     def __call__(self, data: Mapping) -> dict:
+        if self._is_batch(data):  # a datasets batch (with_transform / set_transform)
+            return self._per_row(data)
         d = dict(data)
         for key, win in [(k, self.window) for k in self._present(d, self.keys)] + [
             (k, None) for k in self._present(d, self.mask_keys)
