@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from radgenome_hf.access.cache import PreparedCache
-from radgenome_hf.access.volume import Volume
+from radgenome_hf.access.volume import Volume, clear_open_volumes
 from radgenome_hf.io.nifti import write_nifti
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +72,7 @@ def test_a_damaged_cache_entry_is_rebuilt_from_the_source(tmp_path, layout):
     entry = cache.file_for(Volume.open(src, cache=cache)._cache_key_for())
     size = entry.stat().st_size
     _flip(entry, size - size // 3, 3)  # inside the compressed data
+    clear_open_volumes()  # the next reads go to the (damaged) cache, not this process's decoded copy
     np.testing.assert_array_equal(Volume.open(src, cache=cache).array(), a)
     np.testing.assert_array_equal(Volume.open(src, cache=cache).crop((1, 2, 3, 20, 20, 19)), a[1:20, 2:20, 3:19])
     assert entry.is_file()  # re-written from the source
@@ -249,6 +250,7 @@ def test_a_mask_rewritten_with_size_and_mtime_restored_is_packed_again(folder_re
     gz.unlink()
     release = UpstreamRelease.discover(rel.root)
     first = MaskStore.prepare(release, "train", "anatomy", cache_root=tmp_path / "mc", progress=False)
+    first.pack_all(progress=False, workers=1)  # folder sources pack a volume on first use; here all at once
     assert PackedMasks.load(first.path(stem)).voxel_count(name) == 64
     st = nii.stat()
     b = np.zeros(SHAPE, np.uint8)
@@ -258,6 +260,7 @@ def test_a_mask_rewritten_with_size_and_mtime_restored_is_packed_again(folder_re
         f.write(b.tobytes(order="F"))
     os.utime(nii, ns=(st.st_atime_ns, st.st_mtime_ns))
     again = MaskStore.prepare(release, "train", "anatomy", cache_root=tmp_path / "mc", progress=False)
+    again.pack_all(progress=False, workers=1)
     assert PackedMasks.load(again.path(stem)).voxel_count(name) == 8
 
 
@@ -301,9 +304,10 @@ def test_a_gzip_bomb_mask_is_refused_from_its_header_before_inflating(folder_rel
         return real(self)
 
     monkeypatch.setattr(nifti.NiftiFile, "read_raw", spy)
+    store = MaskStore.prepare(UpstreamRelease.discover(rel.root), "train", "anatomy", cache_root=tmp_path / "mc",
+                              progress=False)  # a folder source: indexed from headers, each volume packed on use
     with pytest.raises(ShapeMismatchError, match=r"aaa_bomb\.nii\.gz.*\(256, 256, 256\).*\(32, 32, 24\)"):
-        MaskStore.prepare(UpstreamRelease.discover(rel.root), "train", "anatomy", cache_root=tmp_path / "mc",
-                          progress=False)
+        store.pack_all(progress=False, workers=1)
     assert not any("aaa_bomb" in w for w in inflated)
 
 
