@@ -19,6 +19,16 @@ patients are re-split (:mod:`~radgenome_hf.generate.splits`) and the CSVs follow
 names, and therefore folders, never change. Masks come from the release itself (``masks_from="release"``: its
 folders or archives, packed once in one streaming pass), from a segmentation output folder of
 ``<stem>.masks.parquet`` (``masks_dir``), or from running a segmentation backend (``masks_from="segment"``).
+
+Where it runs: mask archives are packed in one streaming pass feeding every worker
+(:mod:`~radgenome_hf.generate.packing`); the per-volume stages read -> (segment) -> pack -> quality run in a
+process pool or as one Ray Data pipeline (:mod:`~radgenome_hf.generate.volumes`); grounding runs over shards of
+the reports on the same workers; VQA, graphs, pairs and the split are cheap and run here. ``ray="local"`` (or a
+cluster address) puts all of it on Ray; otherwise ``workers`` processes (default all cores). Every stage is
+resumable per volume, so a killed rebuild run again finishes with the same files as an uninterrupted one. The
+quality rows go to ``dataset/quality/{train,validation}.jsonl``; ``<work>/run_report.json`` holds volumes/s per
+stage, GPU utilisation (when there is a GPU) and each failure with its volume (a failed volume is left out of
+the release, never stops the run).
 """
 
 from __future__ import annotations
@@ -66,6 +76,9 @@ class PipelineConfig:
     grounding: "GroundingBackend | None" = None
     work_dir: str | os.PathLike | None = None  # packed masks etc. (default <out>/.work)
     progress: bool | None = None
+    ray: str | None = None  # None: a local process pool; "local": a local Ray instance; else a cluster address
+    workers: int | None = None  # pool processes / local Ray CPUs (default all cores)
+    segment_batch: int = 2  # volumes per segmentation actor call (Ray)
 
 
 @dataclass
@@ -79,6 +92,7 @@ class PipelineReport:
     skipped: dict[str, str] = field(default_factory=dict)  # volume -> why
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    run: dict[str, Any] = field(default_factory=dict)  # the run report (also <work>/run_report.json)
 
     def summary(self) -> str:
         lines = [f"rebuilt {self.volumes} volumes into {self.out} in {self.seconds:.1f} s", f"splits: {self.splits}"]
@@ -149,8 +163,12 @@ class _Masks:
 
 
 def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Path,
-                   volume_paths: dict[str, Path]) -> _Masks:
+                   volume_paths: dict[str, Path], executor: Any, run: dict[str, Any]) -> tuple[_Masks, Any]:
+    """The masks of every volume and the per-volume stages' report (quality rows, failures)."""
+    from .volumes import VolumeJob, run_volume_stages
+
     out = _Masks()
+    backend = None
     if cfg.masks_dir is not None:
         d = Path(cfg.masks_dir)
         if not d.is_dir():
@@ -160,33 +178,76 @@ def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Pa
             p = d / f"{s}.masks.parquet"
             if p.is_file():
                 out.add(s, "anatomy", p)
-        return out
-    if cfg.masks_from == "none":
-        return out
-    if cfg.masks_from == "segment":
+    elif cfg.masks_from == "segment":
         from .backends import get_backend
-        from .segment import run_segmentation
 
-        seg_dir = work / "segment"
-        rep = run_segmentation([(s, volume_paths[s]) for s in stems if s in volume_paths], seg_dir,
-                               get_backend(cfg.segment_backend), progress=bool(cfg.progress))
-        for s, p in rep.outputs.items():
-            out.add(s, "anatomy", Path(p))
-        return out
-    if cfg.masks_from != "release":
+        backend = get_backend(cfg.segment_backend)
+    elif cfg.masks_from == "release":
+        from .packing import pack_mask_source
+
+        t0, packed = time.perf_counter(), 0
+        failed: dict[str, str] = {}
+        for split in _SPLITS:
+            for kind in ("anatomy", "region"):
+                source = release.mask_source(split, kind)
+                if source is None:
+                    continue
+                rep = pack_mask_source(source, work / "masks" / f"{split}_{kind}", executor,
+                                       progress=bool(cfg.progress))
+                packed += rep.done
+                failed.update({f"{s} ({kind} masks)": e for s, e in rep.failed.items()})
+                for s in stems:
+                    if s in rep.outputs:
+                        out.add(s, kind, rep.outputs[s])
+        sec = time.perf_counter() - t0
+        run["pack"] = {"volumes": packed, "seconds": round(sec, 3),
+                       "volumes_per_s": round(packed / sec, 3) if packed and sec else None,
+                       "failures": [{"volume": k, "error": v} for k, v in sorted(failed.items())]}
+    elif cfg.masks_from != "none":
         raise ValueError(f"masks_from must be one of {MASKS_FROM}, got {cfg.masks_from!r}")
-    from ..access.maskstore import MaskStore
 
-    for split in _SPLITS:
-        for kind in ("anatomy", "region"):
-            store = MaskStore.prepare(release, split, kind, cache_root=work, progress=bool(cfg.progress))
-            if store is None:
-                continue
-            for s in stems:
-                p = store.path(s)
-                if p is not None:
-                    out.add(s, kind, Path(p))
-    return out
+    def masks_of(s: str) -> str | None:
+        files = out.files.get(s, {})
+        p = files.get("anatomy") or files.get("region")
+        return None if p is None else str(p)
+
+    seg_dir = work / "segment"
+    jobs = [VolumeJob(s, str(volume_paths[s]), masks_of(s),
+                      str(seg_dir / f"{s}.masks.parquet") if backend is not None else None) for s in stems]
+    if backend is not None:
+        seg_dir.mkdir(parents=True, exist_ok=True)
+    vrep = run_volume_stages(jobs, work / "volumes", backend, ray=cfg.ray, workers=cfg.workers,
+                             segment_batch=cfg.segment_batch, executor=None if cfg.ray else executor,
+                             progress=bool(cfg.progress))
+    for s, p in vrep.masks.items():
+        out.add(s, "anatomy", p)
+    run["volumes"] = vrep.as_dict()
+    return out, vrep
+
+
+def _ground_sharded(reports: Any, cfg: PipelineConfig, executor: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """Ground the reports over shards on the executor's workers (same result as one call: reports are independent)."""
+    from .runner import bounded_map, executor_width
+
+    t0 = time.perf_counter()
+    n = len(reports)
+    shards = max(1, min(n, 2 * executor_width(executor)))
+    size = -(-n // shards)
+    parts = [reports.slice(i, size) for i in range(0, n, size)]
+    got: dict[int, dict] = {}
+    for part, res in bounded_map(executor, _ground_shard, ((i, p, cfg.grounding) for i, p in enumerate(parts))):
+        if isinstance(res, BaseException):
+            raise res
+        got[part[0]] = res
+    grounded = {k: v for i in range(len(parts)) for k, v in got[i].items()}
+    sec = time.perf_counter() - t0
+    run["ground"] = {"volumes": n, "shards": len(parts), "seconds": round(sec, 3),
+                     "volumes_per_s": round(n / sec, 3) if sec else None}
+    return grounded
+
+
+def _ground_shard(job: tuple[int, Any, Any]) -> dict[str, GroundedReport]:
+    return ground_reports(job[1], backend=job[2], progress=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,11 +310,19 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
 
     reports = filter_volumes(reports, stems)
 
-    # -- masks (release / segmentation) -------------------------------------------------------------
-    masks = _collect_masks(release, stems, cfg, work, volume_paths)
+    from .runner import make_executor
 
-    # -- ground -------------------------------------------------------------------------------------
-    grounded_all = ground_reports(reports, backend=cfg.grounding, progress=cfg.progress)
+    run: dict[str, Any] = {"executor": f"ray ({cfg.ray})" if cfg.ray else f"process pool ({cfg.workers or 'all cores'})"}
+    with make_executor(ray=cfg.ray, workers=cfg.workers) as executor:
+        # -- masks (release / segmentation) and the per-volume stages --------------------------------
+        masks, vrep = _collect_masks(release, stems, cfg, work, volume_paths, executor, run)
+        for s, err in vrep.failed.items():
+            report.skipped[s] = err.strip().splitlines()[0] if err.strip() else err
+        stems = [s for s in stems if s not in vrep.failed]
+        reports = filter_volumes(reports, stems)
+
+        # -- ground ---------------------------------------------------------------------------------
+        grounded_all = _ground_sharded(reports, cfg, executor, run)
     grounded = {s: grounded_all[s] for s in stems}
 
     # -- split --------------------------------------------------------------------------------------
@@ -298,6 +367,7 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
         report.problems += [f"{split}: {p}" for p in check_invariants(tables)]
         _write_jsonl(ds_out / "scene_graph" / f"{split}.jsonl", [graphs[s] for s in sel])
         _write_jsonl(ds_out / "anatomy_pairs" / f"{split}.jsonl", [r for r in pairs if r["volume_name"] in sel])
+        _write_jsonl(ds_out / "quality" / f"{split}.jsonl", [vrep.quality[s] for s in sel])
         report.counts[split] = {"volumes": len(sel), "region_report": len(rr), **tables.counts(),
                                 "scene_graph": len(sel), "anatomy_pairs": sum(r["volume_name"] in sel for r in pairs)}
     if cfg.scene_graph_json:
@@ -329,6 +399,10 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
                 _place(p, out / "CT-RATE" / p.relative_to(src), cfg.link)
     report.volumes = len(stems)
     report.seconds = time.perf_counter() - t0
+    run["seconds"] = round(report.seconds, 3)
+    run["volumes_per_s"] = round(len(stems) / report.seconds, 3) if report.seconds else None
+    report.run = run
+    write_text(work / "run_report.json", json.dumps(run, indent=1, sort_keys=True))
     return report
 
 

@@ -9,7 +9,7 @@ One row per volume (:func:`volume_quality`):
 | ``intensity_source`` | ``header`` (the NIfTI's ``scl_slope``/``scl_inter``) or ``metadata`` (CT-RATE v1 blank header) |
 | ``rescale_slope`` / ``rescale_intercept`` | the rescale that was applied |
 | ``rescale_applied_twice`` | the stored values already looked like HU (minimum ≤ −900) and a negative intercept was added, or the HU minimum is far below air (≤ −1500): CT-CLIP issue #50 |
-| ``lung_coverage`` | fraction of axial slices (``k``) with lung in the volume's masks (a non-chest scan is ≈ 0) |
+| ``lung_coverage`` | fraction of the ``slices`` axial slices (``k``) with lung in the volume's masks (a non-chest scan is ≈ 0) |
 | ``spacing_ok`` | three finite spacings in ``(0, 10]`` mm |
 | ``flags`` | the names of the failed checks (``[]`` for a clean volume) |
 
@@ -33,7 +33,8 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from ..access.masks import PackedMasks
 
-__all__ = ["volume_quality", "quality_of_array", "lung_coverage", "QUALITY_COLUMNS", "MIN_LUNG_COVERAGE"]
+__all__ = ["volume_quality", "quality_of_array", "hu_quality", "with_masks", "lung_coverage", "QUALITY_COLUMNS",
+           "MIN_LUNG_COVERAGE"]
 
 #: a chest CT has lung on far more of its axial slices than this; below it the scan is flagged ``non_chest``
 MIN_LUNG_COVERAGE = 0.2
@@ -42,7 +43,8 @@ _AIR_FLOOR_HU = -1500.0  # HU below air by this much only comes from a second re
 _STORED_LOOKS_LIKE_HU = -900.0
 
 QUALITY_COLUMNS = ("volume_name", "nonfinite_voxels", "hu_min", "hu_max", "intensity_source", "rescale_slope",
-                   "rescale_intercept", "rescale_applied_twice", "lung_coverage", "spacing", "spacing_ok", "flags")
+                   "rescale_intercept", "rescale_applied_twice", "lung_coverage", "slices", "spacing", "spacing_ok",
+                   "flags")
 
 
 def lung_coverage(masks: "PackedMasks | None", n_slices: int) -> float:
@@ -57,10 +59,10 @@ def lung_coverage(masks: "PackedMasks | None", n_slices: int) -> float:
     return float(hit.mean())
 
 
-def quality_of_array(hu: np.ndarray, affine: np.ndarray, masks: "PackedMasks | None", *,
-                     rescale: tuple[float, float] = (1.0, 0.0), intensity_source: str = "header",
-                     volume_name: str = "") -> dict[str, Any]:
-    """The quality row of an HU array (``rescale`` = the slope/intercept that made it, for the double-rescale check)."""
+def hu_quality(hu: np.ndarray, affine: np.ndarray, *, rescale: tuple[float, float] = (1.0, 0.0),
+               intensity_source: str = "header", volume_name: str = "") -> dict[str, Any]:
+    """The checks that need only the HU array (``rescale`` = the slope/intercept that made it); finish the row
+    with :func:`with_masks`."""
     finite = np.isfinite(hu) if hu.dtype.kind == "f" else None
     nonfinite = 0 if finite is None else int(finite.size - np.count_nonzero(finite))
     vals = hu if finite is None or nonfinite == 0 else hu[finite]
@@ -71,13 +73,27 @@ def quality_of_array(hu: np.ndarray, affine: np.ndarray, masks: "PackedMasks | N
     twice = (intercept < 0 and stored_min <= _STORED_LOOKS_LIKE_HU) or hu_min <= _AIR_FLOOR_HU
     spacing = [float(s) for s in np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)]
     spacing_ok = all(math.isfinite(s) and 0 < s <= MAX_SPACING_MM for s in spacing)
-    coverage = lung_coverage(masks, hu.shape[2])
     flags = [name for name, bad in (("nonfinite", nonfinite > 0), ("rescale_applied_twice", twice),
-                                    ("non_chest", coverage < MIN_LUNG_COVERAGE), ("spacing", not spacing_ok)) if bad]
+                                    ("spacing", not spacing_ok)) if bad]
     return {"volume_name": volume_name, "nonfinite_voxels": nonfinite, "hu_min": hu_min, "hu_max": hu_max,
             "intensity_source": intensity_source, "rescale_slope": slope, "rescale_intercept": intercept,
-            "rescale_applied_twice": bool(twice), "lung_coverage": round(coverage, 6), "spacing": spacing,
-            "spacing_ok": spacing_ok, "flags": flags}
+            "rescale_applied_twice": bool(twice), "lung_coverage": None, "slices": int(hu.shape[2]),
+            "spacing": spacing, "spacing_ok": spacing_ok, "flags": flags}
+
+
+def with_masks(row: dict[str, Any], masks: "PackedMasks | None") -> dict[str, Any]:
+    """A :func:`hu_quality` row completed with the lung coverage of the volume's masks (and ``non_chest``);
+    without masks the coverage is unknown (``None``) and not flagged."""
+    if masks is None:
+        return dict(row)
+    coverage = lung_coverage(masks, int(row["slices"]))
+    flags = list(row["flags"]) + (["non_chest"] if coverage < MIN_LUNG_COVERAGE else [])
+    return {**row, "lung_coverage": round(coverage, 6), "flags": flags}
+
+
+def quality_of_array(hu: np.ndarray, affine: np.ndarray, masks: "PackedMasks | None", **kwargs: Any) -> dict[str, Any]:
+    """The quality row of an HU array and its masks (``kwargs`` as :func:`hu_quality`)."""
+    return with_masks(hu_quality(hu, affine, **kwargs), masks)
 
 
 def volume_quality(path: str | os.PathLike, masks: "PackedMasks | None", *,
