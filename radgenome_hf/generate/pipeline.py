@@ -319,6 +319,9 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
         for s, err in vrep.failed.items():
             report.skipped[s] = err.strip().splitlines()[0] if err.strip() else err
         stems = [s for s in stems if s not in vrep.failed]
+        if not stems:
+            raise ReleaseNotFoundError(f"{upstream}: every volume failed its per-volume stages; see "
+                                       f"{work / 'volumes'} and the errors: " + "; ".join(sorted(report.skipped.values()))[:2000])
         reports = filter_volumes(reports, stems)
 
         # -- ground ---------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ def run_volume_stages(jobs: Iterable[VolumeJob], out_dir: str | os.PathLike, bac
                 if job.out:
                     report.masks[job.item] = Path(job.out)
                 continue
-            todo.append(asdict(job))
+            todo.append({**asdict(job), "masks": job.masks or "", "out": job.out or ""})  # no None: Ray makes it NaN
         outs = {r["item"]: r["out"] for r in todo}
 
         def record(res: dict[str, Any]) -> None:
