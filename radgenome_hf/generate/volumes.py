@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .manifest import Manifest, ManifestKey, params_hash
+from .quality import QUALITY_COLUMNS
 
 STAGE = "volumes"
 VERSION = "1"
@@ -237,7 +238,7 @@ def run_volume_stages(jobs: Iterable[VolumeJob], out_dir: str | os.PathLike, bac
             if entry is not None and entry.key == key and entry.status == "done" and (
                     job.out is None or Path(job.out).is_file()):
                 report.skipped.append(job.item)
-                report.quality[job.item] = entry.outputs["quality"]
+                report.quality[job.item] = {k: entry.outputs["quality"][k] for k in QUALITY_COLUMNS}  # stored sorted
                 if job.out:
                     report.masks[job.item] = Path(job.out)
                 continue
