@@ -69,7 +69,7 @@ class PipelineConfig:
     validation: float | None = None  # None: keep the upstream split of each volume; else patient re-split
     masks_from: str = "release"  # release | segment | none
     masks_dir: str | os.PathLike | None = None  # folder of <stem>.masks.parquet (overrides masks_from)
-    segment_backend: str = "threshold"
+    segment_backend: "str | Any" = "threshold"  # a backend name, or a backend object (e.g. a configured MonaiBackend)
     link: str = "hardlink"  # hardlink | copy | symlink
     include_ctrate: bool = True
     scene_graph_json: bool = True
@@ -181,7 +181,7 @@ def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Pa
     elif cfg.masks_from == "segment":
         from .backends import get_backend
 
-        backend = get_backend(cfg.segment_backend)
+        backend = get_backend(cfg.segment_backend) if isinstance(cfg.segment_backend, str) else cfg.segment_backend
     elif cfg.masks_from == "release":
         from .packing import pack_mask_source
 
