@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from radgenome_hf.generate.pipeline import PipelineConfig, rebuild_release
@@ -100,3 +101,66 @@ def test_kill_and_resume_gives_the_same_release(masks_from, stage, synthetic_rel
     got = _tree(tmp_path)
     assert sorted(got) == sorted(expected)
     assert [k for k in expected if got[k] != expected[k]] == []
+
+
+# -- the GPU path, run on the CPU: the real wholeBody_ct_segmentation architecture, random weights ----------------
+WHOLEBODY_NET = {"_target_": "SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 105,
+                 "init_filters": 32, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2}
+
+
+@pytest.fixture(scope="module")
+def wholebody_backend(tmp_path_factory):
+    """The bundle's SegResNet (105 channels) randomly initialised and saved as a checkpoint; 12 mm voxels and a
+    32^3 window keep a volume to one window on the CPU (throughput, not accuracy, is what this path is about)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from radgenome_hf.generate.backends import get_backend
+
+    root = tmp_path_factory.mktemp("wholebody")
+    torch.manual_seed(0)
+    net = ConfigParser({"net": WHOLEBODY_NET}).get_parsed_content("net")
+    torch.save(net.state_dict(), root / "model.pt")
+    channels = {0: "background", 1: "spleen", 2: "kidney_right", 3: "kidney_left", 13: "lung_upper_lobe_left",
+                14: "lung_lower_lobe_left", 15: "lung_upper_lobe_right", 16: "lung_middle_lobe_right",
+                17: "lung_lower_lobe_right", 44: "heart_ventricle_left", 58: "rib_left_1"}
+    return get_backend("monai", checkpoint=root / "model.pt", network_config=WHOLEBODY_NET, channel_def=channels,
+                       pixdim=12.0, roi_size=(32, 32, 32), device="cpu")
+
+
+def test_wholebody_weights_load_once_and_labels_are_uint8(wholebody_backend, synthetic_release, tmp_path,
+                                                           monkeypatch):
+    from radgenome_hf.generate.backends import monai_bundle
+    from radgenome_hf.generate.segment import discover_volumes, load_volume
+    from radgenome_hf.generate.volumes import VolumeJob, run_volume_stages
+
+    loads = []
+    real_load = monai_bundle._load_state_dict
+    monkeypatch.setattr(monai_bundle, "_load_state_dict", lambda p: loads.append(p) or real_load(p))
+    vols = discover_volumes(synthetic_release.root)[:3]
+    hu, aff = load_volume(vols[0][1])
+    labels = wholebody_backend.predict_labels(hu, aff)
+    assert labels.dtype == np.uint8 and labels.shape == hu.shape
+    jobs = [VolumeJob(n, str(p), out=str(tmp_path / f"{n}.masks.parquet")) for n, p in vols]
+    report = run_volume_stages(jobs, tmp_path, wholebody_backend, workers=1, progress=False)
+    assert report.done == [n for n, _ in vols] and not report.failed
+    assert len(loads) == 1  # one model for every volume
+    assert report.stage_seconds["segment"] > 0 and report.stage_seconds["pack"] > 0
+
+
+def test_wholebody_on_ray_actors_matches_the_pool(wholebody_backend, synthetic_release, local_ray, tmp_path):
+    from radgenome_hf.generate.segment import discover_volumes
+    from radgenome_hf.generate.volumes import VolumeJob, run_volume_stages
+
+    vols = discover_volumes(synthetic_release.root)[:3]
+    runs = {}
+    for how in ("pool", "ray"):
+        d = tmp_path / how
+        jobs = [VolumeJob(n, str(p), out=str(d / f"{n}.masks.parquet")) for n, p in vols]
+        d.mkdir()
+        rep = run_volume_stages(jobs, d, wholebody_backend, ray="local" if how == "ray" else None, workers=1,
+                                segment_batch=2, progress=False)
+        assert not rep.failed, rep.failed
+        runs[how] = {n: (d / f"{n}.masks.parquet").read_bytes() for n, _ in vols}
+        runs[how + "_quality"] = rep.quality
+    assert runs["pool"] == runs["ray"] and runs["pool_quality"] == runs["ray_quality"]
