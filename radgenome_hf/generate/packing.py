@@ -7,6 +7,18 @@ ontology-name order, as :mod:`~radgenome_hf.access.maskstore` packs them). At mo
 flight, so memory is bounded by a few volumes' masks. Resumable: ``pack.manifest.sqlite`` keys each volume by the
 hash of its member names and bytes; an unchanged, packed volume is not decoded again (the archive itself must
 still be inflated: gzip cannot seek). A volume whose members do not decode is recorded and skipped.
+
+>>> import tempfile
+>>> from radgenome_hf.io.release import UpstreamRelease
+>>> from radgenome_hf.generate.runner import make_executor
+>>> from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
+>>> rel = write_release(tempfile.mkdtemp(), SyntheticConfig(n_train_patients=1, n_valid_patients=0,
+...                     shape=(24, 24, 16)), progress=False)
+>>> source = UpstreamRelease.discover(rel.root).mask_source("train", "region")
+>>> with make_executor(workers=1) as ex:
+...     rep = pack_mask_source(source, tempfile.mkdtemp(), ex, progress=False)
+>>> sorted(rep.outputs), rep.failed
+(['train_1_a_1', 'train_1_b_1'], {})
 """
 
 from __future__ import annotations

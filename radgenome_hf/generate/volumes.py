@@ -15,6 +15,19 @@ Resumable at volume granularity: ``volumes.manifest.sqlite`` keys each volume by
 file (and packed-masks file), the backend name, version and parameters, and holds its quality row; a re-run after a
 kill at any point redoes only the volumes not recorded, and gives the same files as an uninterrupted run. A volume
 that fails (corrupt file, backend error) is recorded with its error and skipped.
+
+>>> import os, tempfile
+>>> from radgenome_hf.generate.backends import get_backend
+>>> from radgenome_hf.io.nifti import write_nifti
+>>> from radgenome_hf.testing.synthetic import make_phantom
+>>> d = tempfile.mkdtemp(); ph = make_phantom((48, 48, 32), None, 0)
+>>> _ = write_nifti(os.path.join(d, "train_1_a_1.nii.gz"), ph.ct, ph.affine)
+>>> jobs = [VolumeJob("train_1_a_1", os.path.join(d, "train_1_a_1.nii.gz"), out=os.path.join(d, "m.parquet"))]
+>>> rep = run_volume_stages(jobs, d, get_backend("threshold"), workers=1, progress=False)
+>>> rep.done, rep.quality["train_1_a_1"]["flags"]
+(['train_1_a_1'], [])
+>>> run_volume_stages(jobs, d, get_backend("threshold"), workers=1, progress=False).skipped  # resumed: nothing to do
+['train_1_a_1']
 """
 
 from __future__ import annotations
