@@ -319,7 +319,8 @@ def _ray_stream(todo: Sequence[dict[str, Any]], backend: Any, address: str, work
     ctx.enable_progress_bars = bool(progress)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    ds = ray.data.from_items(list(todo), override_num_blocks=min(len(todo), 4 * cpus)).map(_read)
+    # one volume per block: a read task holds one decoded volume, and backpressure counts volumes
+    ds = ray.data.from_items(list(todo), override_num_blocks=len(todo)).map(_read)
     segmenting = backend is not None and any(not r["masks"] for r in todo)
     if segmenting:
         on_gpu = bool(getattr(backend, "uses_gpu", False)) and gpus > 0
