@@ -67,3 +67,20 @@ def test_ctrate_v1_volume_reads_its_rescale_from_metadata(faulty):
     q = volume_quality(rel.ctrate_root / ctrate_volume_path("train_2_a_1"), None, metadata=row)
     assert q["intensity_source"] == "metadata" and q["rescale_intercept"] == -1024.0
     assert q["flags"] == [] and q["hu_min"] >= -1024
+
+
+def test_quality_cli_flags_the_faults(faulty, tmp_path, capsys):
+    from radgenome_hf.cli import main
+
+    rel, out, _, rows = faulty
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for p in (out / ".work" / "masks").rglob("*.masks.parquet"):
+        if "anatomy" in p.parent.name:
+            (masks / p.name).write_bytes(p.read_bytes())
+    assert main(["generate", "quality", str(rel.root), str(tmp_path / "q"), "--masks-dir", str(masks),
+                 "--workers", "1"]) == 1  # the corrupt volume fails the stage
+    got = {json.loads(line)["volume_name"]: json.loads(line)
+           for line in (tmp_path / "q" / "quality.jsonl").read_text().splitlines()}
+    assert {v: r["flags"] for v, r in got.items()} == {v: r["flags"] for v, r in rows.items()}
+    assert "FAILED valid_1_b_1" in capsys.readouterr().err
