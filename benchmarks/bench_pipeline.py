@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -133,8 +135,25 @@ def main() -> int:
         ops["rebuild, Ray Data (local, 2 CPUs)"] = rebuild(2, "local")
     for name in ("pack+quality, 2 pool processes", "pack+quality, 1 worker"):
         ops[name]()  # untimed: the workers' first-use imports (pyarrow, nibabel, the ontology)
+    cpu: dict[str, list[float]] = {name: [] for name in ops}
+
+    def cpu_seconds() -> float:
+        """CPU time of this process, its finished children (the rebuild's own pools) and the live benchmark pool."""
+        import psutil
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        live = sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pools[2]._processes)  # type: ignore[attr-defined]
+        return time.process_time() + ru.ru_utime + ru.ru_stime + live
+
+    def with_cpu(name: str, fn):
+        def run() -> None:
+            c0 = cpu_seconds()
+            fn()
+            cpu[name].append(cpu_seconds() - c0)
+        return run
+
     load.append(os.getloadavg()[0])
-    times = interleaved(ops, rounds=args.rounds, warmup=False)
+    times = interleaved({name: with_cpu(name, fn) for name, fn in ops.items()}, rounds=args.rounds, warmup=False)
     load.append(os.getloadavg()[0])
 
     n_vol, n_struct = len(volumes), counts["structures"]
@@ -154,8 +173,14 @@ def main() -> int:
     print(f"1-minute load average: {load[0]:.2f} at start, {load[1]:.2f} before timing, {load[2]:.2f} at the end "
           f"(2 cores: above 2 the runs share the CPUs with others)")
     (print(comparisons_markdown(comps)) if args.markdown else print_comparisons(comps))
+    print("\nCPU seconds used (median; Ray workers are not counted) and cores kept busy (CPU / wall):")
+    for name, xs in times.items():
+        c = statistics.median(cpu[name])
+        note = "" if "Ray" not in name else "  (driver only)"
+        print(f"  {name:40s} wall {statistics.median(xs):7.2f} s  CPU {c:7.2f} s  cores {c / statistics.median(xs):4.2f}{note}")
     rates = {name: {"median_s": round(median_ms(xs) / 1000, 3), "volumes_per_s": round(n_vol / (median_ms(xs) / 1000), 3),
-                    "runs_s": [round(x, 3) for x in xs]} for name, xs in times.items()}
+                    "runs_s": [round(x, 3) for x in xs], "cpu_s": [round(x, 3) for x in cpu[name]]}
+             for name, xs in times.items()}
     for name in ("pack+quality, 2 pool processes", "pack+quality, 1 worker", "pack, MaskStore.prepare serial"):
         rates[name]["structures_per_s"] = round(n_struct / (median_ms(times[name]) / 1000), 1)
     result = {"volumes": n_vol, "structures": n_struct, "shape": list(args.shape), "load_average": load,

@@ -280,12 +280,18 @@ def _reports(release: Any) -> tuple[Any, Any]:
 def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
                     config: PipelineConfig | None = None) -> PipelineReport:
     """Rebuild every derived table of ``upstream`` into a new release folder ``out`` (see the module docs)."""
+    from .runner import make_executor
+
+    cfg = config or PipelineConfig()
+    with make_executor(ray=cfg.ray, workers=cfg.workers) as executor:
+        return _rebuild(upstream, Path(out), cfg, executor)
+
+
+def _rebuild(upstream: str | os.PathLike, out: Path, cfg: PipelineConfig, executor: Any) -> PipelineReport:
     from ..io.release import UpstreamRelease
     from .segment import discover_volumes
 
-    cfg = config or PipelineConfig()
     t0 = time.perf_counter()
-    out = Path(out)
     rg_out = out / "RadGenome-ChestCT"
     ds_out = rg_out / "dataset"
     work = Path(cfg.work_dir) if cfg.work_dir else out / ".work"
@@ -310,22 +316,19 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
 
     reports = filter_volumes(reports, stems)
 
-    from .runner import make_executor
-
     run: dict[str, Any] = {"executor": f"ray ({cfg.ray})" if cfg.ray else f"process pool ({cfg.workers or 'all cores'})"}
-    with make_executor(ray=cfg.ray, workers=cfg.workers) as executor:
-        # -- masks (release / segmentation) and the per-volume stages --------------------------------
-        masks, vrep = _collect_masks(release, stems, cfg, work, volume_paths, executor, run)
-        for s, err in vrep.failed.items():
-            report.skipped[s] = err.strip().splitlines()[0] if err.strip() else err
-        stems = [s for s in stems if s not in vrep.failed]
-        if not stems:
-            raise ReleaseNotFoundError(f"{upstream}: every volume failed its per-volume stages; see "
-                                       f"{work / 'volumes'} and the errors: " + "; ".join(sorted(report.skipped.values()))[:2000])
-        reports = filter_volumes(reports, stems)
+    # -- masks (release / segmentation) and the per-volume stages --------------------------------
+    masks, vrep = _collect_masks(release, stems, cfg, work, volume_paths, executor, run)
+    for s, err in vrep.failed.items():
+        report.skipped[s] = err.strip().splitlines()[0] if err.strip() else err
+    stems = [s for s in stems if s not in vrep.failed]
+    if not stems:
+        raise ReleaseNotFoundError(f"{upstream}: every volume failed its per-volume stages; see "
+                                   f"{work / 'volumes'} and the errors: " + "; ".join(sorted(report.skipped.values()))[:2000])
+    reports = filter_volumes(reports, stems)
 
-        # -- ground ---------------------------------------------------------------------------------
-        grounded_all = _ground_sharded(reports, cfg, executor, run)
+    # -- ground ---------------------------------------------------------------------------------
+    grounded_all = _ground_sharded(reports, cfg, executor, run)
     grounded = {s: grounded_all[s] for s in stems}
 
     # -- split --------------------------------------------------------------------------------------
@@ -378,20 +381,23 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
 
         write_scene_graphs(list(graphs.values()), ds_out / "scene_graph" / "json")
 
-    # -- volumes and masks in the upstream layout -----------------------------------------------------
+    # -- volumes and masks in the upstream layout (per volume, on the workers) ---------------------------
     from tqdm.auto import tqdm
 
-    for s in tqdm(stems, desc="release files", unit="volume", disable=None if cfg.progress is None else not cfg.progress):
-        _place(volume_paths[s], rg_out / radgenome_volume_path(s), cfg.link)
-        for kind in ("anatomy", "region"):
-            pm = masks.kind(s, kind)
-            if pm is None and kind == "region":
-                pm = _regions_from(masks.kind(s, "anatomy"))
-            if pm is not None and len(pm):
-                target = rg_out / mask_dir(s, kind)  # type: ignore[arg-type]
-                if target.exists():
-                    shutil.rmtree(target)
-                pm.to_nifti_folder(target)
+    from .runner import bounded_map
+
+    jobs = [(str(volume_paths[s]), str(rg_out / radgenome_volume_path(s)), cfg.link,
+             {k: str(p) for k, p in masks.files.get(s, {}).items()},
+             {k: str(rg_out / mask_dir(s, k)) for k in ("anatomy", "region")}) for s in stems]  # type: ignore[arg-type]
+    t_write = time.perf_counter()
+    with tqdm(total=len(jobs), desc="release files", unit="volume",
+              disable=None if cfg.progress is None else not cfg.progress) as bar:
+        for _, res in bounded_map(executor, _write_volume_files, jobs):
+            if isinstance(res, BaseException):
+                raise res
+            bar.update()
+    sec = time.perf_counter() - t_write
+    run["write"] = {"volumes": len(jobs), "seconds": round(sec, 3), "volumes_per_s": round(len(jobs) / sec, 3) if sec else None}
     if release.radgenome_root:
         for f in release.qa_template_files():
             _place(Path(f), ds_out / "qa_templates" / Path(f).name, "copy")
@@ -407,6 +413,23 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
     report.run = run
     write_text(work / "run_report.json", json.dumps(run, indent=1, sort_keys=True))
     return report
+
+
+def _write_volume_files(job: tuple[str, str, str, dict[str, str], dict[str, str]]) -> None:
+    """Worker: one volume's file and its mask folders in the upstream layout (region masks derived from the
+    anatomy ones when the masks have no region kind)."""
+    from ..access.masks import PackedMasks
+
+    src, dst, link, files, targets = job
+    _place(Path(src), Path(dst), link)
+    anatomy = PackedMasks.load(files["anatomy"]) if "anatomy" in files else None
+    region = PackedMasks.load(files["region"]) if "region" in files else _regions_from(anatomy)
+    for kind, pm in (("anatomy", anatomy), ("region", region)):
+        if pm is not None and len(pm):
+            target = Path(targets[kind])
+            if target.exists():
+                shutil.rmtree(target)
+            pm.to_nifti_folder(target)
 
 
 def _regions_from(anatomy: "PackedMasks | None") -> "PackedMasks | None":

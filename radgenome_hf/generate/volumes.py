@@ -36,7 +36,6 @@ import concurrent.futures as cf
 import json
 import os
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -45,6 +44,7 @@ import numpy as np
 
 from .manifest import Manifest, ManifestKey, params_hash
 from .quality import QUALITY_COLUMNS
+from .segment import _error_text
 
 STAGE = "volumes"
 VERSION = "1"
@@ -89,11 +89,6 @@ class VolumeStageReport:
             "failures": [{"volume": k, "error": v.strip().splitlines()[0] if v.strip() else v}
                          for k, v in sorted(self.failed.items())],
         }
-
-
-def _error_text(exc: BaseException) -> str:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
-    return f"{type(exc).__name__}: {exc}\n{tb}"
 
 
 # -- the stage functions (module level: they run in workers) -----------------------------------------------
