@@ -48,6 +48,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("masks_from", ["release", "segment"])
 def test_ray_pipeline_matches_the_process_pool(masks_from, synthetic_release, pool_runs, local_ray, tmp_path):
     report = rebuild_release(synthetic_release.root, tmp_path,
@@ -148,6 +149,7 @@ def test_wholebody_weights_load_once_and_labels_are_uint8(wholebody_backend, syn
     assert report.stage_seconds["segment"] > 0 and report.stage_seconds["pack"] > 0
 
 
+@pytest.mark.slow
 def test_wholebody_on_ray_actors_matches_the_pool(wholebody_backend, synthetic_release, local_ray, tmp_path):
     from radgenome_hf.generate.segment import discover_volumes
     from radgenome_hf.generate.volumes import VolumeJob, run_volume_stages
