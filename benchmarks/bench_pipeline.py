@@ -65,7 +65,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from radgenome_hf.access.maskstore import MaskStore
-    from radgenome_hf.generate.packing import pack_mask_source
+    from radgenome_hf.generate.packing import pack_mask_sources
     from radgenome_hf.generate.pipeline import PipelineConfig, rebuild_release
     from radgenome_hf.generate.runner import make_executor
     from radgenome_hf.generate.segment import discover_volumes
@@ -96,8 +96,8 @@ def main() -> int:
             ex = pools[workers]
             packed: dict[str, Path] = {}
             n = 0
-            for src in sources:
-                rep = pack_mask_source(src, out / f"{src.split}_{src.kind}", ex, progress=False)
+            reps = pack_mask_sources([(src, out / f"{src.split}_{src.kind}") for src in sources], ex, progress=False)
+            for src, rep in zip(sources, reps):
                 n += rep.structures
                 if src.kind == "anatomy":
                     packed.update(rep.outputs)

@@ -24,11 +24,12 @@ still be inflated: gzip cannot seek). A volume whose members do not decode is re
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..io.archives import MaskSource, iter_masks
 from .manifest import Manifest, ManifestKey, params_hash
@@ -37,7 +38,7 @@ STAGE = "pack"
 VERSION = "1"
 MANIFEST_NAME = "pack.manifest.sqlite"
 
-__all__ = ["PackReport", "pack_mask_source"]
+__all__ = ["PackReport", "pack_mask_source", "pack_mask_sources"]
 
 
 @dataclass
@@ -86,37 +87,50 @@ def _volumes(source: MaskSource, progress: bool) -> Iterator[tuple[str, dict[str
 def pack_mask_source(source: MaskSource, out_dir: str | Path, executor: cf.Executor, *,
                      window: int | None = None, progress: bool = True) -> PackReport:
     """Pack every volume of ``source`` into ``out_dir`` on ``executor`` (see the module docs)."""
+    return pack_mask_sources([(source, out_dir)], executor, window=window, progress=progress)[0]
+
+
+def pack_mask_sources(sources: Sequence[tuple[MaskSource, str | Path]], executor: cf.Executor, *,
+                      window: int | None = None, progress: bool = True) -> list[PackReport]:
+    """Pack several sources (each into its folder) as ONE stream of volumes, so the workers never wait for a
+    source to finish before the next one's volumes start; one report per source, in order."""
     from .runner import bounded_map
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = PackReport()
-    phash = params_hash({"kind": source.kind})
-    keys: dict[str, ManifestKey] = {}
-    with Manifest(out / MANIFEST_NAME, STAGE) as manifest:
+    reports = [PackReport() for _ in sources]
+    keys: dict[str, tuple[int, ManifestKey]] = {}  # target file -> (source index, key)
+    with contextlib.ExitStack() as stack:
+        manifests = []
+        for _, out_dir in sources:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            manifests.append(stack.enter_context(Manifest(Path(out_dir) / MANIFEST_NAME, STAGE)))
 
         def jobs() -> Iterator[tuple[str, str, dict[str, bytes], str]]:
-            for stem, members in _volumes(source, progress):
-                key = ManifestKey(stem, _members_hash(members), STAGE, VERSION, phash)
-                target = out / f"{stem}.masks.parquet"
-                if manifest.is_done(key) and target.is_file():
-                    report.skipped += 1
-                    report.outputs[stem] = target
-                    continue
-                keys[stem] = key
-                yield stem, str(source.kind), members, str(target)
+            for i, (source, out_dir) in enumerate(sources):
+                phash = params_hash({"kind": source.kind})
+                for stem, members in _volumes(source, progress):
+                    key = ManifestKey(stem, _members_hash(members), STAGE, VERSION, phash)
+                    target = Path(out_dir) / f"{stem}.masks.parquet"
+                    if manifests[i].is_done(key) and target.is_file():
+                        reports[i].skipped += 1
+                        reports[i].outputs[stem] = target
+                        continue
+                    keys[str(target)] = (i, key)
+                    yield stem, str(source.kind), members, str(target)
 
         for job, result in bounded_map(executor, _pack_volume, jobs(), window=window):
-            stem = job[0]
+            stem, target = job[0], job[3]
+            i, key = keys[target]
+            report = reports[i]
             if isinstance(result, BaseException):
                 err = f"{type(result).__name__}: {result}"
-                manifest.mark_failed(keys[stem], err)
+                manifests[i].mark_failed(key, err)
                 report.failed[stem] = err
             else:
-                manifest.mark_done(keys[stem], {"masks": Path(job[3]).name, "structures": result})
-                report.outputs[stem] = Path(job[3])
+                manifests[i].mark_done(key, {"masks": Path(target).name, "structures": result})
+                report.outputs[stem] = Path(target)
                 report.done += 1
                 report.structures += result
-    report.seconds = time.perf_counter() - t0
-    return report
+    for report in reports:
+        report.seconds = time.perf_counter() - t0
+    return reports

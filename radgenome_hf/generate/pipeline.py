@@ -183,22 +183,18 @@ def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Pa
 
         backend = get_backend(cfg.segment_backend) if isinstance(cfg.segment_backend, str) else cfg.segment_backend
     elif cfg.masks_from == "release":
-        from .packing import pack_mask_source
+        from .packing import pack_mask_sources
 
-        t0, packed = time.perf_counter(), 0
-        failed: dict[str, str] = {}
-        for split in _SPLITS:
-            for kind in ("anatomy", "region"):
-                source = release.mask_source(split, kind)
-                if source is None:
-                    continue
-                rep = pack_mask_source(source, work / "masks" / f"{split}_{kind}", executor,
-                                       progress=bool(cfg.progress))
-                packed += rep.done
-                failed.update({f"{s} ({kind} masks)": e for s, e in rep.failed.items()})
-                for s in stems:
-                    if s in rep.outputs:
-                        out.add(s, kind, rep.outputs[s])
+        t0 = time.perf_counter()
+        sources = [(src, work / "masks" / f"{split}_{kind}") for split in _SPLITS for kind in ("anatomy", "region")
+                   if (src := release.mask_source(split, kind)) is not None]
+        reps = pack_mask_sources(sources, executor, progress=bool(cfg.progress))
+        packed = sum(r.done for r in reps)
+        failed = {f"{s} ({src.kind} masks)": e for (src, _), r in zip(sources, reps) for s, e in r.failed.items()}
+        for (src, _), rep in zip(sources, reps):
+            for s in stems:
+                if s in rep.outputs:
+                    out.add(s, src.kind, rep.outputs[s])
         sec = time.perf_counter() - t0
         run["pack"] = {"volumes": packed, "seconds": round(sec, 3),
                        "volumes_per_s": round(packed / sec, 3) if packed and sec else None,
