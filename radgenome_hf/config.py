@@ -12,6 +12,8 @@ next call sees it.
 | ``RADGENOME_LLM_ENDPOINT`` / ``RADGENOME_LLM_MODEL`` | unset | the optional LLM grounding backend |
 | ``RADGENOME_LLM_API_KEY`` (else ``OPENAI_API_KEY``) | unset | its key, sent in a header only |
 | ``RANK`` / ``WORLD_SIZE`` | 0 / 1 | the node split when ``torch.distributed`` is not initialised |
+| ``RADGENOME_RAY_ADDRESS`` | unset (a local Ray instance) | the Ray cluster ``generate --ray`` joins |
+| ``RADGENOME_WORKERS`` | all cores | processes of the generation stages' local pool (``--workers``) |
 
 >>> import os
 >>> os.environ["RADGENOME_CACHE"] = "/tmp/rg-cache"
@@ -19,6 +21,8 @@ next call sees it.
 (PosixPath('/tmp/rg-cache'), PosixPath('/tmp/rg-cache/masks'))
 >>> del os.environ["RADGENOME_CACHE"]
 >>> max_volume_bytes() == 16 << 30
+True
+>>> generate_workers() == (os.cpu_count() or 1) if "RADGENOME_WORKERS" not in os.environ else True
 True
 """
 
@@ -29,7 +33,7 @@ from pathlib import Path
 
 __all__ = [
     "cache_root", "masks_cache_root", "prepared_cache_max_bytes", "open_volumes_max_bytes", "max_volume_bytes",
-    "llm_settings", "dist_env",
+    "llm_settings", "dist_env", "ray_address", "generate_workers",
 ]
 
 
@@ -79,3 +83,13 @@ def llm_settings() -> tuple[str, str | None, str | None]:
 def dist_env() -> tuple[int, int]:
     """(rank, world size) from ``$RANK`` / ``$WORLD_SIZE``, else (0, 1)."""
     return _int("RANK", 0), _int("WORLD_SIZE", 1)
+
+
+def ray_address() -> str | None:
+    """``$RADGENOME_RAY_ADDRESS`` (e.g. ``ray://head:10001`` or ``auto``), else ``None``: start a local Ray."""
+    return os.environ.get("RADGENOME_RAY_ADDRESS") or None
+
+
+def generate_workers() -> int:
+    """``$RADGENOME_WORKERS`` or every core: the local process pool of the generation stages."""
+    return max(1, _int("RADGENOME_WORKERS", os.cpu_count() or 1))

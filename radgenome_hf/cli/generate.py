@@ -3,7 +3,11 @@
 Subcommands: ``ground`` (region_report CSV from CT-RATE reports), ``vqa`` (the VQA CSVs and case disorders),
 ``scene-graph`` (Chest ImaGenome-style graphs), ``anatomy-pairs`` (fVLM-style organ captions), ``split``
 (patient-level train/validation assignment), ``rebuild`` (all of them into a new release folder) and
-``evaluate`` (agreement of a regenerated release with a reference release).
+``evaluate`` (agreement of a regenerated release with a reference release), ``quality`` (per-volume checks).
+
+``rebuild`` and ``quality`` run in a local process pool (``--workers N``, default all cores) or, with
+``--ray [ADDRESS]``, as Ray Data pipelines on a local Ray instance or the cluster at ADDRESS (e.g. ``auto`` on a
+cluster node, ``ray://head:10001`` from outside); both resume after a kill.
 """
 
 from __future__ import annotations
@@ -140,13 +144,50 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     from ..generate.pipeline import PipelineConfig, rebuild_release
+    from .segment import backend_from_args
 
+    backend = backend_from_args(args) if args.masks_from == "segment" and not args.masks_dir else args.backend
     cfg = PipelineConfig(seed=args.seed, validation=args.validation, masks_from=args.masks_from,
-                         masks_dir=args.masks_dir, segment_backend=args.backend, link=args.link,
-                         grounding=_grounding(args), progress=True)
+                         masks_dir=args.masks_dir, segment_backend=backend, link=args.link,
+                         grounding=_grounding(args), progress=True, ray=args.ray, workers=args.workers,
+                         segment_batch=args.segment_batch)
     report = rebuild_release(args.upstream, args.out, cfg)
     print(report.summary())
+    print(f"run report: {Path(args.out) / '.work' / 'run_report.json'}")
     return 1 if report.problems else 0
+
+
+def _cmd_quality(args: argparse.Namespace) -> int:
+    import json
+
+    from ..generate.segment import discover_volumes
+    from ..generate.volumes import VolumeJob, run_volume_stages
+    from ..io.atomic import write_text
+
+    out = Path(args.out)
+    masks = Path(args.masks_dir) if args.masks_dir else None
+    jobs = [VolumeJob(name, str(path), str(masks / f"{name}.masks.parquet")
+                      if masks and (masks / f"{name}.masks.parquet").is_file() else None)
+            for name, path in discover_volumes(args.upstream)]
+    report = run_volume_stages(jobs, out, ray=args.ray, workers=args.workers, progress=True)
+    rows = [report.quality[j.item] for j in jobs if j.item in report.quality]
+    write_text(out / "quality.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(out / "run_report.json", json.dumps(report.as_dict(), indent=1, sort_keys=True))
+    flagged = [r for r in rows if r["flags"]]
+    print(f"wrote {out / 'quality.jsonl'}: {len(rows)} volumes, {len(flagged)} flagged, {len(report.failed)} failed")
+    for r in flagged:
+        print(f"  {r['volume_name']}: {', '.join(r['flags'])}")
+    for name, err in sorted(report.failed.items()):
+        print(f"  FAILED {name}: {err.strip().splitlines()[0]}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _add_executor(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run as Ray Data pipelines: a local Ray instance, or the cluster at ADDRESS "
+                   "(or $RADGENOME_RAY_ADDRESS)")
+    q.add_argument("--workers", type=int, default=None,
+                   help="local pool processes, or the local Ray instance's CPUs (default all cores, $RADGENOME_WORKERS)")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -171,8 +212,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from .segment import add_backend_options
+
     p = subparsers.add_parser("generate", help="generation stages: ground, vqa, scene-graph, anatomy-pairs, split, "
-                              "rebuild, evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "rebuild, evaluate, quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", metavar="STAGE")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
@@ -236,8 +279,20 @@ def register(subparsers) -> None:
     q.add_argument("--masks-from", choices=("release", "segment", "none"), default="release",
                    help="masks from the release's own folders/archives, from running a segmentation backend, or none")
     q.add_argument("--masks-dir", help="use this folder of <stem>.masks.parquet instead")
-    q.add_argument("--backend", default="threshold", help="segmentation backend for --masks-from segment")
+    q.add_argument("--backend", default="threshold", choices=["threshold", "monai", "totalsegmentator", "sat"],
+                   help="segmentation backend for --masks-from segment")
     q.add_argument("--link", choices=("hardlink", "copy", "symlink"), default="hardlink",
                    help="how volumes and CT-RATE files get into the new release")
+    _add_executor(q)
+    q.add_argument("--segment-batch", type=int, default=2, help="volumes per segmentation actor call (Ray)")
     _add_grounding(q)
+    add_backend_options(q)
     q.set_defaults(func=_cmd_rebuild)
+
+    q = sub.add_parser("quality", help="per-volume quality rows (non-finite voxels, HU range, double rescale, lung "
+                       "coverage, spacing) -> OUT/quality.jsonl")
+    q.add_argument("upstream", help="upstream release folder")
+    q.add_argument("out", help="output folder (quality.jsonl, run_report.json, the resumable manifest)")
+    q.add_argument("--masks-dir", help="folder of <stem>.masks.parquet (for the lung coverage)")
+    _add_executor(q)
+    q.set_defaults(func=_cmd_quality)

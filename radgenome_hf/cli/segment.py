@@ -21,10 +21,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--backend", default="threshold", choices=["threshold", "monai", "totalsegmentator", "sat"])
     p.add_argument("--out", required=True, type=Path, help="output folder (packed masks + segment.manifest.sqlite)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: 1 for GPU backends, else up to 4)")
-    p.add_argument("--ray", action="store_true", help="run on Ray Data (pip install 'radgenome-hf[ray]')")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a local Ray instance, or the cluster at ADDRESS (pip install 'radgenome-hf[ray]')")
     p.add_argument("--limit", type=int, default=None, help="only the first N volumes (by name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_backend_options(p)
+    p.set_defaults(func=run)
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """The options that build a backend (``--bundle``, ``--device``, ...), shared with ``generate rebuild``."""
     g = p.add_argument_group("monai")
     g.add_argument("--bundle", type=Path, help="MONAI bundle folder (configs/inference.json, models/model.pt)")
     g.add_argument("--checkpoint", type=Path, help="state dict file (with --network-config)")
@@ -43,10 +50,10 @@ def register(subparsers: Any) -> None:
     s.add_argument("--sat-text-encoder", type=Path, help="SAT text encoder checkpoint")
     s.add_argument("--sat-command", help="custom command; {rcd_dir} and {jsonl} are filled in")
     s.add_argument("--sat-labels", help="comma-separated prompts (default: the ontology's anatomy names)")
-    p.set_defaults(func=run)
 
 
-def _backend(args: argparse.Namespace):
+def backend_from_args(args: argparse.Namespace):
+    """The backend ``--backend`` and its options name."""
     from ..generate.backends import get_backend
 
     if args.backend == "threshold":
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     volumes = discover_volumes(args.data_dir)
     if args.limit is not None:
         volumes = volumes[: args.limit]
-    backend = _backend(args)
+    backend = backend_from_args(args)
     report = run_segmentation(
         volumes, args.out, backend, workers=args.workers, ray=args.ray, progress=not args.no_progress
     )

@@ -19,6 +19,16 @@ patients are re-split (:mod:`~radgenome_hf.generate.splits`) and the CSVs follow
 names, and therefore folders, never change. Masks come from the release itself (``masks_from="release"``: its
 folders or archives, packed once in one streaming pass), from a segmentation output folder of
 ``<stem>.masks.parquet`` (``masks_dir``), or from running a segmentation backend (``masks_from="segment"``).
+
+Where it runs: mask archives are packed in one streaming pass feeding every worker
+(:mod:`~radgenome_hf.generate.packing`); the per-volume stages read -> (segment) -> pack -> quality run in a
+process pool or as one Ray Data pipeline (:mod:`~radgenome_hf.generate.volumes`); grounding runs over shards of
+the reports on the same workers; VQA, graphs, pairs and the split are cheap and run here. ``ray="local"`` (or a
+cluster address) puts all of it on Ray; otherwise ``workers`` processes (default all cores). Every stage is
+resumable per volume, so a killed rebuild run again finishes with the same files as an uninterrupted one. The
+quality rows go to ``dataset/quality/{train,validation}.jsonl``; ``<work>/run_report.json`` holds volumes/s per
+stage, GPU utilisation (when there is a GPU) and each failure with its volume (a failed volume is left out of
+the release, never stops the run).
 """
 
 from __future__ import annotations
@@ -59,13 +69,16 @@ class PipelineConfig:
     validation: float | None = None  # None: keep the upstream split of each volume; else patient re-split
     masks_from: str = "release"  # release | segment | none
     masks_dir: str | os.PathLike | None = None  # folder of <stem>.masks.parquet (overrides masks_from)
-    segment_backend: str = "threshold"
+    segment_backend: "str | Any" = "threshold"  # a backend name, or a backend object (e.g. a configured MonaiBackend)
     link: str = "hardlink"  # hardlink | copy | symlink
     include_ctrate: bool = True
     scene_graph_json: bool = True
     grounding: "GroundingBackend | None" = None
     work_dir: str | os.PathLike | None = None  # packed masks etc. (default <out>/.work)
     progress: bool | None = None
+    ray: str | None = None  # None: a local process pool; "local": a local Ray instance; else a cluster address
+    workers: int | None = None  # pool processes / local Ray CPUs (default all cores)
+    segment_batch: int = 2  # volumes per segmentation actor call (Ray)
 
 
 @dataclass
@@ -79,6 +92,7 @@ class PipelineReport:
     skipped: dict[str, str] = field(default_factory=dict)  # volume -> why
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    run: dict[str, Any] = field(default_factory=dict)  # the run report (also <work>/run_report.json)
 
     def summary(self) -> str:
         lines = [f"rebuilt {self.volumes} volumes into {self.out} in {self.seconds:.1f} s", f"splits: {self.splits}"]
@@ -149,8 +163,12 @@ class _Masks:
 
 
 def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Path,
-                   volume_paths: dict[str, Path]) -> _Masks:
+                   volume_paths: dict[str, Path], executor: Any, run: dict[str, Any]) -> tuple[_Masks, Any]:
+    """The masks of every volume and the per-volume stages' report (quality rows, failures)."""
+    from .volumes import VolumeJob, run_volume_stages
+
     out = _Masks()
+    backend = None
     if cfg.masks_dir is not None:
         d = Path(cfg.masks_dir)
         if not d.is_dir():
@@ -160,33 +178,72 @@ def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Pa
             p = d / f"{s}.masks.parquet"
             if p.is_file():
                 out.add(s, "anatomy", p)
-        return out
-    if cfg.masks_from == "none":
-        return out
-    if cfg.masks_from == "segment":
+    elif cfg.masks_from == "segment":
         from .backends import get_backend
-        from .segment import run_segmentation
 
-        seg_dir = work / "segment"
-        rep = run_segmentation([(s, volume_paths[s]) for s in stems if s in volume_paths], seg_dir,
-                               get_backend(cfg.segment_backend), progress=bool(cfg.progress))
-        for s, p in rep.outputs.items():
-            out.add(s, "anatomy", Path(p))
-        return out
-    if cfg.masks_from != "release":
-        raise ValueError(f"masks_from must be one of {MASKS_FROM}, got {cfg.masks_from!r}")
-    from ..access.maskstore import MaskStore
+        backend = get_backend(cfg.segment_backend) if isinstance(cfg.segment_backend, str) else cfg.segment_backend
+    elif cfg.masks_from == "release":
+        from .packing import pack_mask_sources
 
-    for split in _SPLITS:
-        for kind in ("anatomy", "region"):
-            store = MaskStore.prepare(release, split, kind, cache_root=work, progress=bool(cfg.progress))
-            if store is None:
-                continue
+        t0 = time.perf_counter()
+        sources = [(src, work / "masks" / f"{split}_{kind}") for split in _SPLITS for kind in ("anatomy", "region")
+                   if (src := release.mask_source(split, kind)) is not None]
+        reps = pack_mask_sources(sources, executor, progress=bool(cfg.progress))
+        packed = sum(r.done for r in reps)
+        failed = {f"{s} ({src.kind} masks)": e for (src, _), r in zip(sources, reps) for s, e in r.failed.items()}
+        for (src, _), rep in zip(sources, reps):
             for s in stems:
-                p = store.path(s)
-                if p is not None:
-                    out.add(s, kind, Path(p))
-    return out
+                if s in rep.outputs:
+                    out.add(s, src.kind, rep.outputs[s])
+        sec = time.perf_counter() - t0
+        run["pack"] = {"volumes": packed, "seconds": round(sec, 3),
+                       "volumes_per_s": round(packed / sec, 3) if packed and sec else None,
+                       "failures": [{"volume": k, "error": v} for k, v in sorted(failed.items())]}
+    elif cfg.masks_from != "none":
+        raise ValueError(f"masks_from must be one of {MASKS_FROM}, got {cfg.masks_from!r}")
+
+    def masks_of(s: str) -> str | None:
+        files = out.files.get(s, {})
+        p = files.get("anatomy") or files.get("region")
+        return None if p is None else str(p)
+
+    seg_dir = work / "segment"
+    jobs = [VolumeJob(s, str(volume_paths[s]), masks_of(s),
+                      str(seg_dir / f"{s}.masks.parquet") if backend is not None else None) for s in stems]
+    if backend is not None:
+        seg_dir.mkdir(parents=True, exist_ok=True)
+    vrep = run_volume_stages(jobs, work / "volumes", backend, ray=cfg.ray, workers=cfg.workers,
+                             segment_batch=cfg.segment_batch, executor=None if cfg.ray else executor,
+                             progress=bool(cfg.progress))
+    for s, p in vrep.masks.items():
+        out.add(s, "anatomy", p)
+    run["volumes"] = vrep.as_dict()
+    return out, vrep
+
+
+def _ground_sharded(reports: Any, cfg: PipelineConfig, executor: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """Ground the reports over shards on the executor's workers (same result as one call: reports are independent)."""
+    from .runner import bounded_map, executor_width
+
+    t0 = time.perf_counter()
+    n = len(reports)
+    shards = max(1, min(n, 2 * executor_width(executor)))
+    size = -(-n // shards)
+    parts = [reports.slice(i, size) for i in range(0, n, size)]
+    got: dict[int, dict] = {}
+    for part, res in bounded_map(executor, _ground_shard, ((i, p, cfg.grounding) for i, p in enumerate(parts))):
+        if isinstance(res, BaseException):
+            raise res
+        got[part[0]] = res
+    grounded = {k: v for i in range(len(parts)) for k, v in got[i].items()}
+    sec = time.perf_counter() - t0
+    run["ground"] = {"volumes": n, "shards": len(parts), "seconds": round(sec, 3),
+                     "volumes_per_s": round(n / sec, 3) if sec else None}
+    return grounded
+
+
+def _ground_shard(job: tuple[int, Any, Any]) -> dict[str, GroundedReport]:
+    return ground_reports(job[1], backend=job[2], progress=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,12 +276,18 @@ def _reports(release: Any) -> tuple[Any, Any]:
 def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
                     config: PipelineConfig | None = None) -> PipelineReport:
     """Rebuild every derived table of ``upstream`` into a new release folder ``out`` (see the module docs)."""
+    from .runner import make_executor
+
+    cfg = config or PipelineConfig()
+    with make_executor(ray=cfg.ray, workers=cfg.workers) as executor:
+        return _rebuild(upstream, Path(out), cfg, executor)
+
+
+def _rebuild(upstream: str | os.PathLike, out: Path, cfg: PipelineConfig, executor: Any) -> PipelineReport:
     from ..io.release import UpstreamRelease
     from .segment import discover_volumes
 
-    cfg = config or PipelineConfig()
     t0 = time.perf_counter()
-    out = Path(out)
     rg_out = out / "RadGenome-ChestCT"
     ds_out = rg_out / "dataset"
     work = Path(cfg.work_dir) if cfg.work_dir else out / ".work"
@@ -249,11 +312,19 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
 
     reports = filter_volumes(reports, stems)
 
-    # -- masks (release / segmentation) -------------------------------------------------------------
-    masks = _collect_masks(release, stems, cfg, work, volume_paths)
+    run: dict[str, Any] = {"executor": f"ray ({cfg.ray})" if cfg.ray else f"process pool ({cfg.workers or 'all cores'})"}
+    # -- masks (release / segmentation) and the per-volume stages --------------------------------
+    masks, vrep = _collect_masks(release, stems, cfg, work, volume_paths, executor, run)
+    for s, err in vrep.failed.items():
+        report.skipped[s] = err.strip().splitlines()[0] if err.strip() else err
+    stems = [s for s in stems if s not in vrep.failed]
+    if not stems:
+        raise ReleaseNotFoundError(f"{upstream}: every volume failed its per-volume stages; see "
+                                   f"{work / 'volumes'} and the errors: " + "; ".join(sorted(report.skipped.values()))[:2000])
+    reports = filter_volumes(reports, stems)
 
-    # -- ground -------------------------------------------------------------------------------------
-    grounded_all = ground_reports(reports, backend=cfg.grounding, progress=cfg.progress)
+    # -- ground ---------------------------------------------------------------------------------
+    grounded_all = _ground_sharded(reports, cfg, executor, run)
     grounded = {s: grounded_all[s] for s in stems}
 
     # -- split --------------------------------------------------------------------------------------
@@ -298,6 +369,7 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
         report.problems += [f"{split}: {p}" for p in check_invariants(tables)]
         _write_jsonl(ds_out / "scene_graph" / f"{split}.jsonl", [graphs[s] for s in sel])
         _write_jsonl(ds_out / "anatomy_pairs" / f"{split}.jsonl", [r for r in pairs if r["volume_name"] in sel])
+        _write_jsonl(ds_out / "quality" / f"{split}.jsonl", [vrep.quality[s] for s in sel])
         report.counts[split] = {"volumes": len(sel), "region_report": len(rr), **tables.counts(),
                                 "scene_graph": len(sel), "anatomy_pairs": sum(r["volume_name"] in sel for r in pairs)}
     if cfg.scene_graph_json:
@@ -305,20 +377,23 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
 
         write_scene_graphs(list(graphs.values()), ds_out / "scene_graph" / "json")
 
-    # -- volumes and masks in the upstream layout -----------------------------------------------------
+    # -- volumes and masks in the upstream layout (per volume, on the workers) ---------------------------
     from tqdm.auto import tqdm
 
-    for s in tqdm(stems, desc="release files", unit="volume", disable=None if cfg.progress is None else not cfg.progress):
-        _place(volume_paths[s], rg_out / radgenome_volume_path(s), cfg.link)
-        for kind in ("anatomy", "region"):
-            pm = masks.kind(s, kind)
-            if pm is None and kind == "region":
-                pm = _regions_from(masks.kind(s, "anatomy"))
-            if pm is not None and len(pm):
-                target = rg_out / mask_dir(s, kind)  # type: ignore[arg-type]
-                if target.exists():
-                    shutil.rmtree(target)
-                pm.to_nifti_folder(target)
+    from .runner import bounded_map
+
+    jobs = [(str(volume_paths[s]), str(rg_out / radgenome_volume_path(s)), cfg.link,
+             {k: str(p) for k, p in masks.files.get(s, {}).items()},
+             {k: str(rg_out / mask_dir(s, k)) for k in ("anatomy", "region")}) for s in stems]  # type: ignore[arg-type]
+    t_write = time.perf_counter()
+    with tqdm(total=len(jobs), desc="release files", unit="volume",
+              disable=None if cfg.progress is None else not cfg.progress) as bar:
+        for _, res in bounded_map(executor, _write_volume_files, jobs):
+            if isinstance(res, BaseException):
+                raise res
+            bar.update()
+    sec = time.perf_counter() - t_write
+    run["write"] = {"volumes": len(jobs), "seconds": round(sec, 3), "volumes_per_s": round(len(jobs) / sec, 3) if sec else None}
     if release.radgenome_root:
         for f in release.qa_template_files():
             _place(Path(f), ds_out / "qa_templates" / Path(f).name, "copy")
@@ -329,7 +404,28 @@ def rebuild_release(upstream: str | os.PathLike, out: str | os.PathLike,
                 _place(p, out / "CT-RATE" / p.relative_to(src), cfg.link)
     report.volumes = len(stems)
     report.seconds = time.perf_counter() - t0
+    run["seconds"] = round(report.seconds, 3)
+    run["volumes_per_s"] = round(len(stems) / report.seconds, 3) if report.seconds else None
+    report.run = run
+    write_text(work / "run_report.json", json.dumps(run, indent=1, sort_keys=True))
     return report
+
+
+def _write_volume_files(job: tuple[str, str, str, dict[str, str], dict[str, str]]) -> None:
+    """Worker: one volume's file and its mask folders in the upstream layout (region masks derived from the
+    anatomy ones when the masks have no region kind)."""
+    from ..access.masks import PackedMasks
+
+    src, dst, link, files, targets = job
+    _place(Path(src), Path(dst), link)
+    anatomy = PackedMasks.load(files["anatomy"]) if "anatomy" in files else None
+    region = PackedMasks.load(files["region"]) if "region" in files else _regions_from(anatomy)
+    for kind, pm in (("anatomy", anatomy), ("region", region)):
+        if pm is not None and len(pm):
+            target = Path(targets[kind])
+            if target.exists():
+                shutil.rmtree(target)
+            pm.to_nifti_folder(target)
 
 
 def _regions_from(anatomy: "PackedMasks | None") -> "PackedMasks | None":

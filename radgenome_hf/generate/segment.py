@@ -231,9 +231,10 @@ def run_segmentation(
     backend: SegmentationBackend,
     *,
     workers: int | None = None,
-    ray: bool = False,
+    ray: bool | str = False,
     progress: bool = True,
     redo_failed: bool = True,
+    batch_size: int = 1,
 ) -> SegmentationReport:
     """Segment ``inputs`` (``(volume_name, path)`` pairs) into ``<out_dir>/<volume_name>.masks.parquet``.
 
@@ -246,7 +247,8 @@ def run_segmentation(
         workers: processes (``1`` = in this process; more = a spawn-context process pool, one backend per
             process). Default: 1 for GPU backends, else up to 4.
         ray: run on Ray Data instead (loading and writing as tasks, segmentation as an actor pool with one model
-            per GPU); uses the running Ray instance, or starts a local one.
+            per GPU); ``True`` uses the running Ray instance or starts a local one, a string is a cluster address.
+        batch_size: volumes per segmentation actor call (Ray).
         progress: tqdm progress bar.
     """
     from tqdm.auto import tqdm
@@ -303,7 +305,7 @@ def run_segmentation(
             if not tasks:
                 pass
             elif ray:
-                stream = _run_ray(tasks, backend, workers, progress)
+                stream = _run_ray(tasks, backend, workers, progress, None if ray is True else str(ray), batch_size)
                 try:
                     for res in stream:
                         record(res)
@@ -406,16 +408,14 @@ def _ray_write(row: dict[str, Any]) -> dict[str, Any]:
     return {"item": row["item"], "out": row["out"], "error": err, "n": int(row["n"]), "seconds": float(row["seconds"])}
 
 
-def _run_ray(tasks: Sequence[_Task], backend: SegmentationBackend, workers: int | None, progress: bool):
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise RadGenomeError(
-            "running the segment stage on Ray needs Ray Data: pip install 'radgenome-hf[ray]'"
-        ) from exc
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+def _run_ray(tasks: Sequence[_Task], backend: SegmentationBackend, workers: int | None, progress: bool,
+             address: str | None, batch_size: int):
+    from .runner import init_ray
+
+    init_ray(address)
+    import ray
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(progress)
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -427,7 +427,7 @@ def _run_ray(tasks: Sequence[_Task], backend: SegmentationBackend, workers: int 
     ds = ds.map_batches(
         _RaySegmenter,
         fn_constructor_kwargs={"backend": backend},
-        batch_size=1,
+        batch_size=batch_size,
         concurrency=n,
         num_gpus=1 if wants_gpu else 0,
         batch_format="numpy",

@@ -56,6 +56,7 @@ __all__ = [
     "SyntheticRelease",
     "make_phantom",
     "write_release",
+    "inject_quality_faults",
     "FOV_MM",
     "REALISTIC_SHAPE",
     "REALISTIC_SPACING",
@@ -1375,3 +1376,52 @@ def _radgenome_rows(R: dict[str, list], vn: names.VolumeName, lesions: list[Lesi
         else:
             R["vqa_size"].append([fn, l.anatomy_path, l.finding, l.size_text])
     R["case_disorders"].append([fn, ", ".join(disorders) if disorders else "no findings"])
+
+
+def inject_quality_faults(release: SyntheticRelease, *, nonfinite: str | None = None,
+                          rescaled_twice: str | None = None, non_chest: str | None = None) -> None:
+    """Overwrite RadGenome volumes of a written release with the faults the quality stage must flag.
+
+    ``nonfinite``: float32 HU with NaN and inf voxels. ``rescaled_twice``: the HU values stored with
+    ``scl_inter = -1024`` (a reader adds the intercept to data that are already HU). ``non_chest``: an abdomen-like
+    volume (soft tissue, no air-filled lungs) whose anatomy masks lose every lung structure; this one needs a
+    release written with ``mask_layout="folders"`` (archives are not rewritten).
+
+    >>> import tempfile
+    >>> rel = write_release(tempfile.mkdtemp(), SyntheticConfig(n_train_patients=1, n_valid_patients=0,
+    ...                     shape=(24, 24, 16), mask_layout="folders"), progress=False)
+    >>> inject_quality_faults(rel, nonfinite="train_1_a_1", non_chest="train_1_b_1")
+    """
+    import nibabel as nib
+
+    def path_of(stem: str) -> Path:
+        return release.radgenome_root / names.radgenome_volume_path(stem)
+
+    def read(stem: str) -> tuple[np.ndarray, np.ndarray]:
+        img = nib.load(str(path_of(stem)))
+        return np.asarray(img.dataobj), img.affine
+
+    if nonfinite is not None:
+        ct, affine = read(nonfinite)
+        bad = ct.astype(np.float32)
+        bad[0, 0, : max(1, bad.shape[2] // 4)] = np.nan
+        bad[-1, -1, 0] = np.inf
+        write_bytes(path_of(nonfinite), _nifti_bytes(bad, affine))
+    if rescaled_twice is not None:
+        ct, affine = read(rescaled_twice)
+        write_bytes(path_of(rescaled_twice), _nifti_bytes(ct.astype(np.int16), affine, slope_inter=(1.0, -1024.0)))
+    if non_chest is not None:
+        seg = release.radgenome_root / names.mask_dir(non_chest, "anatomy")
+        if not seg.is_dir():
+            raise ValueError(f"non_chest needs a release with mask folders ({seg} not found): "
+                             "write it with SyntheticConfig(mask_layout='folders')")
+        ct, affine = read(non_chest)
+        body = np.zeros(ct.shape, bool)
+        i, j = np.ogrid[: ct.shape[0], : ct.shape[1]]
+        ci, cj = (ct.shape[0] - 1) / 2, (ct.shape[1] - 1) / 2
+        body[((i - ci) / (0.45 * ct.shape[0])) ** 2 + ((j - cj) / (0.35 * ct.shape[1])) ** 2 <= 1] = True
+        abdomen = np.where(body, 40, -1000).astype(np.int16)
+        write_bytes(path_of(non_chest), _nifti_bytes(abdomen, affine))
+        for f in sorted(seg.iterdir()):
+            if "lung" in f.name:
+                f.unlink()

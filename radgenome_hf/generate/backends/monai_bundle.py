@@ -3,7 +3,8 @@
 Inference follows the wholeBody bundle's ``configs/inference.json``: ``Orientation(RAS)`` -> ``Spacing(1.5 mm, or
 3 mm for the low-res model, bilinear)`` -> ``NormalizeIntensity(nonzero)`` -> ``ScaleIntensity(-1, 1)`` ->
 ``sliding_window_inference`` (roi 96³, overlap 0.25, gaussian, replicate padding; AMP on CUDA) -> argmax ->
-``Invertd`` (nearest) back onto the input grid. The bundle applies softmax before argmax; argmax of the logits is
+``Invertd`` (nearest) back onto the input grid, all of it on the device (the int16 volume is uploaded as stored;
+only the uint8 label map comes back, no float64 anywhere). The bundle applies softmax before argmax; argmax of the logits is
 the same label (softmax is monotonic) without a 105-channel softmax tensor, so it is skipped.
 
 Channel names (TotalSegmentator v1 names in the wholeBody ``channel_def``) are mapped to ontology names; coarser
@@ -89,7 +90,8 @@ class MonaiBackend:
         roi_size, overlap, mode, padding_mode: sliding-window settings (wholeBody defaults).
         sw_batch_size: windows per forward pass (memory vs speed).
         device: ``"auto"`` (CUDA if available), ``"cuda"``, ``"cuda:1"``, ``"cpu"``.
-        amp: ``torch.autocast`` on CUDA.
+        amp: ``torch.autocast`` on CUDA; ``amp_dtype``: ``"auto"`` (bf16 where supported, else fp16),
+            ``"bfloat16"`` or ``"float16"``.
     """
 
     name = "monai"
@@ -109,6 +111,7 @@ class MonaiBackend:
         sw_batch_size: int = 1,
         device: str = "auto",
         amp: bool = True,
+        amp_dtype: str = "auto",
         version: str | None = None,
     ) -> None:
         self.network_config = None if network_config is None else json.loads(json.dumps(dict(network_config)))
@@ -128,6 +131,9 @@ class MonaiBackend:
         self.sw_batch_size = int(sw_batch_size)
         self.device = device
         self.amp = bool(amp)
+        if amp_dtype not in ("auto", "bfloat16", "float16"):
+            raise ValueError(f"amp_dtype must be 'auto', 'bfloat16' or 'float16', got {amp_dtype!r}")
+        self.amp_dtype = amp_dtype
         self._checkpoint_hash = file_hash(self.checkpoint)
         self.version = version or "custom"
         self._model = None
@@ -227,6 +233,7 @@ class MonaiBackend:
             "roi_size": self.roi_size,
             "overlap": self.overlap,
             "mode": self.mode,
+            "amp": [self.amp, self.amp_dtype],
         }
 
     def _torch_device(self):
@@ -277,8 +284,22 @@ class MonaiBackend:
         return self._model
 
     # -- inference ----------------------------------------------------------------------------------
+    def _amp_dtype(self, device):
+        import torch
+
+        if not self.amp or device.type != "cuda":
+            return None
+        if self.amp_dtype == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return getattr(torch, self.amp_dtype)
+
     def predict_labels(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        """Argmax class map on the input grid (int16), shape = ``volume.shape``."""
+        """Argmax class map on the input grid (uint8; int16 past 255 classes), shape = ``volume.shape``.
+
+        The volume goes to the device as stored (int16 HU: half the bytes of float32) and stays there: resampling,
+        normalisation, sliding-window inference (autocast in bf16 where the GPU has it, else fp16), argmax and the
+        inverse resampling all run on the device; only the uint8 label map comes back.
+        """
         import torch
         from monai.data import MetaTensor
         from monai.inferers import sliding_window_inference
@@ -293,45 +314,55 @@ class MonaiBackend:
 
         model = self.model()
         device = self._torch_device()
-        img = MetaTensor(
-            torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None],
-            affine=torch.as_tensor(np.asarray(affine, np.float64)),
-        )
-        pre = Compose(
-            [
-                Orientationd("image", axcodes="RAS", labels=_RAS_LABELS),
-                Spacingd("image", pixdim=self.pixdim, mode="bilinear"),
-                NormalizeIntensityd("image", nonzero=True),
-                ScaleIntensityd("image", minv=-1.0, maxv=1.0),
-            ]
-        )
-        data = pre({"image": img})
-        x = data["image"].as_tensor()[None].to(device)
-        with torch.inference_mode(), torch.autocast(device.type, enabled=self.amp and device.type == "cuda"):
-            logits = sliding_window_inference(
-                x,
-                roi_size=self.roi_size,
-                sw_batch_size=self.sw_batch_size,
-                predictor=model,
-                overlap=self.overlap,
-                mode=self.mode,
-                padding_mode=self.padding_mode,
+        arr = np.asarray(volume)
+        if arr.dtype not in (np.int16, np.uint8, np.int32, np.float32):
+            arr = arr.astype(np.float32)
+        out_dtype = torch.uint8 if max(self.channel_def, default=0) < 256 else torch.int16
+        with torch.inference_mode():
+            img = MetaTensor(torch.from_numpy(arr).to(device).to(torch.float32)[None],
+                             affine=torch.as_tensor(np.asarray(affine, np.float64)))
+            pre = Compose(
+                [
+                    Orientationd("image", axcodes="RAS", labels=_RAS_LABELS),
+                    Spacingd("image", pixdim=self.pixdim, mode="bilinear"),
+                    NormalizeIntensityd("image", nonzero=True),
+                    ScaleIntensityd("image", minv=-1.0, maxv=1.0),
+                ]
             )
-            labels = torch.argmax(logits, dim=1).to(torch.float32).cpu()  # (1, ...) on the resampled grid
-        del logits, x
-        pred = MetaTensor(labels, meta=dict(data["image"].meta))
-        pred.applied_operations = list(data["image"].applied_operations)
-        data["pred"] = pred
-        inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True, to_tensor=True)
-        out = inv(data)["pred"]
-        arr = np.asarray(out.detach().cpu().numpy()[0])
-        if arr.shape != tuple(volume.shape):
-            raise RadGenomeError(f"monai: inverted prediction has shape {arr.shape}, input {tuple(volume.shape)}")
+            data = pre({"image": img})
+            x = data["image"].as_tensor()[None]
+            amp = self._amp_dtype(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = sliding_window_inference(
+                    x,
+                    roi_size=self.roi_size,
+                    sw_batch_size=self.sw_batch_size,
+                    predictor=model,
+                    overlap=self.overlap,
+                    mode=self.mode,
+                    padding_mode=self.padding_mode,
+                    sw_device=device,
+                    device=device,
+                )
+            # float32 for the nearest-neighbour inverse resampling (grid_sample); labels are small integers
+            labels = torch.argmax(logits, dim=1).to(torch.float32)
+            del logits, x
+            pred = MetaTensor(labels, meta=dict(data["image"].meta))
+            pred.applied_operations = list(data["image"].applied_operations)
+            data["pred"] = pred
+            inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True, to_tensor=True)
+            out = inv(data)["pred"]
+            lab = torch.round(out.as_tensor()[0]).to(out_dtype).cpu().numpy()
+        if lab.shape != tuple(volume.shape):
+            raise RadGenomeError(f"monai: inverted prediction has shape {lab.shape}, input {tuple(volume.shape)}")
         inv_aff = np.asarray(out.affine, np.float64)
         if not np.allclose(inv_aff, affine, atol=1e-3):
             raise RadGenomeError(f"monai: inverted prediction affine\n{inv_aff}\ndiffers from the input's\n{affine}")
-        return np.rint(arr).astype(np.int16)
+        return lab
+
+    def pack_labels(self, labels: np.ndarray, affine: np.ndarray) -> PackedMasks:
+        """Ontology-named packed masks of a :meth:`predict_labels` map (CPU work: a pipeline runs it off the GPU)."""
+        return label_map_to_masks(labels, self.channel_def, affine, source=self.name)
 
     def segment(self, volume: np.ndarray, affine: np.ndarray) -> PackedMasks:
-        labels = self.predict_labels(volume, affine)
-        return label_map_to_masks(labels, self.channel_def, affine, source=self.name)
+        return self.pack_labels(self.predict_labels(volume, affine), affine)
