@@ -27,7 +27,8 @@ def test_demo_loads_every_config(tmp_path):
     assert "HU range" in out.stdout and "voxels of" in out.stdout
 
 
-@pytest.mark.parametrize("script", ["quickstart.py", "training_loop.py", "publish_local_hub.py"])
+@pytest.mark.parametrize("script", ["quickstart.py", "training_loop.py", "finding_aware_training.py",
+                                    "publish_local_hub.py"])
 def test_example_runs(script, tmp_path):
     path = ROOT / "examples" / script
     if not path.exists():

@@ -81,7 +81,7 @@ def test_sample_patchd_is_deterministic_per_epoch_and_crops_volume_and_labels(ph
     ph, masks, arrays = phantom_masks
     vol = Volume.from_array(ph.ct, ph.affine)
     make = lambda: SamplePatchd(LabelPatches(SIZE, {"heart": 1.0, "trachea": 1.0}),  # noqa: E731
-                                label_names=["heart", "trachea"], seed=7, rank=0)
+                                label_names=["heart", "trachea"], seed=7)
     a, b = make(), make()
     first = [a({"volume": vol, "masks": masks}) for _ in range(20)]
     again = [b({"volume": vol, "masks": masks}) for _ in range(20)]
@@ -130,15 +130,20 @@ def test_finding_aware_loop_on_a_release_crops_around_each_rows_mask(synthetic_r
                                    cache_dir=str(tmp_path / "hf"))
     sampler = FindingAwareSampler(ds.select_columns(["question_type", "answer"]), num_samples=12, seed=0,
                                   rank=0, world_size=1)
-    crop = SamplePatchd(CentredPatches((16, 16, 8)), masks_key="mask", seed=0, rank=0)
-    loader = make_dataloader(ds, batch_size=4, num_workers=0, transform=crop, sampler=sampler, world_size=1, rank=0)
-    seen = 0
+    crop = SamplePatchd(CentredPatches((16, 16, 8)), masks_key="mask", seed=0)
+    loader = make_dataloader(ds, batch_size=4, num_workers=2, transform=crop, sampler=sampler)
+    seen, boxes = 0, []
     for batch in loader:
         assert isinstance(batch["volume"], torch.Tensor) and tuple(batch["volume"].shape[1:]) == (16, 16, 8)
         for kind, answer in zip(batch["patch_kind"], batch["answer"]):
             assert kind == "centred" and answer
         seen += len(batch["answer"])
+        boxes += [tuple(b) for b in batch["patch_box"]]
     assert seen == 12
+    # two threads finish rows in any order: the patches are the same in a second run of the epoch
+    again = [tuple(b) for batch in make_dataloader(ds, batch_size=4, num_workers=2, transform=crop, sampler=sampler)
+             for b in batch["patch_box"]]
+    assert again == boxes
     rows = [ds[i] for i in sampler]
     assert {r["question_type"] for r in rows} == {"abnormality"}
     # a drawn row's patch contains a voxel of that row's grounding mask

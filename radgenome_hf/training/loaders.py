@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torch.utils.data import DataLoader
+    from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..config import dist_env
 from .collate import collate_volumes
@@ -101,6 +101,7 @@ def make_dataloader(
     rank: int | None = None,
     world_size: int | None = None,
     shuffle: bool = False,
+    sampler: Any = None,
     seed: int = 0,
     shuffle_buffer: int = 64,
     transform: Callable[[dict], dict] | None = None,
@@ -112,7 +113,7 @@ def make_dataloader(
     drop_last: bool = False,
     backend: str = "auto",
     **kwargs: Any,
-) -> "DataLoader | ThreadedDataLoader":
+) -> "StatefulDataLoader | ThreadedDataLoader":
     """A loader over a ``datasets`` (map-style or streaming) or torch dataset: one of two backends.
 
     * ``backend="threads"`` (:class:`ThreadedDataLoader`): ``num_workers`` threads in this process fetch rows,
@@ -122,7 +123,7 @@ def make_dataloader(
       no shared-memory copy: with the presets' cached outputs this is the fast path (benchmarks/bench_natural.py).
       Batches are views of ring slots that are reused once the next batch is asked for (move them to the GPU
       or ``.clone()`` them within the step).
-    * ``backend="processes"``: a ``torch.utils.data.DataLoader`` with ``num_workers`` worker processes, for
+    * ``backend="processes"``: a ``torch.utils.data.DataLoader`` (torchdata's ``StatefulDataLoader``) with ``num_workers`` worker processes, for
       transforms that hold the GIL (pure-Python work) or are not thread-safe.
     * ``"auto"`` (default): threads when ``transform`` is ``None``, one of this package's presets or a MONAI
       ``Compose`` of them (their work runs in torch, numpy, blosc2 and isal, which release the GIL) and no
@@ -136,13 +137,21 @@ def make_dataloader(
       node's shard count (more workers would idle). A map-style dataset is indexed by a sampler as usual.
     * ``shuffle``: a seeded ``RandomSampler`` (map-style) or ``IterableDataset.shuffle(seed, shuffle_buffer)``
       (streaming; call ``loader.dataset.set_epoch(epoch)`` each epoch).
+    * ``sampler``: your own index sampler of a map-style dataset instead (e.g.
+      :class:`~radgenome_hf.training.samplers.FindingAwareSampler`); it indexes the whole dataset and splits the
+      nodes itself, so the dataset is not split by node then.
     * ``transform`` (e.g. a preset from :mod:`radgenome_hf.training`) runs per sample in the workers;
       ``collate_fn`` defaults to :func:`collate_volumes` with ``pad_values``.
+    * Exact resume: both backends have ``state_dict()`` / ``load_state_dict()`` (the process backend is torchdata's
+      ``StatefulDataLoader``). Save the state after any step, build the same loader in a fresh process, load it:
+      the samples that follow are the uninterrupted run's, in order. A streaming dataset resumes exactly when its
+      shuffle is shard order only (``shuffle_buffer=1``): ``datasets`` does not restore a shuffle buffer's rows,
+      and cannot restore a shuffled stream split over worker processes, so use the thread backend for that.
     """
     import torch
-    from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset
+    from torch.utils.data import IterableDataset, RandomSampler, Subset
 
-    r, w = dist_info(rank, world_size)
+    r, w = (0, 1) if sampler is not None else dist_info(rank, world_size)
     try:
         import datasets as hf_datasets
         from datasets.distributed import split_dataset_by_node
@@ -163,8 +172,9 @@ def make_dataloader(
                 f"make_dataloader: cannot split a plain torch IterableDataset ({type(dataset).__name__}) across "
                 f"{w} nodes; use a datasets.IterableDataset (split_dataset_by_node) or split it yourself"
             )
-    sampler = None
-    if shuffle:
+    if sampler is not None and iterable:
+        raise ValueError("make_dataloader: sampler= indexes a map-style dataset; a streaming dataset has no indices")
+    if shuffle and sampler is None:
         if iterable:
             if is_hf:
                 dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
@@ -205,7 +215,9 @@ def make_dataloader(
         loader_kwargs["prefetch_factor"] = prefetch_factor
         loader_kwargs["persistent_workers"] = persistent_workers
     loader_kwargs.update(kwargs)
-    return DataLoader(dataset, **loader_kwargs)
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    return StatefulDataLoader(dataset, **loader_kwargs)
 
 
 def _thread_safe(transform: Any) -> bool:
@@ -266,6 +278,40 @@ class ThreadedDataLoader:
         self.prefetch = int(prefetch) if prefetch is not None else 2 * self.num_threads
         self._slots = [_Slot(pin_memory) for _ in range(self.prefetch + 1)]
         self._lock = threading.Lock()
+        self._yielded = 0  # batches of the current epoch handed out
+        self._generator_at_start: Any = None  # the sampler generator's state when this epoch began
+        self._dataset_state: Any = None  # a stream's state right after the last batch handed out
+        self._resume: Mapping | None = None
+
+    def state_dict(self) -> dict:
+        """Where the iteration stands: after the last batch handed out (or, between epochs, at the next one).
+
+        >>> rows = [{"i": i} for i in range(6)]
+        >>> a = ThreadedDataLoader(rows, batch_size=2)
+        >>> it = iter(a); first = next(it)["i"]; state = a.state_dict(); it.close()
+        >>> b = ThreadedDataLoader(rows, batch_size=2); b.load_state_dict(state)
+        >>> first, [batch["i"] for batch in b]
+        ([0, 1], [[2, 3], [4, 5]])
+        """
+        return {"batches_yielded": self._yielded, "sampler_generator": self._generator_at_start,
+                "dataset": self._dataset_state}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Make the next iteration continue from ``state`` (from :meth:`state_dict` of the same loader setup)."""
+        self._resume = dict(state)
+
+    def _begin(self) -> int:
+        """Apply a loaded state to the sampler or stream; returns the batches to skip (already handed out)."""
+        resume, self._resume = self._resume, None
+        gen = getattr(self.sampler, "generator", None)
+        if resume and gen is not None and resume.get("sampler_generator") is not None:
+            gen.set_state(resume["sampler_generator"])
+        self._generator_at_start = gen.get_state() if gen is not None else None
+        if resume and not self._indexed() and resume.get("dataset") is not None:
+            self.dataset.load_state_dict(resume["dataset"])
+        self._yielded = int(resume["batches_yielded"]) if resume else 0
+        self._dataset_state = resume.get("dataset") if resume else None
+        return self._yielded if self._indexed() else 0
 
     def _indexed(self) -> bool:
         return self.sampler is not None or _is_map_style(self.dataset)
@@ -281,17 +327,22 @@ class ThreadedDataLoader:
         """Buffers the ring has allocated so far (flat once every slot has seen the largest batch)."""
         return sum(s.allocations for s in self._slots)
 
-    def _batches(self) -> Iterator[list]:
-        """Lists of row indices (map-style) or of rows (streaming), ``batch_size`` each."""
+    def _batches(self, skip: int = 0) -> Iterator[tuple[list, Any]]:
+        """(chunk, stream state after it): lists of row indices (map-style) or of rows (streaming), ``batch_size``
+        each; the first ``skip`` chunks of indices are drawn and dropped without reading a row."""
         if self._indexed():
             source: Any = iter(self.sampler) if self.sampler is not None else iter(range(len(self.dataset)))
         else:
             source = iter(self.dataset)
+        stateful = not self._indexed() and hasattr(self.dataset, "state_dict")
         while True:
             chunk = [x for _, x in zip(range(self.batch_size), source)]
             if not chunk or (self.drop_last and len(chunk) < self.batch_size):
                 return
-            yield chunk
+            if skip:
+                skip -= 1
+                continue
+            yield chunk, (self.dataset.state_dict() if stateful else None)
 
     def _sample(self, slot: _Slot, b: int, n: int, item: Any, shapes: dict) -> dict:
         import torch
@@ -341,10 +392,10 @@ class ThreadedDataLoader:
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("ThreadedDataLoader: one iteration at a time (its ring buffers are shared)")
         free = collections.deque(self._slots)
-        pending: collections.deque[tuple[_Slot, Future]] = collections.deque()
+        pending: collections.deque[tuple[_Slot, Future, Any]] = collections.deque()
         held: _Slot | None = None
         pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="radgenome-dataloader")
-        chunks = self._batches()
+        chunks = self._batches(self._begin())
         exhausted = False
         try:
             while True:
@@ -352,20 +403,25 @@ class ThreadedDataLoader:
                     free.append(held)
                     held = None
                 while not exhausted and len(pending) < self.prefetch and free:
-                    chunk = next(chunks, None)
-                    if chunk is None:
+                    nxt = next(chunks, None)
+                    if nxt is None:
                         exhausted = True
                         break
                     slot = free.popleft()
-                    pending.append((slot, pool.submit(self._batch, slot, chunk)))
+                    pending.append((slot, pool.submit(self._batch, slot, nxt[0]), nxt[1]))
                 if not pending:
+                    self._yielded, self._dataset_state = 0, None  # the next iteration is a new epoch
+                    gen = getattr(self.sampler, "generator", None)
+                    self._generator_at_start = gen.get_state() if gen is not None else None
                     return
-                slot, fut = pending.popleft()
+                slot, fut, after = pending.popleft()
                 result = fut.result()
                 held = slot
+                self._yielded += 1
+                self._dataset_state = after
                 yield result
         finally:
-            for _, fut in pending:
+            for _, fut, _ in pending:
                 fut.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             self._lock.release()

@@ -23,6 +23,7 @@ grounding mask, and :class:`CentredPatches` crops around that mask.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from typing import Any, Hashable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
@@ -163,8 +164,10 @@ class SamplePatchd(PresetTransform):
     """Dict transform: draw a patch with ``sampler`` and crop the volume (and, with ``label_names``, a label map of
     those structures) to it. Adds ``patch_box``, ``patch_kind`` and ``patch_structure`` to the sample.
 
-    Each call's generator is :func:`sample_rng` of (seed, epoch, rank, DataLoader worker, the call's number in
-    this worker): the same data order gives the same patches. ``set_epoch`` starts an epoch's sequence.
+    Each sample's generator is :func:`sample_rng` of (seed, epoch, the row's identity: ``volume_name``,
+    ``anatomy``, ``question``, ``answer``, ``sentence``): the same row gets the same patch in an epoch on any rank,
+    worker or thread, whatever the order rows arrive in, and after a resume. Rows without those fields use this
+    instance's call count instead (deterministic in one thread). ``set_epoch`` starts an epoch.
 
     >>> import numpy as np
     >>> from radgenome_hf.access.masks import PackedMasks
@@ -185,7 +188,6 @@ class SamplePatchd(PresetTransform):
         label_names: Sequence[str] | None = None,
         label_key: Hashable = "label",
         seed: int = 0,
-        rank: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -194,7 +196,6 @@ class SamplePatchd(PresetTransform):
         self.label_names = list(label_names) if label_names else None
         self.label_key = label_key
         self.seed = int(seed)
-        self.rank = rank
         self.epoch = 0
         self._calls = 0
 
@@ -202,24 +203,19 @@ class SamplePatchd(PresetTransform):
         self.epoch = int(epoch)
         self._calls = 0
 
-    def _rng(self) -> np.random.Generator:
-        import torch.utils.data
-
-        info = torch.utils.data.get_worker_info()
-        if self.rank is None:
-            from .loaders import dist_info
-
-            self.rank = dist_info()[0]
-        rng = sample_rng(self.seed, self.epoch, self.rank, 0 if info is None else info.id, self._calls)
+    def _rng(self, data: Mapping) -> np.random.Generator:
+        ident = "\x1f".join(str(data[k]) for k in _IDENTITY if data.get(k) is not None)
+        if ident:
+            return sample_rng(self.seed, self.epoch, index=zlib.crc32(ident.encode()))
         self._calls += 1
-        return rng
+        return sample_rng(self.seed, self.epoch, worker=1, index=self._calls)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         keys = self._present(d, self.keys)
         masks = d[self.masks_key]
         shape = tuple(int(s) for s in (getattr(d[keys[0]], "shape", None) if keys else masks.shape))
-        patch = self.sampler(shape, masks, self._rng())
+        patch = self.sampler(shape, masks, self._rng(d))
         for key in keys:
             vol = d[key]
             d[key] = vol.crop(patch.box) if hasattr(vol, "crop") else np.asarray(vol)[_slices(patch.box)]
@@ -231,6 +227,9 @@ class SamplePatchd(PresetTransform):
             d[self.label_key] = label
         d["patch_box"], d["patch_kind"], d["patch_structure"] = patch.box, patch.kind, patch.structure
         return d
+
+
+_IDENTITY = ("volume_name", "anatomy", "question", "answer", "sentence")
 
 
 def _slices(box: Sequence[int]) -> tuple[slice, slice, slice]:
