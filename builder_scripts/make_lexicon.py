@@ -38,6 +38,7 @@ import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROWS = ROOT / ".." / "shared" / "reference" / "radgenome-real-sample"
@@ -83,38 +84,49 @@ def region_keywords(region: str) -> tuple[str, ...]:
     return tuple(w[:6] for w in region.split() if len(w) >= 4)
 
 
-def learn_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, regions: list[str],
-                   min_sentences: int = 5, share: float = 0.75) -> dict[str, list[str]]:
-    """Region R beats region Q when, of the findings sentences naming both whose real phrases (written verbatim
-    in the sentence) the rows place in one of the two alone, at least ``min_sentences`` and a ``share`` go to R."""
+def _placed_sentences(by_phrase: dict[tuple[str, str], set[str]], reports: Path) -> Iterator[tuple[str, set[str]]]:
+    """(findings sentence, regions the rows place its real phrases in) for every sentence holding a real phrase
+    verbatim: the evidence both priorities are learned from."""
     sys.path.insert(0, str(ROOT))
     from radgenome_hf.generate.ground import split_sentences
 
     by_volume: dict[str, dict[str, set[str]]] = defaultdict(dict)
     for (vol, ph), paths in by_phrase.items():
         by_volume[vol.removesuffix(".nii.gz")][ph] = {p.split("/", 1)[0] for p in paths}
-    both: Counter[tuple[str, str]] = Counter()
-    alone: Counter[tuple[str, str]] = Counter()
     with open(reports, newline="", encoding="utf-8-sig") as f:
         for r in csv.DictReader(f):
             phrases = by_volume.get(r["VolumeName"].removesuffix(".nii.gz"), {})
             for sent in split_sentences(r.get("Findings_EN") or ""):
                 low = sent.lower()
                 placed = set().union(*[rs for ph, rs in phrases.items() if len(ph) > 3 and ph in low] or [set()])
-                if not placed:
-                    continue
-                named = [g for g in regions if any(k in low for k in region_keywords(g))]
-                for a in named:
-                    for b in named:
-                        if a != b:
-                            both[(a, b)] += 1
-                            alone[(a, b)] += placed == {a}
+                if placed:
+                    yield sent, placed
+
+
+def _winners(both: Counter, alone: Counter, min_sentences: int, share: float) -> dict[str, list[str]]:
     out: dict[str, list[str]] = defaultdict(list)
     for (a, b), n in sorted(both.items()):
         won, lost = alone[(a, b)], alone[(b, a)]
         if won >= min_sentences and won >= share * (won + lost):
             out[a].append(b)
     return dict(out)
+
+
+def learn_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, regions: list[str],
+                   min_sentences: int = 5, share: float = 0.75) -> dict[str, list[str]]:
+    """Region R beats region Q when, of the findings sentences naming both whose real phrases (written verbatim
+    in the sentence) the rows place in one of the two alone, at least ``min_sentences`` and a ``share`` go to R."""
+    both: Counter[tuple[str, str]] = Counter()
+    alone: Counter[tuple[str, str]] = Counter()
+    for sent, placed in _placed_sentences(by_phrase, reports):
+        low = sent.lower()
+        named = [g for g in regions if any(k in low for k in region_keywords(g))]
+        for a in named:
+            for b in named:
+                if a != b:
+                    both[(a, b)] += 1
+                    alone[(a, b)] += placed == {a}
+    return _winners(both, alone, min_sentences, share)
 
 
 def learn_node_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Path, min_sentences: int = 5,
@@ -123,35 +135,20 @@ def learn_node_priority(by_phrase: dict[tuple[str, str], set[str]], reports: Pat
     anatomy lexicon) whose real phrases the rows place in one region alone, at least ``min_sentences`` and a
     ``share`` go to A's."""
     sys.path.insert(0, str(ROOT))
-    from radgenome_hf.generate.ground import Lexicon, split_sentences
+    from radgenome_hf.generate.ground import Lexicon
 
     lex = Lexicon.default()
-    by_volume: dict[str, dict[str, set[str]]] = defaultdict(dict)
-    for (vol, ph), paths in by_phrase.items():
-        by_volume[vol.removesuffix(".nii.gz")][ph] = {p.split("/", 1)[0] for p in paths}
     both: Counter[tuple[str, str]] = Counter()
     alone: Counter[tuple[str, str]] = Counter()
-    with open(reports, newline="", encoding="utf-8-sig") as f:
-        for r in csv.DictReader(f):
-            phrases = by_volume.get(r["VolumeName"].removesuffix(".nii.gz"), {})
-            for sent in split_sentences(r.get("Findings_EN") or ""):
-                low = sent.lower()
-                placed = set().union(*[rs for ph, rs in phrases.items() if len(ph) > 3 and ph in low] or [set()])
-                if not placed:
-                    continue
-                names = lex._match_names(sent)[0]
-                regions = {n: {p.split("/", 1)[0] for p in lex.node_paths.get(n, ())} for n in names}
-                for a in names:
-                    for b in names:
-                        if a != b and regions[a] and regions[b] and not regions[a] & regions[b]:
-                            both[(a, b)] += 1
-                            alone[(a, b)] += placed <= regions[a]
-    out: dict[str, list[str]] = defaultdict(list)
-    for (a, b), n in sorted(both.items()):
-        won, lost = alone[(a, b)], alone[(b, a)]
-        if won >= min_sentences and won >= share * (won + lost):
-            out[a].append(b)
-    return dict(out)
+    for sent, placed in _placed_sentences(by_phrase, reports):
+        names = lex._match_names(sent)[0]
+        regions = {n: {p.split("/", 1)[0] for p in lex.node_paths.get(n, ())} for n in names}
+        for a in names:
+            for b in names:
+                if a != b and regions[a] and regions[b] and not regions[a] & regions[b]:
+                    both[(a, b)] += 1
+                    alone[(a, b)] += placed <= regions[a]
+    return _winners(both, alone, min_sentences, share)
 
 
 def learn(rows_folder: Path, min_count: int = 2, reports: Path | None = None) -> dict:
