@@ -123,8 +123,8 @@ def make_dataloader(
       no shared-memory copy: with the presets' cached outputs this is the fast path (benchmarks/bench_natural.py).
       Batches are views of ring slots that are reused once the next batch is asked for (move them to the GPU
       or ``.clone()`` them within the step).
-    * ``backend="processes"``: a ``torch.utils.data.DataLoader`` (torchdata's ``StatefulDataLoader``) with ``num_workers`` worker processes, for
-      transforms that hold the GIL (pure-Python work) or are not thread-safe.
+    * ``backend="processes"``: a ``torch.utils.data.DataLoader`` (torchdata's ``StatefulDataLoader``) with
+      ``num_workers`` worker processes, for transforms that hold the GIL (pure-Python work) or are not thread-safe.
     * ``"auto"`` (default): threads when ``transform`` is ``None``, one of this package's presets or a MONAI
       ``Compose`` of them (their work runs in torch, numpy, blosc2 and isal, which release the GIL) and no
       ``collate_fn``/``kwargs`` for the DataLoader are given; processes otherwise.
