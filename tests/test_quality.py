@@ -84,3 +84,36 @@ def test_quality_cli_flags_the_faults(faulty, tmp_path, capsys):
            for line in (tmp_path / "q" / "quality.jsonl").read_text().splitlines()}
     assert {v: r["flags"] for v, r in got.items()} == {v: r["flags"] for v, r in rows.items()}
     assert "FAILED valid_1_b_1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["vqa", "segmentation", "reports"])
+def test_every_config_row_carries_its_volumes_quality_and_drop_flagged_drops_them(faulty, tmp_path, config):
+    import radgenome_hf
+
+    _, out, _, rows = faulty
+    kw = dict(data_dir=str(out), cache_dir=str(tmp_path / "hf"), ignore_missing_volumes=True)
+    full = radgenome_hf.load_dataset(config, **kw)
+    kept = radgenome_hf.load_dataset(config, drop_flagged=True, **kw)
+    flagged = {v for v, r in rows.items() if r["flags"]}
+    assert flagged == set(FAULTS.values())
+    for split in full:
+        names = full[split]["volume_name"]
+        if not [n for n in names if n not in flagged]:  # a split of flagged volumes only is left out
+            assert split not in kept
+            continue
+        for name, q in zip(names, full[split]["quality"]):
+            if name in rows:
+                assert q["flags"] == rows[name]["flags"] and q["lung_coverage"] == pytest.approx(rows[name]["lung_coverage"])
+            else:  # a volume the quality stage skipped (the truncated one) or one it never saw
+                assert q is None
+        want = [n for n in names if n not in flagged]
+        assert kept[split]["volume_name"] == want
+    assert sum(full[s].num_rows for s in full) > sum(kept[s].num_rows for s in kept)
+
+
+def test_an_upstream_release_without_quality_rows_gives_null_quality(synthetic_release, tmp_path):
+    import radgenome_hf
+
+    ds = radgenome_hf.load_dataset("vqa", data_dir=str(synthetic_release.root), split="train",
+                                   cache_dir=str(tmp_path / "hf"))
+    assert set(ds["quality"]) == {None}

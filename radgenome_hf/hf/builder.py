@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 from .._version import __version__
 from ..errors import CacheWriteError, MalformedFileError, MissingVolumeError, RadGenomeError, ShapeMismatchError
 from .features import VolumeFeature, LazyMaskFeature, MaskSetFeature, register_features
-from .schema import CONFIG_NAMES, VQA_TYPES, _DESCRIPTIONS, config_features
+from .schema import CONFIG_NAMES, QUALITY_FEATURES, VQA_TYPES, _DESCRIPTIONS, config_features, quality_arrow_type
 from ..names import HF_SPLIT, Split, VolumeName
 from ..ontology import get_ontology
 from ..io.release import UpstreamRelease
@@ -65,6 +65,8 @@ class RadGenomeConfig(datasets.BuilderConfig):
         question_templates: ``"auto"`` (upstream ``qa_templates/`` when the release ships them, else this package's
             templates) or ``"radgenome_hf"``.
         progress: show progress bars while preparing.
+        drop_flagged: leave out the rows of volumes the quality stage flagged (non-finite voxels, a rescale applied
+            twice, no lung: not a chest scan, bad spacing); every row carries its volume's ``quality`` either way.
         volume_cache: where decoded volumes are kept so that later rows, epochs and crops read only what they
             need: ``"default"`` (``$RADGENOME_CACHE``, bounded by ``$RADGENOME_CACHE_MAX_BYTES``), a folder, or
             ``False`` (off: every row decodes its file, apart from the per-process LRU of open volumes).
@@ -79,6 +81,7 @@ class RadGenomeConfig(datasets.BuilderConfig):
     mask_cache_dir: str | None = None
     question_templates: str = "auto"
     progress: bool = True
+    drop_flagged: bool = False
     volume_cache: str | bool | None = "default"
 
     def __post_init__(self):
@@ -169,6 +172,9 @@ class RadGenome(datasets.ArrowBasedBuilder):
             table = make(release, split)
             if table is None:
                 continue
+            table = self._with_quality(release, split, table)
+            if table.num_rows == 0 and self.config.drop_flagged:  # every volume of the split flagged: no split
+                continue
             table = _cast(table, self.info.features)
             out.append(datasets.SplitGenerator(name=HF_SPLIT[split], gen_kwargs={"tables": _shards(table, self.config.num_shards)}))
         if not out:
@@ -178,6 +184,28 @@ class RadGenome(datasets.ArrowBasedBuilder):
                 f"(see docs/architecture.md 'Releases on disk')",
             )
         return out
+
+    def _with_quality(self, release: UpstreamRelease, split: Split, table: pa.Table) -> pa.Table:
+        """Join each row's volume quality (``dataset/quality/<split>.jsonl`` of a rebuilt release; null without
+        it) and, with ``drop_flagged``, drop the rows of flagged volumes."""
+        path = release.generated_rows("quality", split)
+        found: dict[str, dict] = {}
+        if path is not None and release.exists(path):
+            with release.open(path) as f:
+                for line in f:
+                    if line.strip():
+                        r = json.loads(line)
+                        found[r["volume_name"]] = {k: r.get(k) for k in QUALITY_FEATURES}
+        names = table.column("volume_name").combine_chunks()
+        unique = pc.unique(names)
+        per_volume = [found.get(n) for n in unique.to_pylist()]
+        index = pc.index_in(names, value_set=unique)
+        quality = pa.array(per_volume, type=quality_arrow_type()).take(index)
+        table = table.append_column("quality", quality)
+        if self.config.drop_flagged:
+            flagged = pa.array([bool(q and q.get("flags")) for q in per_volume], type=pa.bool_()).take(index)
+            table = table.filter(pc.invert(flagged))
+        return table
 
     def _generate_tables(self, tables: list[pa.Table]) -> Iterator[tuple[object, pa.Table]]:
         from datasets.builder import Key
@@ -488,7 +516,7 @@ class RadGenome(datasets.ArrowBasedBuilder):
         stems = [r["volume_name"] for r in rows]
         feats = self.info.features
         cols = {k: [r.get(k) for r in rows] for k in feats if k not in ("volume", "mask", "patient_id", "scan_id",
-                                                                        "reconstruction_id")}
+                                                                        "reconstruction_id", "quality")}
         table = pa.table(cols)
         table = _add_ids(table)
         unique = list(dict.fromkeys(stems))

@@ -23,8 +23,31 @@ from .features import LazyMaskFeature, MaskSetFeature, VolumeFeature
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-__all__ = ["ANATOMY_PAIRS_FEATURES", "CONFIG_NAMES", "SCENE_GRAPH_FEATURES", "VQA_TYPES", "arrow_schema",
-           "config_features"]
+__all__ = ["ANATOMY_PAIRS_FEATURES", "CONFIG_NAMES", "QUALITY_FEATURES", "SCENE_GRAPH_FEATURES", "VQA_TYPES",
+           "arrow_schema", "config_features", "quality_arrow_type", "quality_feature"]
+
+#: The quality stage's checks of a row's volume (``generate/quality.py``), joined into every config's rows;
+#: ``null`` when the release has no quality rows (an upstream release that was not rebuilt).
+QUALITY_FEATURES: dict[str, Any] = {
+    "nonfinite_voxels": "int64",
+    "hu_min": "float32",
+    "hu_max": "float32",
+    "intensity_source": "string",  # header | metadata
+    "rescale_applied_twice": "bool",
+    "lung_coverage": "float32",  # fraction of axial slices with lung (a non-chest scan is ~0)
+    "spacing_ok": "bool",
+    "flags": ["string"],  # the failed checks; [] for a clean volume
+}
+
+
+def quality_feature() -> dict:
+    """The ``quality`` column's datasets features (a struct of :data:`QUALITY_FEATURES`)."""
+    return _python_schema_to_features(QUALITY_FEATURES)
+
+
+def quality_arrow_type() -> "pa.DataType":
+    """The Arrow type of the ``quality`` column."""
+    return arrow_schema({"quality": QUALITY_FEATURES}).field("quality").type
 
 CONFIG_NAMES = ("reports", "segmentation", "grounded_reports", "vqa", "scene_graph", "anatomy_pairs")
 VQA_TYPES = ("abnormality", "location", "presence", "size", "disorders")
@@ -116,6 +139,7 @@ def config_features(name: str) -> datasets.Features:
         f["mask"] = LazyMaskFeature()
     else:
         raise ValueError(f"unknown config {name!r}; choose one of {CONFIG_NAMES}")
+    f["quality"] = quality_feature()
     return datasets.Features(f)
 
 
