@@ -291,12 +291,9 @@ class CTClipd(PresetTransform):
             readers[key] = where[0].reader(where[1])
         return readers or None
 
-    def __call__(self, data: Mapping) -> dict:
-        if self._is_batch(data):
-            return self._per_row(data)
+    def _sample(self, d: dict) -> dict:
         import torch
 
-        d = dict(data)
         first = self.keys[0] if self.keys else None
         for key in self._present(d, self.keys):
             where = self._output_key(d, key)

@@ -160,10 +160,7 @@ class FVLMd(PresetTransform):
                        margin_zyx=margin_zyx, pad_zyx=pad_zyx)
         self.spacing = spacing
 
-    def __call__(self, data: Mapping) -> dict:
-        if self._is_batch(data):  # a datasets batch (with_transform / set_transform)
-            return self._per_row(data)
-        d = dict(data)
+    def _sample(self, d: dict) -> dict:
         if len(self._present(d, self.keys)) < 2:
             return d
         sp, aff = self._geometry(d, self.image_key, self.spacing)

@@ -124,6 +124,15 @@ class PresetTransform(MapTransform):
     passes), and gives back the same kind.
     """
 
+    def __call__(self, data: Mapping) -> dict:
+        if self._is_batch(data):  # a datasets batch (with_transform / set_transform / batched map)
+            return self._per_row(data)
+        return self._sample(dict(data))
+
+    def _sample(self, d: dict) -> dict:
+        """Transform one sample (a copy of the caller's dict, free to modify)."""
+        raise NotImplementedError
+
     def _present(self, data: Mapping, keys: Sequence[Hashable]) -> list[Hashable]:
         out = []
         for k in keys:

@@ -6,7 +6,7 @@ The function returns numpy ``(i, j, k)``; the dict transform gives ``(1, k, j, i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Literal, Mapping, Sequence
+from typing import Any, Hashable, Literal, Sequence
 
 import numpy as np
 
@@ -212,12 +212,9 @@ class RegionCropd(PresetTransform):
         self.anatomy_key, self.anatomy = anatomy_key, anatomy
         self.margin, self.margin_unit, self.spacing, self.as_tensor = margin, margin_unit, spacing, as_tensor
 
-    def __call__(self, data: Mapping) -> dict:
-        if self._is_batch(data):  # a datasets batch (with_transform / set_transform)
-            return self._per_row(data)
+    def _sample(self, d: dict) -> dict:
         import torch
 
-        d = dict(data)
         if len(self._present(d, self.keys)) < 2:
             return d
         anatomy = self.anatomy if self.anatomy is not None else d.get(self.anatomy_key, "")

@@ -210,8 +210,7 @@ class SamplePatchd(PresetTransform):
         self._calls += 1
         return sample_rng(self.seed, self.epoch, worker=1, index=self._calls)
 
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
+    def _sample(self, d: dict) -> dict:
         keys = self._present(d, self.keys)
         masks = d[self.masks_key]
         shape = tuple(int(s) for s in (getattr(d[keys[0]], "shape", None) if keys else masks.shape))

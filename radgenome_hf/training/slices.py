@@ -6,7 +6,7 @@ Output ``(N, H, W)``: axial ``(j, i)``, coronal ``(k, i)``, sagittal ``(k, j)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Literal, Sequence
 
 import numpy as np
 
@@ -149,10 +149,7 @@ class SliceSequenced(PresetTransform):
         self.kw = dict(plane=plane, n_slices=n_slices, stride=stride, spacing_mm=spacing_mm)
         self.spacing, self.window = spacing, window
 
-    def __call__(self, data: Mapping) -> dict:
-        if self._is_batch(data):  # a datasets batch (with_transform / set_transform)
-            return self._per_row(data)
-        d = dict(data)
+    def _sample(self, d: dict) -> dict:
         for key, win in [(k, self.window) for k in self._present(d, self.keys)] + [
             (k, None) for k in self._present(d, self.mask_keys)
         ]:
