@@ -100,6 +100,9 @@ def test_commit_lfs_tree_download_and_ranges(hub, api, tmp_path):
         assert f.read(100) == BIN[5000:5100]
     gets = [r for r in hub.requests if r.kind == "resolve" and r.method == "GET"]
     assert gets and all(r.status == 206 for r in gets) and sum(r.bytes_out for r in gets) < len(BIN)
+    sent = hub.downloaded_bytes(repo_id, "train-00000.parquet")
+    assert sent == sum(r.bytes_out for r in gets) and 100 <= sent < len(BIN)
+    assert hub.downloaded_bytes(repo_id, "x.txt") == 0
 
 
 def test_reupload_skips_present_lfs_and_parent_commit(hub, api):

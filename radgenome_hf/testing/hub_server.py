@@ -330,6 +330,14 @@ class HubServer:
             return sum(r.bytes_in for r in self.requests
                        if r.kind in ("lfs_upload", "commit") and (repo_id is None or r.repo_id == repo_id))
 
+    def downloaded_bytes(self, repo_id: str | None = None, path_contains: str | None = None) -> int:
+        """Bytes the server sent as file content (``/resolve/`` GETs, ranged or whole), optionally only for
+        request paths containing ``path_contains`` (e.g. a file's repo path): what a client really transferred."""
+        with self._lock:
+            return sum(r.bytes_out for r in self.requests
+                       if r.kind == "resolve" and r.method == "GET" and (repo_id is None or r.repo_id == repo_id)
+                       and (path_contains is None or path_contains in unquote(r.path)))
+
     def reset_log(self) -> None:
         with self._lock:
             self.requests.clear()
