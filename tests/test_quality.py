@@ -13,6 +13,25 @@ from radgenome_hf.names import radgenome_volume_path
 from radgenome_hf.testing.synthetic import SyntheticConfig, inject_quality_faults, write_release
 
 FAULTS = {"nonfinite": "train_1_a_1", "rescaled_twice": "train_2_a_11", "non_chest": "valid_1_a_1"}
+#: a CT-RATE label flipped on purpose: train_1_b_1's report describes a nodule
+FLIPPED = ("train_1_b_1", "Lung nodule")
+
+
+def _flip_label(rel, stem: str, label: str) -> None:
+    import csv
+
+    from radgenome_hf.io.release import UpstreamRelease
+
+    path = UpstreamRelease.discover(rel.root, need="ctrate").ctrate_labels("train")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    col = rows[0].index(label)
+    for r in rows[1:]:
+        if r[0] == f"{stem}.nii.gz":
+            assert r[col] == "1"
+            r[col] = "0"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +39,7 @@ def faulty(tmp_path_factory):
     rel = write_release(tmp_path_factory.mktemp("faulty"), SyntheticConfig(
         n_train_patients=2, n_valid_patients=1, shape=(40, 40, 32), mask_layout="folders"), progress=False)
     inject_quality_faults(rel, **FAULTS)
+    _flip_label(rel, *FLIPPED)
     corrupt = rel.radgenome_root / radgenome_volume_path("valid_1_b_1")
     corrupt.write_bytes(corrupt.read_bytes()[:200])  # truncated
     out = tmp_path_factory.mktemp("faulty_rebuilt")
@@ -117,3 +137,26 @@ def test_an_upstream_release_without_quality_rows_gives_null_quality(synthetic_r
     ds = radgenome_hf.load_dataset("vqa", data_dir=str(synthetic_release.root), split="train",
                                    cache_dir=str(tmp_path / "hf"))
     assert set(ds["quality"]) == {None}
+
+
+def test_reports_rows_carry_label_checks_and_a_flipped_label_disagrees(faulty, tmp_path):
+    import radgenome_hf
+    from radgenome_hf.io.tables import CTRATE_LABELS
+
+    rel, out, _, rows = faulty
+    stem, label = FLIPPED
+    assert rows[stem]["label_checks"][label] == "disagrees"
+    assert [k for k, v in rows[stem]["label_checks"].items() if v == "disagrees"] == [label]
+    for name, row in rows.items():
+        assert set(row["label_checks"]) == set(CTRATE_LABELS)
+        assert set(row["label_checks"].values()) <= {"agrees", "not_mentioned", None} or name == stem
+    kw = dict(data_dir=str(out), cache_dir=str(tmp_path / "hf"), ignore_missing_volumes=True)
+    reports = radgenome_hf.load_dataset("reports", split="train", **kw)
+    for name, q in zip(reports["volume_name"], reports["quality"]):
+        assert (q and q["label_checks"]) == (rows[name]["label_checks"] if name in rows else None)
+    # the card's one-line filter: reports whose labels disagree with their text
+    odd = reports.filter(lambda q: bool(q and q["label_checks"] and "disagrees" in q["label_checks"].values()),
+                         input_columns="quality")
+    assert odd["volume_name"] == [stem]
+    vqa = radgenome_hf.load_dataset("vqa", split="train", **kw)  # other configs: volume flags only
+    assert {q["label_checks"] is None for q in vqa["quality"] if q} == {True}
