@@ -160,3 +160,25 @@ def test_reports_rows_carry_label_checks_and_a_flipped_label_disagrees(faulty, t
     assert odd["volume_name"] == [stem]
     vqa = radgenome_hf.load_dataset("vqa", split="train", **kw)  # other configs: volume flags only
     assert {q["label_checks"] is None for q in vqa["quality"] if q} == {True}
+
+
+def test_the_card_shows_flag_and_disagreement_counts_per_split(faulty, tmp_path):
+    import re
+
+    from radgenome_hf.publish.build import build_release
+
+    _, out, _, rows = faulty
+    build_release(out, tmp_path / "packed", configs=("reports", "segmentation"))
+    card = (tmp_path / "packed" / "README.md").read_text()
+    section = card.split("### Quality flags", 1)[1].split("###", 1)[0]
+    header = [c.strip() for c in re.search(r"^\| \|(.*)\|$", section, re.M).group(1).split("|")]
+    for split, prefix in (("train", "train_"), ("validation", "valid_")):
+        mine = [r for v, r in rows.items() if v.startswith(prefix)]
+        want = {"volumes checked": len(mine), "any flag": sum(bool(r["flags"]) for r in mine),
+                **{f: sum(f in r["flags"] for r in mine) for f in ("nonfinite", "rescale_applied_twice", "non_chest")}}
+        cells = [c.strip() for c in re.search(rf"^\| {split} \|(.*)\|$", section, re.M).group(1).split("|")]
+        got = dict(zip(header, cells))
+        assert {k: int(got[k]) for k in want} == want, split
+    disagree = card.split("### Reports whose CT-RATE labels disagree", 1)[1].split("###", 1)[0]
+    assert re.search(r"^\| any label \| 1 \| 0 \|$", disagree, re.M), disagree
+    assert re.search(rf"^\| {FLIPPED[1]} \| 1 \| 0 \|$", disagree, re.M), disagree

@@ -40,7 +40,8 @@ from ..ontology import get_label_vocabulary
 from .anatomy_pairs import _labels_map
 from .ground import _CLAUSE_SPLIT, _NEG_AFTER, _NEG_BEFORE, GroundedReport, Sentence, _norm_text
 
-__all__ = ["CHECKS", "MENTIONS", "label_mentions", "sentence_mentions", "label_checks_for", "add_label_checks"]
+__all__ = ["CHECKS", "MENTIONS", "label_mentions", "sentence_mentions", "label_checks_for", "add_label_checks",
+           "disagrees", "label_disagreements"]
 
 CHECKS = ("agrees", "disagrees", "not_mentioned")
 MENTIONS = ("present", "absent")
@@ -166,3 +167,26 @@ def add_label_checks(quality: Mapping[str, dict], grounded: Mapping[str, Grounde
     by_stem = _labels_map(labels)
     return {s: {**row, "label_checks": label_checks_for(grounded[s], by_stem.get(s)) if s in grounded else None}
             for s, row in quality.items()}
+
+
+def disagrees(checks: Mapping[str, str | None] | None) -> bool:
+    """Whether any label of a report disagrees with its text (``checks``: a row's ``quality["label_checks"]``)."""
+    return bool(checks) and "disagrees" in checks.values()  # type: ignore[union-attr]
+
+
+def label_disagreements(checks: Mapping[str, Sequence[Mapping[str, str | None] | None]]) -> dict[str, dict[str, int]]:
+    """Counts per split (``checks``: split -> the reports' ``label_checks``): reports checked, reports with any
+    label disagreeing, and reports disagreeing label by label (the dataset card's table: a row per count).
+
+    >>> label_disagreements({"train": [{"Cardiomegaly": "disagrees", "Lung nodule": "agrees"}, None,
+    ...                                 {"Cardiomegaly": "agrees", "Lung nodule": "not_mentioned"}]})["any label"]
+    {'train': 1}
+    """
+    out: dict[str, dict[str, int]] = {"reports checked": {}, "any label": {}}
+    for split, rows in checks.items():
+        rows = [r for r in rows if r]
+        out["reports checked"][split] = len(rows)
+        out["any label"][split] = sum(disagrees(r) for r in rows)
+        for label in _vocabulary():
+            out.setdefault(label, {})[split] = sum(r.get(label) == "disagrees" for r in rows)
+    return out

@@ -34,13 +34,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..access.masks import PackedMasks
 
 __all__ = ["volume_quality", "quality_of_array", "hu_quality", "with_masks", "lung_coverage", "QUALITY_COLUMNS",
-           "MIN_LUNG_COVERAGE"]
+           "QUALITY_FLAGS", "MIN_LUNG_COVERAGE"]
 
 #: a chest CT has lung on far more of its axial slices than this; below it the scan is flagged ``non_chest``
 MIN_LUNG_COVERAGE = 0.2
 MAX_SPACING_MM = 10.0
 _AIR_FLOOR_HU = -1500.0  # HU below air by this much only comes from a second rescale
 _STORED_LOOKS_LIKE_HU = -900.0
+
+#: the names a row's ``flags`` may hold (a failed check each)
+QUALITY_FLAGS = ("nonfinite", "rescale_applied_twice", "spacing", "non_chest")
 
 QUALITY_COLUMNS = ("volume_name", "nonfinite_voxels", "hu_min", "hu_max", "intensity_source", "rescale_slope",
                    "rescale_intercept", "rescale_applied_twice", "lung_coverage", "slices", "spacing", "spacing_ok",
