@@ -182,3 +182,50 @@ def test_the_card_shows_flag_and_disagreement_counts_per_split(faulty, tmp_path)
     disagree = card.split("### Reports whose CT-RATE labels disagree", 1)[1].split("###", 1)[0]
     assert re.search(r"^\| any label \| 1 \| 0 \|$", disagree, re.M), disagree
     assert re.search(rf"^\| {FLIPPED[1]} \| 1 \| 0 \|$", disagree, re.M), disagree
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float32", "uint8"])
+@pytest.mark.parametrize("order", ["F", "C", "strided"])
+def test_hu_range_is_the_range_of_the_finite_voxels(dtype, order):
+    from radgenome_hf.generate import quality
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(-1024, 3000, (70, 60, 50)).astype(dtype, order="F" if order == "F" else "C")
+    if dtype == "float32":  # non-finite voxels in some blocks (NaN first in one, an inf at the very end)
+        a.reshape(-1, order="A")[[0, 5, 99_999, 100_000]] = np.nan
+        a.reshape(-1, order="A")[-1] = np.inf
+        a.reshape(-1, order="A")[123_457] = -np.inf
+    if order == "strided":
+        a = a[::2, :, 1:]
+    finite = a[np.isfinite(a)] if dtype == "float32" else a
+    want = (int(a.size - finite.size), float(finite.min()), float(finite.max()))
+    old = quality._BLOCK_BYTES
+    try:
+        quality._BLOCK_BYTES = 4096  # many blocks
+        assert quality.hu_range(a) == want
+    finally:
+        quality._BLOCK_BYTES = old
+    assert quality.hu_range(a) == want
+    nan = np.full((3, 3, 2), np.nan, np.float32)
+    got = quality.hu_range(nan)
+    assert got[0] == nan.size and np.isnan(got[1]) and np.isnan(got[2])
+
+
+def test_lung_coverage_equals_the_full_grid_answer():
+    from radgenome_hf.access.masks import PackedMasks
+    from radgenome_hf.generate.quality import lung_coverage
+
+    rng = np.random.default_rng(1)
+    shape = (30, 20, 40)
+    left = np.zeros(shape, bool)
+    left[2:12, 3:15, 5:30] = rng.random((10, 12, 25)) < 0.3
+    left[:, :, 17] = False  # a slice without lung inside the bbox
+    upper = left.copy()
+    upper[:, :, 20:] = False
+    stray = np.zeros(shape, bool)
+    stray[20, 10, [2, 36]] = True  # a second lung structure reaching slices the first does not
+    masks = PackedMasks.from_arrays({"left lung upper lobe": upper, "left lung": left, "right lung": stray,
+                                     "heart": np.ones(shape, bool), "lung nodule": np.zeros(shape, bool)})
+    want = (left | upper | stray).any(axis=(0, 1)).mean()
+    assert lung_coverage(masks, shape[2]) == pytest.approx(want)
+    assert lung_coverage(PackedMasks.from_arrays({"heart": np.ones(shape, bool)}), shape[2]) == 0.0
