@@ -182,6 +182,12 @@ def test_the_card_shows_flag_and_disagreement_counts_per_split(faulty, tmp_path)
     disagree = card.split("### Reports whose CT-RATE labels disagree", 1)[1].split("###", 1)[0]
     assert re.search(r"^\| any label \| 1 \| 0 \|$", disagree, re.M), disagree
     assert re.search(rf"^\| {FLIPPED[1]} \| 1 \| 0 \|$", disagree, re.M), disagree
+    # the packed release carries the checks natively: plain datasets, without this package's features
+    import datasets
+
+    plain = datasets.load_dataset(str(tmp_path / "packed"), "reports", split="train", cache_dir=str(tmp_path / "c"))
+    got = {n: q["label_checks"] for n, q in zip(plain["volume_name"], plain["quality"]) if q}
+    assert got == {n: r["label_checks"] for n, r in rows.items() if n.startswith("train_")}
 
 
 @pytest.mark.parametrize("dtype", ["int16", "float32", "uint8"])

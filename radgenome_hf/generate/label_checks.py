@@ -112,10 +112,12 @@ def sentence_mentions(sentence: Sentence) -> dict[str, str]:
     {'Medical material': 'present'}
     """
     low = _norm_text(sentence.text)
+    positives = [(_norm_text(f), paths) for f, paths in sentence.finding_paths]
+    negatives = [(_norm_text(f), sentence.paths) for f in sentence.negated]  # judged at the sentence's paths
     out: dict[str, str] = {}
     for label, lab in _vocabulary().items():
-        present = any(rule.matches(_norm_text(f), paths, low) for f, paths in sentence.finding_paths for rule in lab.rules)
-        absent = any(rule.matches(_norm_text(f), sentence.paths, low) for f in sentence.negated for rule in lab.rules)
+        present = any(rule.matches(f, paths, low) for f, paths in positives for rule in lab.rules)
+        absent = any(rule.matches(f, paths, low) for f, paths in negatives for rule in lab.rules)
         if lab.text is not None:
             for m in lab.text.finditer(low):
                 if _negated_at(low, m.start()):
