@@ -179,12 +179,18 @@ def _quality_statistics(tables: dict[str, dict[str, pa.Table]]) -> dict:
     from ..generate.label_checks import label_disagreements
     from ..generate.quality import QUALITY_FLAGS
 
+    import numpy as np
+
     flags: dict[str, dict[str, int]] = {}
     per_split: dict[str, dict[str, dict]] = {}  # split -> volume -> quality (every config joins the same rows)
     for config in tables.values():
         for split, t in config.items():
-            if "quality" in t.column_names:
-                for name, q in zip(t.column("volume_name").to_pylist(), t.column("quality").to_pylist()):
+            if "quality" in t.column_names and t.num_rows:
+                # one row per volume (a vqa split has millions of rows, a few thousand volumes)
+                codes = t.column("volume_name").combine_chunks().dictionary_encode()
+                _, first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
+                picked = t.select(["volume_name", "quality"]).take(pa.array(first))
+                for name, q in zip(picked.column(0).to_pylist(), picked.column(1).to_pylist()):
                     if q is not None:
                         per_split.setdefault(split, {})[name] = q
     for split, volumes in per_split.items():
