@@ -1,4 +1,5 @@
-"""The RadGenome anatomy ontology: the one place that reads ``data/ontology.json``.
+"""The RadGenome anatomy ontology: the one place that reads the package's data files (``data/ontology.json``, the
+grounding lexicon ``data/lexicon.json`` and the CT-RATE label vocabulary ``data/label_vocabulary.json``).
 
 Anatomy is a ``/``-separated path (``lung/lung/right lung/right lung upper lobe``); the same node name can sit
 under several parents (``right lung upper lobe`` is under ``right lung`` and under ``lung upper lobe``), so the
@@ -26,7 +27,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Iterable, Literal
 
-from .errors import UnknownAnatomyError
+from .errors import MalformedFileError, UnknownAnatomyError
 
 MaskSource = Literal["anatomy", "region", "whole"]
 _WS = re.compile(r"\s+")
@@ -215,3 +216,49 @@ def get_lexicon_data() -> dict:
     'abdomen/abdomen/aorta'
     """
     return json.loads(resources.files("radgenome_hf").joinpath("data/lexicon.json").read_text("utf-8"))
+
+
+#: The keys a rule of ``data/label_vocabulary.json`` may have (see its ``description``).
+LABEL_RULE_KEYS = frozenset({"findings", "not", "anatomy", "when", "unless"})
+
+
+@lru_cache(maxsize=1)
+def get_label_vocabulary() -> dict[str, dict]:
+    """How each CT-RATE label is recognised in grounded findings (``radgenome_hf/data/label_vocabulary.json``):
+    ``{label: {"rules": [...], "text": [...], "absent_text": [...]}}`` for every label of :attr:`Ontology.label_names`,
+    checked on read (every label present, known keys, anatomy paths of the ontology, patterns that compile).
+
+    >>> v = get_label_vocabulary()
+    >>> list(v) == list(get_ontology().label_names), v["Pleural effusion"]["rules"][0]["anatomy"]
+    (True, ['pleura', 'lung'])
+    """
+    name = "data/label_vocabulary.json"
+    raw = json.loads(resources.files("radgenome_hf").joinpath(name).read_text("utf-8"))["labels"]
+    onto = get_ontology()
+
+    def bad(msg: str) -> MalformedFileError:
+        return MalformedFileError(f"radgenome_hf/{name}", f"{msg}; fix the package data file")
+
+    if set(raw) != set(onto.label_names):
+        raise bad(f"labels {sorted(set(raw) ^ set(onto.label_names))} are not CT-RATE's 18 labels")
+    out: dict[str, dict] = {}
+    for label in onto.label_names:
+        entry = raw[label]
+        if set(entry) - {"rules", "text", "absent_text"}:
+            raise bad(f"{label!r} has unknown keys {sorted(set(entry) - {'rules', 'text', 'absent_text'})}")
+        rules = entry.get("rules", [])
+        for rule in rules:
+            if set(rule) - LABEL_RULE_KEYS or not rule.get("findings"):
+                raise bad(f"{label!r}: a rule needs 'findings' and may have {sorted(LABEL_RULE_KEYS)}, got {sorted(rule)}")
+            for path in rule.get("anatomy", ()):
+                if path not in onto:
+                    raise bad(f"{label!r}: anatomy {path!r} is not an ontology path")
+        patterns = [p for r in rules for k in ("findings", "not") for p in r.get(k, ())]
+        patterns += [r[k] for r in rules for k in ("when", "unless") if k in r]
+        for p in patterns + entry.get("text", []) + entry.get("absent_text", []):
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise bad(f"{label!r}: pattern {p!r} does not compile ({exc})") from exc
+        out[label] = {"rules": rules, "text": entry.get("text", []), "absent_text": entry.get("absent_text", [])}
+    return out

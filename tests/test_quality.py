@@ -13,6 +13,25 @@ from radgenome_hf.names import radgenome_volume_path
 from radgenome_hf.testing.synthetic import SyntheticConfig, inject_quality_faults, write_release
 
 FAULTS = {"nonfinite": "train_1_a_1", "rescaled_twice": "train_2_a_11", "non_chest": "valid_1_a_1"}
+#: a CT-RATE label flipped on purpose: train_1_b_1's report describes a nodule
+FLIPPED = ("train_1_b_1", "Lung nodule")
+
+
+def _flip_label(rel, stem: str, label: str) -> None:
+    import csv
+
+    from radgenome_hf.io.release import UpstreamRelease
+
+    path = UpstreamRelease.discover(rel.root, need="ctrate").ctrate_labels("train")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    col = rows[0].index(label)
+    for r in rows[1:]:
+        if r[0] == f"{stem}.nii.gz":
+            assert r[col] == "1"
+            r[col] = "0"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +39,7 @@ def faulty(tmp_path_factory):
     rel = write_release(tmp_path_factory.mktemp("faulty"), SyntheticConfig(
         n_train_patients=2, n_valid_patients=1, shape=(40, 40, 32), mask_layout="folders"), progress=False)
     inject_quality_faults(rel, **FAULTS)
+    _flip_label(rel, *FLIPPED)
     corrupt = rel.radgenome_root / radgenome_volume_path("valid_1_b_1")
     corrupt.write_bytes(corrupt.read_bytes()[:200])  # truncated
     out = tmp_path_factory.mktemp("faulty_rebuilt")
@@ -117,3 +137,101 @@ def test_an_upstream_release_without_quality_rows_gives_null_quality(synthetic_r
     ds = radgenome_hf.load_dataset("vqa", data_dir=str(synthetic_release.root), split="train",
                                    cache_dir=str(tmp_path / "hf"))
     assert set(ds["quality"]) == {None}
+
+
+def test_reports_rows_carry_label_checks_and_a_flipped_label_disagrees(faulty, tmp_path):
+    import radgenome_hf
+    from radgenome_hf.io.tables import CTRATE_LABELS
+
+    rel, out, _, rows = faulty
+    stem, label = FLIPPED
+    assert rows[stem]["label_checks"][label] == "disagrees"
+    assert [k for k, v in rows[stem]["label_checks"].items() if v == "disagrees"] == [label]
+    for name, row in rows.items():
+        assert set(row["label_checks"]) == set(CTRATE_LABELS)
+        assert set(row["label_checks"].values()) <= {"agrees", "not_mentioned", None} or name == stem
+    kw = dict(data_dir=str(out), cache_dir=str(tmp_path / "hf"), ignore_missing_volumes=True)
+    reports = radgenome_hf.load_dataset("reports", split="train", **kw)
+    for name, q in zip(reports["volume_name"], reports["quality"]):
+        assert (q and q["label_checks"]) == (rows[name]["label_checks"] if name in rows else None)
+    # the card's one-line filter: reports whose labels disagree with their text
+    odd = reports.filter(lambda q: bool(q and q["label_checks"] and "disagrees" in q["label_checks"].values()),
+                         input_columns="quality")
+    assert odd["volume_name"] == [stem]
+    vqa = radgenome_hf.load_dataset("vqa", split="train", **kw)  # other configs: volume flags only
+    assert {q["label_checks"] is None for q in vqa["quality"] if q} == {True}
+
+
+def test_the_card_shows_flag_and_disagreement_counts_per_split(faulty, tmp_path):
+    import re
+
+    from radgenome_hf.publish.build import build_release
+
+    _, out, _, rows = faulty
+    build_release(out, tmp_path / "packed", configs=("reports", "segmentation"))
+    card = (tmp_path / "packed" / "README.md").read_text()
+    section = card.split("### Quality flags", 1)[1].split("###", 1)[0]
+    header = [c.strip() for c in re.search(r"^\| \|(.*)\|$", section, re.M).group(1).split("|")]
+    for split, prefix in (("train", "train_"), ("validation", "valid_")):
+        mine = [r for v, r in rows.items() if v.startswith(prefix)]
+        want = {"volumes checked": len(mine), "any flag": sum(bool(r["flags"]) for r in mine),
+                **{f: sum(f in r["flags"] for r in mine) for f in ("nonfinite", "rescale_applied_twice", "non_chest")}}
+        cells = [c.strip() for c in re.search(rf"^\| {split} \|(.*)\|$", section, re.M).group(1).split("|")]
+        got = dict(zip(header, cells))
+        assert {k: int(got[k]) for k in want} == want, split
+    disagree = card.split("### Reports whose CT-RATE labels disagree", 1)[1].split("###", 1)[0]
+    assert re.search(r"^\| any label \| 1 \| 0 \|$", disagree, re.M), disagree
+    assert re.search(rf"^\| {FLIPPED[1]} \| 1 \| 0 \|$", disagree, re.M), disagree
+    # the packed release carries the checks natively: plain datasets, without this package's features
+    import datasets
+
+    plain = datasets.load_dataset(str(tmp_path / "packed"), "reports", split="train", cache_dir=str(tmp_path / "c"))
+    got = {n: q["label_checks"] for n, q in zip(plain["volume_name"], plain["quality"]) if q}
+    assert got == {n: r["label_checks"] for n, r in rows.items() if n.startswith("train_")}
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float32", "uint8"])
+@pytest.mark.parametrize("order", ["F", "C", "strided"])
+def test_hu_range_is_the_range_of_the_finite_voxels(dtype, order):
+    from radgenome_hf.generate import quality
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(-1024, 3000, (70, 60, 50)).astype(dtype, order="F" if order == "F" else "C")
+    if dtype == "float32":  # non-finite voxels in some blocks (NaN first in one, an inf at the very end)
+        a.reshape(-1, order="A")[[0, 5, 99_999, 100_000]] = np.nan
+        a.reshape(-1, order="A")[-1] = np.inf
+        a.reshape(-1, order="A")[123_457] = -np.inf
+    if order == "strided":
+        a = a[::2, :, 1:]
+    finite = a[np.isfinite(a)] if dtype == "float32" else a
+    want = (int(a.size - finite.size), float(finite.min()), float(finite.max()))
+    old = quality._BLOCK_BYTES
+    try:
+        quality._BLOCK_BYTES = 4096  # many blocks
+        assert quality.hu_range(a) == want
+    finally:
+        quality._BLOCK_BYTES = old
+    assert quality.hu_range(a) == want
+    nan = np.full((3, 3, 2), np.nan, np.float32)
+    got = quality.hu_range(nan)
+    assert got[0] == nan.size and np.isnan(got[1]) and np.isnan(got[2])
+
+
+def test_lung_coverage_equals_the_full_grid_answer():
+    from radgenome_hf.access.masks import PackedMasks
+    from radgenome_hf.generate.quality import lung_coverage
+
+    rng = np.random.default_rng(1)
+    shape = (30, 20, 40)
+    left = np.zeros(shape, bool)
+    left[2:12, 3:15, 5:30] = rng.random((10, 12, 25)) < 0.3
+    left[:, :, 17] = False  # a slice without lung inside the bbox
+    upper = left.copy()
+    upper[:, :, 20:] = False
+    stray = np.zeros(shape, bool)
+    stray[20, 10, [2, 36]] = True  # a second lung structure reaching slices the first does not
+    masks = PackedMasks.from_arrays({"left lung upper lobe": upper, "left lung": left, "right lung": stray,
+                                     "heart": np.ones(shape, bool), "lung nodule": np.zeros(shape, bool)})
+    want = (left | upper | stray).any(axis=(0, 1)).mean()
+    assert lung_coverage(masks, shape[2]) == pytest.approx(want)
+    assert lung_coverage(PackedMasks.from_arrays({"heart": np.ones(shape, bool)}), shape[2]) == 0.0

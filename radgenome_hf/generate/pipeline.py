@@ -47,6 +47,7 @@ from ..names import VolumeName, mask_dir, radgenome_csv_name, radgenome_volume_p
 from ..io.tables import RADGENOME_HEADERS, write_csv
 from .anatomy_pairs import build_anatomy_pairs
 from .ground import GroundedReport, ground_reports, region_report_rows
+from .label_checks import add_label_checks
 from .scene_graph import build_scene_graphs
 from .splits import assign_splits, split_report, write_splits
 from .vqa import build_vqa, check_invariants
@@ -356,6 +357,7 @@ def _rebuild(upstream: str | os.PathLike, out: Path, cfg: PipelineConfig, execut
             merged_cache[stem] = masks.merged(stem)
         return merged_cache[stem]
 
+    quality = add_label_checks(vrep.quality, grounded, labels)  # quality rows + CT-RATE labels vs the grounded text
     graphs = {r["volume_name"]: r for r in build_scene_graphs(grounded, merged, progress=cfg.progress)}
     pairs = build_anatomy_pairs(grounded, labels=labels, masks_of=merged, progress=cfg.progress)
     for split in ("train", "validation"):
@@ -369,7 +371,7 @@ def _rebuild(upstream: str | os.PathLike, out: Path, cfg: PipelineConfig, execut
         report.problems += [f"{split}: {p}" for p in check_invariants(tables)]
         _write_jsonl(ds_out / "scene_graph" / f"{split}.jsonl", [graphs[s] for s in sel])
         _write_jsonl(ds_out / "anatomy_pairs" / f"{split}.jsonl", [r for r in pairs if r["volume_name"] in sel])
-        _write_jsonl(ds_out / "quality" / f"{split}.jsonl", [vrep.quality[s] for s in sel])
+        _write_jsonl(ds_out / "quality" / f"{split}.jsonl", [quality[s] for s in sel])
         report.counts[split] = {"volumes": len(sel), "region_report": len(rr), **tables.counts(),
                                 "scene_graph": len(sel), "anatomy_pairs": sum(r["volume_name"] in sel for r in pairs)}
     if cfg.scene_graph_json:

@@ -11,7 +11,8 @@ One row per volume (:func:`volume_quality`):
 | ``rescale_applied_twice`` | the stored values already looked like HU (minimum ≤ −900) and a negative intercept was added, or the HU minimum is far below air (≤ −1500): CT-CLIP issue #50 |
 | ``lung_coverage`` | fraction of the ``slices`` axial slices (``k``) with lung in the volume's masks (a non-chest scan is ≈ 0) |
 | ``spacing_ok`` | three finite spacings in ``(0, 10]`` mm |
-| ``flags`` | the names of the failed checks (``[]`` for a clean volume) |
+| ``flags`` | the names of the failed checks (``[]`` for a clean volume): :data:`QUALITY_FLAGS` |
+| ``label_checks`` | added by the rebuild after grounding (:mod:`~radgenome_hf.generate.label_checks`): the CT-RATE labels against the report's text |
 
 >>> import numpy as np
 >>> from radgenome_hf.access.masks import PackedMasks
@@ -33,8 +34,8 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from ..access.masks import PackedMasks
 
-__all__ = ["volume_quality", "quality_of_array", "hu_quality", "with_masks", "lung_coverage", "QUALITY_COLUMNS",
-           "MIN_LUNG_COVERAGE"]
+__all__ = ["volume_quality", "quality_of_array", "hu_quality", "hu_range", "with_masks", "lung_coverage", "QUALITY_COLUMNS",
+           "QUALITY_FLAGS", "MIN_LUNG_COVERAGE"]
 
 #: a chest CT has lung on far more of its axial slices than this; below it the scan is flagged ``non_chest``
 MIN_LUNG_COVERAGE = 0.2
@@ -42,32 +43,71 @@ MAX_SPACING_MM = 10.0
 _AIR_FLOOR_HU = -1500.0  # HU below air by this much only comes from a second rescale
 _STORED_LOOKS_LIKE_HU = -900.0
 
+#: the names a row's ``flags`` may hold (a failed check each)
+QUALITY_FLAGS = ("nonfinite", "rescale_applied_twice", "spacing", "non_chest")
+
 QUALITY_COLUMNS = ("volume_name", "nonfinite_voxels", "hu_min", "hu_max", "intensity_source", "rescale_slope",
                    "rescale_intercept", "rescale_applied_twice", "lung_coverage", "slices", "spacing", "spacing_ok",
                    "flags")
 
 
 def lung_coverage(masks: "PackedMasks | None", n_slices: int) -> float:
-    """Fraction of the ``n_slices`` axial slices on which any lung structure (a name containing ``lung``) is set."""
+    """Fraction of the ``n_slices`` axial slices on which any lung structure (a name containing ``lung``) is set.
+
+    From the packed masks, never a full grid: the structures with the longest ``k`` extent of their bbox go first,
+    and a structure is unpacked (inside its bbox) only when its bbox reaches a slice not yet hit, so the lobes of
+    lungs already seen cost nothing.
+    """
     if masks is None or n_slices <= 0:
         return 0.0
     hit = np.zeros(n_slices, bool)
-    for name in masks.names:
-        if "lung" in name and masks.voxel_count(name):
-            i0, j0, k0, i1, j1, k1 = masks.bbox(name)  # type: ignore[misc]
-            hit[k0:k1] |= masks.crop(name, (i0, j0, k0, i1, j1, k1)).any(axis=(0, 1))
+    lungs = [(name, masks.bbox(name)) for name in masks.names if "lung" in name and masks.voxel_count(name)]
+    for name, box in sorted(lungs, key=lambda nb: nb[1][2] - nb[1][5]):  # type: ignore[index]
+        k0, k1 = box[2], box[5]  # type: ignore[index]
+        if not hit[k0:k1].all():
+            hit[k0:k1] |= masks.crop(name, box).any(axis=(0, 1))  # type: ignore[arg-type]
     return float(hit.mean())
+
+
+#: HU values are scanned in blocks of this many bytes: a block's min and max (and, for float data, its
+#: non-finite count) come from the cache, so the array is read from memory once, with no full-size temporary
+_BLOCK_BYTES = 1 << 18
+
+
+def hu_range(hu: np.ndarray) -> tuple[int, float, float]:
+    """``(non-finite voxels, min, max)`` of the finite values of an HU array, in one pass over memory.
+
+    No float64 copy and no full-size temporary (a boolean mask of a 512x512x300 volume is 79 MB, and indexing
+    an F-ordered array with it takes seconds): each block's min and max are taken, and only a block whose min or
+    max is not finite (NaN propagates, inf is extreme) is looked at voxel by voxel.
+
+    >>> hu_range(np.array([[-1000, 40], [3, np.nan]], np.float32))
+    (1, -1000.0, 40.0)
+    """
+    flat = hu.ravel(order="K")  # a view for a contiguous array (C or F): memory order
+    step = max(1, _BLOCK_BYTES // max(1, flat.itemsize))
+    floating = flat.dtype.kind == "f"
+    lo = hi = None
+    bad = 0
+    for start in range(0, flat.size, step):
+        block = flat[start:start + step]
+        bmin, bmax = block.min(), block.max()
+        if floating and not (np.isfinite(bmin) and np.isfinite(bmax)):
+            finite = np.isfinite(block)
+            bad += block.size - int(np.count_nonzero(finite))
+            if not finite.any():
+                continue
+            bmin, bmax = block[finite].min(), block[finite].max()
+        lo = bmin if lo is None or bmin < lo else lo
+        hi = bmax if hi is None or bmax > hi else hi
+    return bad, (math.nan if lo is None else float(lo)), (math.nan if hi is None else float(hi))
 
 
 def hu_quality(hu: np.ndarray, affine: np.ndarray, *, rescale: tuple[float, float] = (1.0, 0.0),
                intensity_source: str = "header", volume_name: str = "") -> dict[str, Any]:
     """The checks that need only the HU array (``rescale`` = the slope/intercept that made it); finish the row
     with :func:`with_masks`."""
-    finite = np.isfinite(hu) if hu.dtype.kind == "f" else None
-    nonfinite = 0 if finite is None else int(finite.size - np.count_nonzero(finite))
-    vals = hu if finite is None or nonfinite == 0 else hu[finite]
-    hu_min = float(vals.min()) if vals.size else math.nan
-    hu_max = float(vals.max()) if vals.size else math.nan
+    nonfinite, hu_min, hu_max = hu_range(hu)
     slope, intercept = float(rescale[0]), float(rescale[1])
     stored_min = (hu_min - intercept) / slope
     twice = (intercept < 0 and stored_min <= _STORED_LOOKS_LIKE_HU) or hu_min <= _AIR_FLOOR_HU

@@ -187,7 +187,8 @@ class RadGenome(datasets.ArrowBasedBuilder):
 
     def _with_quality(self, release: UpstreamRelease, split: Split, table: pa.Table) -> pa.Table:
         """Join each row's volume quality (``dataset/quality/<split>.jsonl`` of a rebuilt release; null without
-        it) and, with ``drop_flagged``, drop the rows of flagged volumes."""
+        it) and, with ``drop_flagged``, drop the rows of flagged volumes. ``label_checks`` (the report's CT-RATE
+        labels against its text) is kept for ``reports`` rows only."""
         path = release.generated_rows("quality", split)
         found: dict[str, dict] = {}
         if path is not None and release.exists(path):
@@ -196,6 +197,8 @@ class RadGenome(datasets.ArrowBasedBuilder):
                     if line.strip():
                         r = json.loads(line)
                         found[r["volume_name"]] = {k: r.get(k) for k in QUALITY_FEATURES}
+                        if self.config.name != "reports":
+                            found[r["volume_name"]]["label_checks"] = None
         names = table.column("volume_name").combine_chunks()
         unique = pc.unique(names)
         per_volume = [found.get(n) for n in unique.to_pylist()]

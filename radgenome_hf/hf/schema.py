@@ -37,6 +37,8 @@ QUALITY_FEATURES: dict[str, Any] = {
     "lung_coverage": "float32",  # fraction of axial slices with lung (a non-chest scan is ~0)
     "spacing_ok": "bool",
     "flags": ["string"],  # the failed checks; [] for a clean volume
+    # reports rows only (null elsewhere): per CT-RATE label, agrees | disagrees | not_mentioned (generate/label_checks.py)
+    "label_checks": {label: "string" for label in CTRATE_LABELS},
 }
 
 

@@ -169,7 +169,40 @@ def _statistics(tables: dict[str, dict[str, pa.Table]]) -> dict:
             vals = [r[name] for r in labels if r and r.get(name) is not None]
             prevalence[name] = round(sum(vals) / len(vals), 3) if vals else float("nan")
         stats["label_prevalence"] = prevalence
+    stats.update(_quality_statistics(tables))
     return stats
+
+
+def _quality_statistics(tables: dict[str, dict[str, pa.Table]]) -> dict:
+    """Per split, the volumes carrying each quality flag and the reports whose CT-RATE labels disagree with their
+    text (label by label, and any label); nothing when the release has no quality rows."""
+    from ..generate.label_checks import label_disagreements
+    from ..generate.quality import QUALITY_FLAGS
+
+    import numpy as np
+
+    flags: dict[str, dict[str, int]] = {}
+    per_split: dict[str, dict[str, dict]] = {}  # split -> volume -> quality (every config joins the same rows)
+    for config in tables.values():
+        for split, t in config.items():
+            if "quality" in t.column_names and t.num_rows:
+                # one row per volume (a vqa split has millions of rows, a few thousand volumes)
+                codes = t.column("volume_name").combine_chunks().dictionary_encode()
+                _, first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
+                picked = t.select(["volume_name", "quality"]).take(pa.array(first))
+                for name, q in zip(picked.column(0).to_pylist(), picked.column(1).to_pylist()):
+                    if q is not None:
+                        per_split.setdefault(split, {})[name] = q
+    for split, volumes in per_split.items():
+        seen = Counter(f for q in volumes.values() for f in q["flags"] or ())
+        flags[split] = {"volumes checked": len(volumes), "any flag": sum(bool(q["flags"]) for q in volumes.values()),
+                        **{f: seen[f] for f in (*QUALITY_FLAGS, *sorted(set(seen) - set(QUALITY_FLAGS)))}}
+    out: dict = {"quality_flags": flags} if flags else {}
+    checks = {split: [q.get("label_checks") for q in t.column("quality").to_pylist() if q]
+              for split, t in tables.get("reports", {}).items() if "quality" in t.column_names}
+    if any(any(c) for c in checks.values()):
+        out["label_disagreements"] = label_disagreements(checks)
+    return out
 
 
 def _figures(out: Path, datasets_by_config: dict, stats: dict) -> list[str]:

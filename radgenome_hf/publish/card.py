@@ -37,6 +37,8 @@ _STAT_TITLES = {
     "structure_frequency": "Structure frequency (volumes with a non-empty mask)",
     "question_types": "VQA question types",
     "label_prevalence": "Abnormality label prevalence",
+    "quality_flags": "Quality flags (volumes per flag and split)",
+    "label_disagreements": "Reports whose CT-RATE labels disagree with their text (per label and split)",
 }
 
 
@@ -183,8 +185,17 @@ def _table(title: str, data: Any) -> str:
 
 def statistics_markdown(stats: Mapping[str, Any]) -> str:
     """Statistics tables: ``rows`` {config: {split: n}}, ``structure_frequency`` {name: n},
-    ``question_types`` {type: n} (or {split: {type: n}}), ``label_prevalence`` {label: fraction}; any other
-    key is rendered the same way with its key as the title."""
+    ``question_types`` {type: n} (or {split: {type: n}}), ``label_prevalence`` {label: fraction},
+    ``quality_flags`` {split: {flag: volumes}}, ``label_disagreements`` {label: {split: reports}}; any other
+    key is rendered the same way with its key as the title.
+
+    >>> print(statistics_markdown({"quality_flags": {"train": {"volumes checked": 4, "any flag": 1, "non_chest": 1}}}))
+    ### Quality flags (volumes per flag and split)
+    <BLANKLINE>
+    | | volumes checked | any flag | non_chest |
+    | --- | ---: | ---: | ---: |
+    | train | 4 | 1 | 1 |
+    """
     if not stats:
         return "_Statistics are not available for this revision._"
     parts = [_table(_STAT_TITLES.get(k, k.replace("_", " ").capitalize()), v) for k, v in stats.items()]
