@@ -368,6 +368,12 @@ class Volume:
         return "".join(str(c) for c in nib.aff2axcodes(self.affine))
 
     @property
+    def rescale(self) -> tuple[float, float]:
+        """The ``(slope, intercept)`` that turns the stored values into HU (``(1, 0)`` for a chunked volume, whose
+        values are HU already, and for an in-memory array)."""
+        return (1.0, 0.0) if self._file is None else self._rescale()
+
+    @property
     def dtype(self) -> np.dtype:
         """Dtype of :meth:`array` (predicted from the header until loaded)."""
         if self._array is not None:

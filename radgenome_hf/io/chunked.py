@@ -8,7 +8,8 @@ it), written with zarr-python:
   rescaled values fit, else float32); the ``sharding_indexed`` codec with one shard holding the whole volume, cut
   into inner chunks of :data:`CHUNKS` (32³) voxels, each ``bytes`` (little endian) + ``blosc`` (zstd-5, byte
   shuffle); the shard index (offset, length of every inner chunk; crc32c) at the end of the shard; the fill
-  value (chunks holding only it are not stored); ``dimension_names`` ``["k", "j", "i"]``; and
+  value (every chunk is stored all the same; the reader also reads files whose constant chunks are absent, as other
+  zarr writers make them); ``dimension_names`` ``["k", "j", "i"]``; and
   ``attributes["radgenome"]``: the ``affine`` (voxel ``(i, j, k)`` -> mm, nibabel's), ``spacing``,
   ``orientation``, the ``rescale`` already applied to the stored values (they are HU), ``source`` (the file it
   was converted from) and ``name``.
@@ -134,6 +135,9 @@ def write_chunked_volume(
             store=str(tmp), shape=data.shape, dtype=data.dtype, chunks=inner, shards=shard,
             compressors=BloscCodec(cname="zstd", clevel=int(clevel), shuffle="shuffle"), fill_value=fill,
             dimension_names=("k", "j", "i"), attributes={ATTRS: attrs}, zarr_format=3,
+            # every inner chunk is stored (a constant one costs ~50 bytes), so the shard always exists: a missing
+            # shard then means an incomplete copy, never "all fill value"
+            config={"write_empty_chunks": True},
         )
         z[...] = data
     return final
@@ -550,7 +554,7 @@ class ChunkedVolumeFile:
                                  f"{tuple(out.shape)} {out.dtype}")
             dst = out.T
         got = self._read_box((0, 0, 0), lay.stored_shape, dst)
-        return got.T
+        return got.T if out is None else out
 
     def read_raw_crop(self, bbox: Sequence[int]) -> np.ndarray:
         """Voxels inside the half-open ``(i0, j0, k0, i1, j1, k1)``, ``(i, j, k)`` F order; reads only the
