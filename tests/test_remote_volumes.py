@@ -138,6 +138,15 @@ def test_fresh_process_crops_a_remote_volume_fetching_only_its_chunks(hub, packe
     assert hub.downloaded_bytes(REPO, path_contains=rel) <= total
 
 
+def test_a_missing_remote_volume_is_an_error_naming_it(hub):
+    from radgenome_hf.errors import HubAccessError
+
+    url = f"hf://datasets/{REPO}@main/volumes/nope/train_9_a_1.zarr"
+    with hub.patch_client(), pytest.raises(HubAccessError, match="no such file at this revision") as err:
+        Volume.open(url, token=hub.token).crop((0, 0, 0, 4, 4, 4))
+    assert "volumes/nope/train_9_a_1.zarr/zarr.json" in str(err.value) and hub.token not in str(err.value)
+
+
 def test_card_snippet_reads_a_crop_with_zarr_alone(hub, packed, tmp_path):
     card = (packed / "README.md").read_text()
     section = card.split("## Volume format", 1)[1]

@@ -222,6 +222,15 @@ _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1
 
 
+def _after_fork() -> None:  # a lock held by another thread at fork time would never be released in the child
+    global _memo_lock, _pool
+    _memo_lock, _pool = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 def _threads() -> ThreadPoolExecutor:
     """The process's pool for range requests and chunk decoding (a forked child makes its own)."""
     global _pool, _pool_pid
