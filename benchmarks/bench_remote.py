@@ -3,7 +3,7 @@
 volume is fetched whole into the HF cache, then decoded), measured in one run.
 
     python benchmarks/bench_remote.py                 # realistic phantom (~30 s to render), 5 rounds
-    python benchmarks/bench_remote.py --rounds 3 --gaps
+    python benchmarks/bench_remote.py --rounds 3 --gaps --formats
 
 The server runs in this process; every measurement runs in a fresh child process (its own HF cache, chunk cache
 and prepared cache), as a user's would. Bytes are what the server sent as file content for the volume
@@ -119,11 +119,75 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+def _formats(work: Path, hu: np.ndarray, zarr_path: Path, rounds: int) -> None:
+    """The format choice, measured: the same volume as zarr v3 (one shard, 32³ inner chunks) and as blosc2
+    NDArray files (zstd-5 + shuffle), read locally (warm, and cold: file pages dropped first)."""
+    import blosc2
+    import zarr
+    from _common import Comparison, drop_page_cache, fmt_bytes, interleaved, print_comparisons
+
+    from radgenome_hf.access.volume import Volume, clear_open_volumes
+
+    data = hu.T  # (k, j, i), C order: what both formats store
+    b = BOXES["heart"]
+    kji = (slice(b[2], b[5]), slice(b[1], b[4]), slice(b[0], b[3]))
+    files, writes = {"zarr 32³": zarr_path}, {}
+    for chunks, blocks in (((32, 32, 32), (16, 16, 16)), ((64, 64, 64), (32, 32, 32))):
+        name = f"b2nd {chunks[0]}³/{blocks[0]}³"
+        path = work / f"{chunks[0]}.b2nd"
+        t = time.perf_counter()
+        blosc2.asarray(data, urlpath=str(path), mode="w", chunks=chunks, blocks=blocks,
+                       cparams=blosc2.CParams(codec=blosc2.Codec.ZSTD, clevel=5, filters=[blosc2.Filter.SHUFFLE],
+                                              typesize=2))
+        writes[name], files[name] = time.perf_counter() - t, path
+    print("\nformats (heart box bytes: the compressed chunks it touches, as a range reader would fetch them):")
+    for name, path in files.items():
+        size = _size(path)
+        if name.startswith("zarr"):
+            from radgenome_hf.io.chunked import ChunkedVolumeFile
+
+            f = ChunkedVolumeFile.open(path)
+            ids = f.layout.touched((b[2], b[1], b[0]), (b[5], b[4], b[3]))
+            touched = int(f._index_array()[ids, 1].sum())
+        else:
+            arr = blosc2.open(str(path), mode="r")
+            grid = [-(-s // c) for s, c in zip(arr.shape, arr.chunks)]
+            axes = [range(lo // c, (hi - 1) // c + 1) for lo, hi, c in
+                    zip((b[2], b[1], b[0]), (b[5], b[4], b[3]), arr.chunks)]
+            touched = sum(len(arr.schunk.get_chunk(int(np.ravel_multi_index((x, y, z), grid))))
+                          for x in axes[0] for y in axes[1] for z in axes[2])
+        w = f"written in {writes[name]:.2f} s" if name in writes else "written by the build (see above)"
+        print(f"  {name:14s} {fmt_bytes(size)}, {w}; heart crop touches {fmt_bytes(touched)} = "
+              f"{100 * touched / size:.2f} %")
+
+    def ours() -> np.ndarray:
+        clear_open_volumes()
+        return Volume.open(zarr_path).crop(b)
+
+    ops = {"zarr 32³, our reader": ours,
+           "zarr 32³, zarr-python": lambda: zarr.open_array(str(zarr_path), mode="r")[kji],
+           **{f"{n}, blosc2": (lambda p=p: blosc2.open(str(p), mode="r")[kji]) for n, p in files.items()
+              if n.startswith("b2nd")}}
+    paths = {"zarr 32³, our reader": zarr_path, "zarr 32³, zarr-python": zarr_path,
+             **{f"{n}, blosc2": p for n, p in files.items() if n.startswith("b2nd")}}
+    warm = interleaved(ops, rounds=rounds)
+    cold = interleaved(ops, rounds=rounds, before={k: (lambda p=p: drop_page_cache(p)) for k, p in paths.items()},
+                       warmup=False)
+    base = "zarr 32³, our reader"
+    print_comparisons([Comparison("local crop 96x96x64 warm", base, warm[base],
+                                  {k: v for k, v in warm.items() if k != base}),
+                       Comparison("local crop 96x96x64 cold", base, cold[base],
+                                  {k: v for k, v in cold.items() if k != base})])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--small", action="store_true", help="a 256×256×160 phantom (quick check, not the target)")
     ap.add_argument("--gaps", action="store_true", help="also print requests and bytes per coalescing gap")
+    ap.add_argument("--formats", action="store_true",
+                    help="also compare the candidate formats locally: zarr v3 sharded (our reader, zarr-python) "
+                         "and blosc2 NDArray (.b2nd): write time, size, heart-crop bytes, crop ms warm/cold")
     args = ap.parse_args()
 
     from _common import Comparison, fmt_bytes, median_ms, print_comparisons
@@ -178,6 +242,9 @@ def main() -> int:
                 nbytes = sum(r[-1][0] + r[-1][1] - r[0][0] for r in runs)
                 cells.append(f"{name}: {len(runs)} requests, {100 * nbytes / size_zarr:.2f} %")
             print(f"gap {gap >> 10:>3} KiB | " + " | ".join(cells))
+
+    if args.formats:
+        _formats(work, v.array(), zarr_path, args.rounds)
 
     with HubServer() as hub:
         from huggingface_hub import HfApi
@@ -256,6 +323,9 @@ def main() -> int:
             ms = median_ms(times[key])
             print(f"  {label}: {ms:.1f} ms -> {'met' if ms <= limit else 'NOT met'}")
     print(f"load average at end: {open('/proc/loadavg').read().split()[:3]}")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

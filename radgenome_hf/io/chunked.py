@@ -474,8 +474,8 @@ class ChunkedVolumeFile:
             view = memoryview(data)
             return [(i, view[off - lo : off - lo + nb]) for off, nb, i in run]
 
-        if len(runs) == 1:
-            results = [fetch(runs[0])]
+        if len(runs) == 1 or self.kind == "path":  # local reads take microseconds: threads would cost more
+            results = [fetch(run) for run in runs]
         else:
             results = list(_threads().map(fetch, runs))
         for res in results:
