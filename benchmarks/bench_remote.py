@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # uploads and downloads: keep the output a report
+os.environ.setdefault("TQDM_DISABLE", "1")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]

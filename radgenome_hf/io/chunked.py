@@ -265,6 +265,7 @@ class ChunkedVolumeFile:
         self._layout: _Layout | None = None
         self._index: np.ndarray | None = None
         self._pinned: str | None = None
+        self._key: str | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -308,15 +309,18 @@ class ChunkedVolumeFile:
 
         if self.store is None:
             return None
-        rev = parse_hf_url(self._pin()).revision or ""
-        if len(rev) != 40:
-            return None
-        import hashlib
+        if self._key is None:
+            rev = parse_hf_url(self._pin()).revision or ""
+            if len(rev) != 40:
+                return None
+            import hashlib
 
-        return hashlib.sha1(self._pin().encode()).hexdigest()
+            self._key = hashlib.sha1(self._pin().encode()).hexdigest()
+        return self._key
 
     def _get(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
-        """Bytes of a file of the volume (``zarr.json`` or the shard), through the store for URLs."""
+        """Bytes ``start:end`` of a file of the volume (``zarr.json`` or the shard; negative ``start``: from the
+        end; ``None``: all of it): a local read, or one range request on the pinned commit."""
         if self.kind == "path":
             path = os.path.join(self.source, name)
             with open(path, "rb") as f:
