@@ -21,8 +21,9 @@ then only the inner chunks a crop touches, decoded with blosc2 (zarr's blosc cod
 blosc2 reads) straight into the output. A local folder is read with ``pread``; an ``hf://`` URL with range
 requests on its pinned commit (:func:`radgenome_hf.io.hub.read_range`): adjacent chunks in one request, requests
 in parallel, and a ``chunk_store`` (the local chunk cache of :mod:`radgenome_hf.access.chunkcache`) consulted
-first and filled after. zarr-python reads these files too, but a 96×96×64 crop costs it ~16 ms warm against ~4 ms
-here (shared/reference/perf-anchors.md §4), and over ``HfFileSystem`` it fetches 5 MiB read-ahead blocks per chunk.
+first and filled after. zarr-python reads these files too, but a local 96×96×64 crop of a 512×512×300 volume cost
+it 51 ms warm against 10 ms here (``benchmarks/bench_remote.py --formats``), and over ``HfFileSystem`` it fetches a
+5 MiB read-ahead block per chunk unless told ``block_size=1``.
 
 >>> import numpy as np, tempfile, os
 >>> vol = np.asfortranarray(np.arange(40 * 36 * 34, dtype=np.int16).reshape(40, 36, 34) % 2000 - 1000)
@@ -56,7 +57,8 @@ __all__ = ["CHUNKS", "SUFFIX", "ChunkStore", "ChunkedVolumeFile", "clear_header_
            "write_chunked_volume"]
 
 #: Inner chunk shape (k, j, i). A 96×96×64 crop touches at most 4×4×3 of them: 2.9 % of a 512×512×300
-#: volume's bytes for a box on the heart or a lung, against 8.6 % with 64³ (benchmarks/bench_remote.py).
+#: volume's bytes for a box on the heart or a lung (3.7 % on the wire, gaps of merged requests included), against
+#: 8.7 % with 64³ chunks (benchmarks/bench_remote.py --gaps --formats).
 CHUNKS = (32, 32, 32)
 SUFFIX = ".zarr"
 ATTRS = "radgenome"
