@@ -7,6 +7,7 @@ next call sees it.
 | --- | --- | --- |
 | ``RADGENOME_CACHE`` | ``~/.cache/radgenome_hf`` | root of the package's caches: prepared volumes, packed masks |
 | ``RADGENOME_CACHE_MAX_BYTES`` | 200 GiB | size bound of the prepared-volume cache (decoded rows, preset outputs) |
+| ``RADGENOME_CHUNK_CACHE_MAX_BYTES`` | 20 GiB | size bound of the chunks of remote volumes kept locally (``<cache>/chunks``) |
 | ``RADGENOME_OPEN_VOLUMES_MAX_BYTES`` | 512 MiB | per-process bound of the decoded volumes kept in memory for later rows |
 | ``RADGENOME_MAX_VOLUME_BYTES`` | 16 GiB | largest decoded volume a header may ask for (larger = corrupt) |
 | ``RADGENOME_LLM_ENDPOINT`` / ``RADGENOME_LLM_MODEL`` | unset | the optional LLM grounding backend |
@@ -17,8 +18,8 @@ next call sees it.
 
 >>> import os
 >>> os.environ["RADGENOME_CACHE"] = "/tmp/rg-cache"
->>> cache_root(), masks_cache_root()
-(PosixPath('/tmp/rg-cache'), PosixPath('/tmp/rg-cache/masks'))
+>>> cache_root(), masks_cache_root(), chunk_cache_root()
+(PosixPath('/tmp/rg-cache'), PosixPath('/tmp/rg-cache/masks'), PosixPath('/tmp/rg-cache/chunks'))
 >>> del os.environ["RADGENOME_CACHE"]
 >>> max_volume_bytes() == 16 << 30
 True
@@ -32,7 +33,8 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "cache_root", "masks_cache_root", "prepared_cache_max_bytes", "open_volumes_max_bytes", "max_volume_bytes",
+    "cache_root", "masks_cache_root", "chunk_cache_root", "chunk_cache_max_bytes", "prepared_cache_max_bytes",
+    "open_volumes_max_bytes", "max_volume_bytes",
     "llm_settings", "dist_env", "ray_address", "generate_workers",
 ]
 
@@ -56,6 +58,16 @@ def cache_root() -> Path:
 def masks_cache_root() -> Path:
     """Where packed masks of upstream mask sources are kept: ``<cache_root>/masks``."""
     return cache_root() / "masks"
+
+
+def chunk_cache_root() -> Path:
+    """Where chunks of remote chunked volumes are kept: ``<cache_root>/chunks``."""
+    return cache_root() / "chunks"
+
+
+def chunk_cache_max_bytes() -> int:
+    """``$RADGENOME_CHUNK_CACHE_MAX_BYTES`` or 20 GiB."""
+    return _int("RADGENOME_CHUNK_CACHE_MAX_BYTES", 20 << 30)
 
 
 def prepared_cache_max_bytes() -> int:

@@ -61,7 +61,7 @@ from ..config import cache_root, prepared_cache_max_bytes
 from ..errors import CorruptVolumeError
 from ..io.atomic import TMP_MARK, atomic_path
 
-__all__ = ["PreparedCache", "CacheReader", "source_identity", "read_file_into"]
+__all__ = ["BoundedFolder", "PreparedCache", "CacheReader", "source_identity", "read_file_into"]
 
 _SUFFIX = ".b2nd"
 _FRAME_SUFFIX = ".b2f"
@@ -471,7 +471,105 @@ class CacheReader:
 
 
 
-class PreparedCache:
+class BoundedFolder:
+    """Files under ``root/<2 characters>/`` kept under ``max_bytes``, the least recently used deleted first: the
+    size bound shared by :class:`PreparedCache` and :class:`~radgenome_hf.access.chunkcache.ChunkCache`.
+
+    Subclasses name their files' ``suffixes``; every write calls :meth:`_added` with the bytes it added, and
+    every read :meth:`_touch` on the file it used (the mtime is the LRU clock: atime is often disabled).
+    Temporary files of writers that were killed (:data:`~radgenome_hf.io.atomic.TMP_MARK`, older than an
+    hour) are swept by the scan. Safe with many processes: a file deleted by another one is skipped.
+    """
+
+    suffixes: tuple[str, ...] = ()
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = int(max_bytes)
+        self._lock = threading.Lock()
+        self._approx_total: int | None = None
+        self._last_scan = 0.0
+
+    @staticmethod
+    def _touch(path: Path) -> None:
+        try:
+            os.utime(path)  # access time for LRU eviction (atime is often disabled by mount options)
+        except OSError:
+            pass
+
+    def _added(self, size: int) -> None:
+        """Count ``size`` new bytes and evict when the bound may be exceeded."""
+        with self._lock:
+            if self._approx_total is not None:
+                self._approx_total += size
+        self._maybe_evict()
+
+    # -- size bound -------------------------------------------------------------------------------
+    def _files(self) -> list[tuple[float, int, Path]]:
+        out = []
+        if not self.root.is_dir():
+            return out
+        now = time.time()
+        for sub in os.scandir(self.root):
+            if not sub.is_dir():
+                continue
+            try:
+                entries = list(os.scandir(sub.path))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            for e in entries:
+                try:
+                    st = e.stat()
+                except FileNotFoundError:
+                    continue
+                if TMP_MARK in e.name:
+                    if now - st.st_mtime > _STALE_TMP_S:  # left by a crashed writer
+                        Path(e.path).unlink(missing_ok=True)
+                    continue
+                if e.name.endswith(self.suffixes):
+                    out.append((st.st_mtime, st.st_size, Path(e.path)))
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes currently held (scans the folder)."""
+        return sum(s for _, s, _ in self._files())
+
+    def _maybe_evict(self) -> None:
+        with self._lock:
+            stale = self._approx_total is None or time.monotonic() - self._last_scan > 30
+            if not stale and self._approx_total <= self.max_bytes:  # type: ignore[operator]
+                return
+        self.evict()
+
+    def evict(self, target_bytes: int | None = None) -> int:
+        """Delete least recently used files until at most ``target_bytes`` (default ``max_bytes``) remain.
+
+        Returns the bytes freed. Safe with concurrent readers: a reader that opened (mapped) a file keeps it.
+        """
+        target = self.max_bytes if target_bytes is None else int(target_bytes)
+        files = sorted(self._files())
+        total = sum(s for _, s, _ in files)
+        freed = 0
+        for _, size, path in files:
+            if total <= target:
+                break
+            try:
+                path.unlink()
+                freed += size
+            except FileNotFoundError:  # another process evicted it first
+                pass
+            total -= size
+        with self._lock:
+            self._approx_total = total
+            self._last_scan = time.monotonic()
+        return freed
+
+    def clear(self) -> None:
+        """Delete every file."""
+        self.evict(0)
+
+
+class PreparedCache(BoundedFolder):
     """A bounded, process-safe store of decoded arrays (one blosc2 NDArray file per array).
 
     Args:
@@ -490,6 +588,8 @@ class PreparedCache:
             :meth:`reader` items decode with 1 thread.
     """
 
+    suffixes = _SUFFIXES
+
     def __init__(
         self,
         root: str | os.PathLike | None = None,
@@ -505,16 +605,13 @@ class PreparedCache:
         if layout not in ("chunked", "frame"):
             raise ValueError(f"layout must be 'chunked' or 'frame', got {layout!r}")
         self.layout = layout
-        self.root = Path(root).expanduser() if root is not None else cache_root()
-        self.max_bytes = int(prepared_cache_max_bytes() if max_bytes is None else max_bytes)
+        super().__init__(Path(root).expanduser() if root is not None else cache_root(),
+                         prepared_cache_max_bytes() if max_bytes is None else max_bytes)
         self.codec = codec.upper()
         self.clevel = int(clevel)
         self.chunks = tuple(int(c) for c in chunks)
         self.blocks = tuple(int(b) for b in blocks)
         self.nthreads = nthreads
-        self._lock = threading.Lock()
-        self._approx_total: int | None = None
-        self._last_scan = 0.0
 
     def __repr__(self) -> str:
         return f"PreparedCache(root={str(self.root)!r}, max_bytes={self.max_bytes}, codec={self.codec}-{self.clevel}, layout={self.layout!r})"
@@ -544,13 +641,6 @@ class PreparedCache:
 
     def __contains__(self, key: str) -> bool:
         return self.file_for(key) is not None
-
-    @staticmethod
-    def _touch(path: Path) -> None:
-        try:
-            os.utime(path)  # access time for LRU eviction (atime is often disabled by mount options)
-        except OSError:
-            pass
 
     # -- read -------------------------------------------------------------------------------------
     def _open(self, key: str, nthreads: int | None = None, mmap: bool = True):
@@ -692,10 +782,7 @@ class PreparedCache:
                 del b2
             size = tmp.stat().st_size  # before the rename: another process may evict the file right after it
         other.unlink(missing_ok=True)  # a key lives in one layout
-        with self._lock:
-            if self._approx_total is not None:
-                self._approx_total += size
-        self._maybe_evict()
+        self._added(size)
         return final
 
     def store(self, key: str, array: np.ndarray, *, layout: str | None = None) -> Path | None:
@@ -725,67 +812,3 @@ class PreparedCache:
         arr = producer()
         self.store(key, arr)
         return arr
-
-    # -- size bound -------------------------------------------------------------------------------
-    def _files(self) -> list[tuple[float, int, Path]]:
-        out = []
-        if not self.root.is_dir():
-            return out
-        now = time.time()
-        for sub in os.scandir(self.root):
-            if not sub.is_dir():
-                continue
-            try:
-                entries = list(os.scandir(sub.path))
-            except FileNotFoundError:  # removed meanwhile
-                continue
-            for e in entries:
-                try:
-                    st = e.stat()
-                except FileNotFoundError:
-                    continue
-                if TMP_MARK in e.name:
-                    if now - st.st_mtime > _STALE_TMP_S:  # left by a crashed writer
-                        Path(e.path).unlink(missing_ok=True)
-                    continue
-                if e.name.endswith(_SUFFIXES):
-                    out.append((st.st_mtime, st.st_size, Path(e.path)))
-        return out
-
-    def size_bytes(self) -> int:
-        """Bytes currently held (scans the folder)."""
-        return sum(s for _, s, _ in self._files())
-
-    def _maybe_evict(self) -> None:
-        with self._lock:
-            stale = self._approx_total is None or time.monotonic() - self._last_scan > 30
-            if not stale and self._approx_total <= self.max_bytes:  # type: ignore[operator]
-                return
-        self.evict()
-
-    def evict(self, target_bytes: int | None = None) -> int:
-        """Delete least recently used files until at most ``target_bytes`` (default ``max_bytes``) remain.
-
-        Returns the bytes freed. Safe with concurrent readers: a reader that opened (mapped) a file keeps it.
-        """
-        target = self.max_bytes if target_bytes is None else int(target_bytes)
-        files = sorted(self._files())
-        total = sum(s for _, s, _ in files)
-        freed = 0
-        for _, size, path in files:
-            if total <= target:
-                break
-            try:
-                path.unlink()
-                freed += size
-            except FileNotFoundError:  # another process evicted it first
-                pass
-            total -= size
-        with self._lock:
-            self._approx_total = total
-            self._last_scan = time.monotonic()
-        return freed
-
-    def clear(self) -> None:
-        """Delete every cached array."""
-        self.evict(0)

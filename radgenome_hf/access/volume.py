@@ -1,11 +1,16 @@
 """Lazy CT volumes: nothing is read until an array is asked for; ``.nii.gz`` inflates fast (isal) with no transpose.
 
-A :class:`Volume` wraps a local path (``.nii``/``.nii.gz``), raw file bytes, or an fsspec URL (``hf://…``,
-``file://…``). Arrays are in nibabel voxel order ``(i, j, k)`` and Fortran-ordered (a view of the decoded file
-buffer, as nibabel returns them); :meth:`Volume.tensor` is the zero-copy ``(k, j, i)`` torch view.
+A :class:`Volume` wraps a local path (``.nii``/``.nii.gz``), raw file bytes, an fsspec URL (``hf://…``,
+``file://…``), or a chunked volume of a packed release (a ``.zarr`` folder or its ``hf://`` URL). Arrays are in
+nibabel voxel order ``(i, j, k)`` and Fortran-ordered (a view of the decoded file buffer, as nibabel returns
+them); :meth:`Volume.tensor` is the zero-copy ``(k, j, i)`` torch view.
 
-The file is read through :class:`~radgenome_hf.io.nifti.NiftiFile` (header checks before any allocation, one
-decode buffer, crops of ``.nii`` that read only the crop). HU rules (:func:`~radgenome_hf.io.nifti.apply_rescale`):
+The file is read through a reader with one narrow interface (``header``, ``shape``, ``affine``,
+``slope_inter``, ``read_raw``, ``read_raw_crop``): :class:`~radgenome_hf.io.nifti.NiftiFile` (header checks
+before any allocation, one decode buffer, crops of ``.nii`` that read only the crop) or
+:class:`~radgenome_hf.io.chunked.ChunkedVolumeFile` (zarr v3, one shard: a crop reads only the inner chunks it
+touches, from disk or, for an ``hf://`` URL, by range requests on the pinned commit through the local chunk
+cache of :mod:`~radgenome_hf.access.chunkcache`; its values are HU already). HU rules (:func:`~radgenome_hf.io.nifti.apply_rescale`):
 the rescale (``scl_slope``/``scl_inter`` from the header, or ``rescale=(slope, intercept)`` given explicitly, which
 then replaces the header's) is applied exactly once; integer data stay integer where the result fits; never
 float64. With a :class:`~radgenome_hf.access.cache.PreparedCache` the decoded HU array is stored once (written
@@ -36,6 +41,7 @@ import numpy as np
 
 from ..config import open_volumes_max_bytes
 from ..errors import MalformedFileError, ShapeMismatchError, UnknownAnatomyError
+from ..io.chunked import ChunkedVolumeFile, is_chunked_volume
 from ..io.nifti import NiftiFile, apply_rescale, ctrate_geometry, predict_dtype
 from ..ontology import get_ontology, normalize_name, normalize_path
 from ._format import format_bytes
@@ -160,7 +166,7 @@ class Volume:
     """A lazily decoded CT volume. Build with :meth:`open`, :meth:`from_ctrate` or :meth:`from_array`."""
 
     def __init__(self) -> None:  # use the classmethods
-        self._file: NiftiFile | None = None  # None: an in-memory array
+        self._file: NiftiFile | ChunkedVolumeFile | None = None  # the reader; None: an in-memory array
         self._checked = False
         self._name: str | None = None
         self._spacing_override: tuple[float, float, float] | None = None
@@ -185,19 +191,28 @@ class Volume:
         rescale: tuple[float, float] | None = None,
         name: str | None = None,
         cache: "PreparedCache | bool | None" = None,
+        token: Any = None,
     ) -> "Volume":
         """Open lazily (not even the header is read yet).
 
         ``spacing`` (mm, i/j/k) replaces the header geometry: the affine becomes ``diag(spacing)``.
-        ``rescale=(slope, intercept)`` replaces the header's ``scl_slope``/``scl_inter``.
+        ``rescale=(slope, intercept)`` replaces the header's ``scl_slope``/``scl_inter`` (a chunked volume stores
+        HU with its rescale already applied: passing another one is an error).
         ``cache=True`` (or a :class:`~radgenome_hf.access.cache.PreparedCache`) stores the decoded array once and serves
-        later ``array()``/``crop()`` calls from it.
+        later ``array()``/``crop()`` calls from it (for a ``.nii.gz``, or a whole remote chunked volume; crops
+        of a chunked volume read its chunks instead). ``token``: for an ``hf://`` chunked volume of a gated or
+        private repo.
         """
         v = cls()
-        v._file = NiftiFile.open(source)
+        if not isinstance(source, (bytes, bytearray, memoryview)) and is_chunked_volume(source):
+            from .chunkcache import default_chunk_cache
+
+            v._file = ChunkedVolumeFile.open(source, token=token, chunk_store=default_chunk_cache())
+        else:
+            v._file = NiftiFile.open(source)
         if v._file.kind != "bytes":
             stem = PurePosixPath(str(v._file.source)).name
-            for suffix in (".nii.gz", ".nii"):
+            for suffix in (".nii.gz", ".nii", ".zarr"):
                 if stem.endswith(suffix):
                     stem = stem[: -len(suffix)]
             v._name = stem
@@ -264,21 +279,34 @@ class Volume:
     def _where(self) -> str:
         return "<array>" if self._file is None else self._file.where
 
-    def _nifti(self) -> NiftiFile:
-        """The file, its header read and checked once (spacing too, unless ``spacing=`` replaces it)."""
+    def _nifti(self) -> NiftiFile | ChunkedVolumeFile:
+        """The reader, its header read and checked once (spacing too, unless ``spacing=`` replaces it)."""
         f = self._file
         assert f is not None
         if not self._checked:
             f.header  # noqa: B018 - reads and checks the header
             if self._spacing_override is None:
                 f.check_zooms()
+            if self._rescale_override is not None and isinstance(f, ChunkedVolumeFile):
+                if not np.allclose(self._rescale_override, f.applied_rescale):
+                    raise ValueError(
+                        f"{f.where} stores HU with the rescale {f.applied_rescale} already applied; do not pass "
+                        f"rescale={self._rescale_override} (it would be applied twice)")
+                self._rescale_override = None
             self._checked = True
         return f
+
+    @property
+    def _chunked(self) -> bool:
+        """Whether the source is a chunked volume (crops read their chunks, never the prepared cache)."""
+        return isinstance(self._file, ChunkedVolumeFile)
 
     def _raw_shape(self) -> tuple[int, int, int]:
         return self._nifti().shape
 
     def _rescale(self) -> tuple[float, float]:
+        if self._chunked:
+            self._nifti()  # checks (and drops) a rescale= that matches the one already applied
         if self._rescale_override is not None:
             return self._rescale_override
         return self._nifti().slope_inter()
@@ -340,6 +368,12 @@ class Volume:
         return "".join(str(c) for c in nib.aff2axcodes(self.affine))
 
     @property
+    def rescale(self) -> tuple[float, float]:
+        """The ``(slope, intercept)`` that turns the stored values into HU (``(1, 0)`` for a chunked volume, whose
+        values are HU already, and for an in-memory array)."""
+        return (1.0, 0.0) if self._file is None else self._rescale()
+
+    @property
     def dtype(self) -> np.dtype:
         """Dtype of :meth:`array` (predicted from the header until loaded)."""
         if self._array is not None:
@@ -367,8 +401,14 @@ class Volume:
             assert self._cache is not None
             slope, inter = self._rescale()
             extra = {} if self._spacing_override is None else {"spacing": list(self._spacing_override)}
-            self._cache_key = self._cache.key_for(self._file.source, "hu", slope=slope, intercept=inter, **extra)  # type: ignore[arg-type]
+            self._cache_key = self._cache.key_for(self._identity_source(), "hu", slope=slope, intercept=inter, **extra)
         return self._cache_key
+
+    def _identity_source(self) -> str | bytes:
+        """What identifies the source's content for caches (a chunked volume: its shard, or its pinned URL)."""
+        f = self._file
+        assert f is not None
+        return f.identity_source if isinstance(f, ChunkedVolumeFile) else f.source
 
     def _shared_key(self) -> str | None:
         """Key of this volume's decoded array in the process LRU (file-backed volumes only)."""
@@ -376,7 +416,7 @@ class Volume:
             from .cache import source_identity
 
             try:
-                ident = source_identity(self._file.source)  # type: ignore[arg-type]
+                ident = source_identity(self._identity_source())
             except OSError:
                 return None
             self._open_key = f"{ident}|{self._rescale_override}"
@@ -388,18 +428,27 @@ class Volume:
         arr = _OPEN.get(shared) if shared is not None else None
         if arr is not None:
             return arr
-        if self._cache is not None:
-            arr = self._cache.get_array(self._cache_key_for())
+        cache = self._whole_cache()
+        if cache is not None:
+            arr = cache.get_array(self._cache_key_for())
         if arr is None:
             arr = apply_rescale(self._nifti().read_raw(), *self._rescale())
             arr.flags.writeable = False  # shared by every row of this volume, and queued for the cache writer
-            if self._cache is not None and self.retain:
-                write_behind(self._cache, self._cache_key_for(), arr)
+            if cache is not None and self.retain:
+                write_behind(cache, self._cache_key_for(), arr)
         else:
             arr.flags.writeable = False
         if shared is not None and self.retain:
             _OPEN.put(shared, arr)
         return arr
+
+    def _whole_cache(self) -> "PreparedCache | None":
+        """The prepared cache for whole decoded arrays: not for a local chunked volume (already chunked and local:
+        reading it is as fast as the cache, and a copy would double the disk)."""
+        f = self._file
+        if isinstance(f, ChunkedVolumeFile) and f.kind == "path":
+            return None
+        return self._cache
 
     def array(self, dtype: Any = None, out: np.ndarray | None = None) -> np.ndarray:
         """The whole volume in HU, ``(i, j, k)``, Fortran order (kept in memory; ``release()`` drops it).
@@ -413,10 +462,13 @@ class Volume:
             if dtype is not None:
                 raise ValueError("pass either dtype= or out= (out's dtype is the volume's HU dtype)")
             shared = self._shared_key()
-            if self._array is None and (shared is None or _OPEN.get(shared) is None) and self._cache is not None:
-                got = self._cache.get_array(self._cache_key_for(), out=out)
+            if self._array is None and (shared is None or _OPEN.get(shared) is None):
+                cache = self._whole_cache()
+                got = cache.get_array(self._cache_key_for(), out=out) if cache is not None else None
                 if got is not None:
                     return got
+                if self._chunked and cache is None and out.flags.f_contiguous and out.dtype == self.dtype:
+                    return self._nifti().read_raw(out=out)  # type: ignore[call-arg]  # straight into the buffer
             arr = self._array if self._array is not None else self._decode()
             if out.shape != arr.shape or out.dtype != arr.dtype:
                 raise ValueError(
@@ -458,6 +510,10 @@ class Volume:
             held = _OPEN.get(shared) if shared is not None else None
         if held is not None:
             return held[sl].copy(order="K")
+        if self._chunked:  # only the chunks the box touches (a remote whole array is never fetched for a crop)
+            cache = self._whole_cache()
+            got = cache.crop(self._cache_key_for(), b) if cache is not None else None
+            return got if got is not None else apply_rescale(self._nifti().read_raw_crop(b), *self._rescale())
         if self._cache is not None:
             got = self._cache.crop(self._cache_key_for(), b)
             if got is not None:

@@ -1,8 +1,10 @@
 """datasets feature types whose values decode lazily to this package's volume and mask objects.
 
-* :class:`VolumeFeature` stores a reference to a NIfTI file (local path or ``hf://`` URL) plus, for CT-RATE v1 volumes
-  whose headers are blank, the spacing and rescale from the metadata CSV. It decodes to a lazy
-  :class:`~radgenome_hf.access.volume.Volume`: nothing is read until an array is asked for.
+* :class:`VolumeFeature` stores a reference to a NIfTI file or a chunked volume (``.zarr``; local path or
+  ``hf://`` URL) plus, for CT-RATE v1 volumes whose headers are blank, the spacing and rescale from the metadata
+  CSV. It decodes to a lazy :class:`~radgenome_hf.access.volume.Volume`: nothing is read until an array is asked
+  for. A remote NIfTI file is fetched whole on first decode; a remote chunked volume never is: a crop fetches the
+  chunks it touches.
 * :class:`LazyMaskFeature` stores a reference to one structure in a packed-mask file (or the whole scan) and
   decodes to a :class:`LazyMask`.
 * :class:`MaskSetFeature` stores references to a volume's packed region and anatomy masks and decodes to a
@@ -21,7 +23,8 @@ import pyarrow as pa
 
 from ..access.lazymasks import LazyMask, MaskSet
 from ..errors import MissingVolumeError
-from ..io.hub import local_path
+from ..io.chunked import is_chunked_volume
+from ..io.hub import local_path, parse_hf_url
 
 def resolve(path: str | None, base: str | None) -> str | None:
     """A row's path made usable: relative paths (packed releases) are joined onto ``base`` (a folder or an
@@ -60,7 +63,10 @@ def _open_volume(value: dict, token_per_repo_id=None, cache: str | None = None):
     path = value.get("path")
     if path is None:
         return None
-    if path.startswith("hf://"):
+    token = None
+    if path.startswith("hf://") and is_chunked_volume(path):
+        token = (token_per_repo_id or {}).get(parse_hf_url(path).repo_id)  # read by range requests, lazily
+    elif path.startswith("hf://"):
         path = local_path(path, token_per_repo_id)
     else:
         import os
@@ -79,6 +85,7 @@ def _open_volume(value: dict, token_per_repo_id=None, cache: str | None = None):
         rescale=tuple(rescale) if rescale else None,
         name=name,
         cache=prepared_cache(cache),
+        token=token,
     )
 
 

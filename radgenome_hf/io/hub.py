@@ -8,6 +8,8 @@ says what to do next and never carries a token.
 HfUrl(repo_id='org/repo', revision='v1.0', path='dataset/train/a.nii.gz', repo_type='dataset')
 >>> local_path("/data/a.nii.gz")
 '/data/a.nii.gz'
+>>> pin_url("hf://datasets/org/repo@0123456789abcdef0123456789abcdef01234567/volumes/a.zarr")
+'hf://datasets/org/repo@0123456789abcdef0123456789abcdef01234567/volumes/a.zarr'
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any, Mapping, NamedTuple
 
 from ..errors import HubAccessError
 
-__all__ = ["CTRATE_REPO", "HfUrl", "fetch", "hub_error", "is_url", "local_path", "parse_hf_url", "resolve_revision"]
+__all__ = ["CTRATE_REPO", "HfUrl", "fetch", "hub_error", "is_url", "local_path", "parse_hf_url", "pin_url",
+           "read_range", "resolve_revision"]
 
 CTRATE_REPO = "ibrahimhamamci/CT-RATE"
 
@@ -109,6 +112,33 @@ def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
     return path
 
 
+def pin_url(url: str, token: Any = None) -> str:
+    """``url`` with its revision replaced by the commit it points at (:func:`resolve_revision`, once per process),
+    so that every later read of it sees the same bytes; as given when the revision cannot be resolved (offline)."""
+    u = parse_hf_url(url)
+    sha = resolve_revision(u.repo_id, u.revision, token, u.repo_type)
+    if sha is None or sha == u.revision:
+        return url
+    return f"hf://{u.repo_type}s/{u.repo_id}@{sha}/{u.path}"
+
+
+def read_range(url: str, start: int | None = None, end: int | None = None, token: Any = None) -> bytes:
+    """Bytes ``start:end`` of the file at an ``hf://`` URL (negative ``start``: that many bytes from the end;
+    ``None``: the whole file), as one HTTP range request through ``huggingface_hub.HfFileSystem``.
+
+    Pin the URL first (:func:`pin_url`). No read-ahead: exactly the bytes asked for are transferred. Safe from
+    threads (fsspec keeps one file system object per thread; each starts from the main thread's listings).
+    """
+    from huggingface_hub import HfFileSystem
+
+    try:
+        fs = HfFileSystem(token=token)
+        return fs.cat_file(url, start=start, end=end, cache_type="none")
+    except Exception as exc:  # noqa: BLE001 - every failure gets a message that says what to do
+        what = "reading " + url + ("" if start is None and end is None else f" bytes {start}:{end}")
+        raise hub_error(exc, what) from exc
+
+
 def local_path(path: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
     """A local file for a path or an ``hf://`` URL (fetched once into the Hugging Face cache)."""
     return fetch(path, token_per_repo_id) if path.startswith("hf://") else path
@@ -140,7 +170,7 @@ def hub_error(exc: BaseException, what: str) -> HubAccessError:
     elif isinstance(exc, LocalEntryNotFoundError):
         hint = ("the file is not in the local Hugging Face cache and the Hub cannot be reached (offline mode or no "
                 "network): connect, or unset HF_HUB_OFFLINE, or use a local copy")
-    elif isinstance(exc, EntryNotFoundError):
+    elif isinstance(exc, (EntryNotFoundError, FileNotFoundError)):
         hint = "no such file at this revision: the release is incomplete or the path is wrong"
     elif status == 412:
         hint = "the branch moved since the plan was made (someone else pushed): re-run publish"

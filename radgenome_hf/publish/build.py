@@ -8,14 +8,19 @@ The packed release is what :mod:`radgenome_hf.publish` pushes to the Hub. Plain
     release_manifest.json             rows per config and split (publish verifies against it)
     <config>/<split>-<digest>-0000i-of-0000N.parquet   zstd, page checksums; N divides by 2, 4 and 8 where the
                                       rows allow; <digest> follows the split's content (see _write_shards)
-    volumes/<upstream relative path>  NIfTI files, referenced from rows by relative path (``volume.path``)
+    volumes/<upstream relative path without .nii.gz>.zarr/   chunked volumes (default, ``volumes="chunked"``): zarr v3,
+                                      one shard of 32³ chunks per volume, HU with the rescale applied, geometry in
+                                      its attributes (:mod:`radgenome_hf.io.chunked`); referenced from rows by
+                                      relative path (``volume.path``), whose ``rescale`` is then null
+    volumes/<upstream relative path>  or, with ``volumes="nifti"``, the NIfTI files themselves
     masks/<split>_<kind>/<stem>.masks.parquet  packed masks (bbox + numpy.packbits), referenced from rows
     figures/*.png                     a slice with mask overlays and its grounded sentence; distributions
 
 Decoding a packed mask with any parquet reader + numpy: take the row of the structure, ``np.unpackbits(bits)
 [:prod(bbox extent)].reshape(extent, order=bit_order)`` and place it at ``bbox`` in a zero grid of ``shape``.
-The build is atomic: it writes ``<out>.tmp-<pid>`` and renames it, so a failure (a full disk) leaves no partial
-release.
+A chunked volume reads with any zarr v3 reader (``zarr.open_array(path)[k0:k1, j0:j1, i0:i1].T``); over the Hub a
+crop fetches only the chunks it touches. The build is atomic: it writes ``<out>.tmp-<pid>`` and renames it, so a
+failure (a full disk) leaves no partial release.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from ..errors import BuildError, RadGenomeError
 from ..hf.schema import CONFIG_NAMES
 
 PATH_COLUMNS = {"volume": ("path",), "mask": ("path",), "masks": ("region", "anatomy")}
+VOLUME_FORMATS = ("chunked", "nifti")
+_POOL_MIN_VOLUMES = 8  # fewer volumes convert in this process: starting worker processes costs more
 
 
 @dataclass
@@ -63,12 +70,73 @@ def _num_shards(rows: int, requested: int | None) -> int:
     return 1
 
 
-class _Placer:
-    """Copies (or hard-links) referenced files into the release once and rewrites paths to relative ones."""
+def _convert_volume(job: tuple[str, str, list | None, list | None]) -> int:
+    """Write one source volume as a chunked volume (HU, the row's spacing and rescale applied); its bytes."""
+    from ..access.volume import Volume
+    from ..io.chunked import write_chunked_volume
 
-    def __init__(self, out: Path, roots: dict[str, str], link: str) -> None:
+    src, dst, spacing, rescale = job
+    v = Volume.open(src, spacing=spacing, rescale=rescale)
+    write_chunked_volume(dst, v.array(), v.affine, name=v.name, source=Path(src).name, rescale=v.rescale)
+    v.release()
+    return sum(f.stat().st_size for f in Path(dst).rglob("*") if f.is_file())
+
+
+class _Placer:
+    """Copies (or hard-links) referenced files into the release once and rewrites paths to relative ones;
+    volumes are converted to chunked volumes (``volumes="chunked"``) or placed as they are (``"nifti"``)."""
+
+    def __init__(self, out: Path, roots: dict[str, str], link: str, volumes: str = "chunked",
+                 workers: int | None = None, progress: bool = False) -> None:
         self.out, self.roots, self.link = out, roots, link
+        self.volumes, self.workers, self.progress = volumes, workers, progress
         self.done: dict[str, str] = {}
+
+    def _volume_rel(self, path: str) -> str:
+        src = Path(path)
+        rel = None
+        for root in self.roots.values():
+            if root and path.startswith(root.rstrip("/") + "/"):
+                rel = "volumes/" + os.path.relpath(path, root).replace(os.sep, "/")
+                break
+        rel = rel or f"volumes/{src.name}"
+        if self.volumes == "chunked":
+            from ..io.chunked import SUFFIX
+
+            for ext in (".nii.gz", ".nii"):
+                if rel.endswith(ext):
+                    rel = rel[: -len(ext)]
+                    break
+            rel += SUFFIX
+        return rel
+
+    def place_volumes(self, items: dict[str, tuple[list | None, list | None]]) -> dict[str, str]:
+        """Relative paths of volumes ``{source path: (row spacing, row rescale)}``, placing each once. Chunked
+        conversions run in a process pool (``workers``) when there are many, with a progress bar."""
+        if self.volumes != "chunked":
+            return {p: self.relative(p, "volume") for p in items}  # type: ignore[misc]
+        jobs = []
+        for path, (spacing, rescale) in items.items():
+            if path in self.done:
+                continue
+            self._check_volume(Path(path))
+            rel = self._volume_rel(path)
+            self.done[path] = rel
+            if not (self.out / rel).exists():
+                jobs.append((path, str(self.out / rel), spacing, rescale))
+        if jobs:
+            from tqdm.auto import tqdm
+
+            from ..generate.runner import bounded_map, make_executor
+
+            workers = 1 if len(jobs) < _POOL_MIN_VOLUMES else self.workers
+            with make_executor(workers=workers) as ex, tqdm(total=len(jobs), desc="chunking volumes", unit="vol",
+                                                            disable=not self.progress) as bar:
+                for job, res in bounded_map(ex, _convert_volume, jobs):
+                    if isinstance(res, BaseException):
+                        raise res
+                    bar.update(1)
+        return {p: self.done[p] for p in items}
 
     def relative(self, path: str | None, kind: str) -> str | None:
         if path is None:
@@ -81,12 +149,7 @@ class _Placer:
         if kind == "mask":
             rel = f"masks/{src.parent.name}/{src.name}"
         else:
-            rel = None
-            for root in self.roots.values():
-                if root and path.startswith(root.rstrip("/") + "/"):
-                    rel = "volumes/" + os.path.relpath(path, root).replace(os.sep, "/")
-                    break
-            rel = rel or f"volumes/{src.name}"
+            rel = self._volume_rel(path)
         dst = self.out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists():
@@ -141,6 +204,11 @@ def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
         arr = table.column(col).combine_chunks()
         kind = "volume" if col == "volume" else "mask"
         children = {f.name: arr.field(f.name) for f in arr.type}
+        if kind == "volume":
+            children = _rewrite_volumes(children, placer)
+            new = pa.StructArray.from_arrays(list(children.values()), names=list(children), mask=pc.is_null(arr))
+            table = table.set_column(table.column_names.index(col), col, new)
+            continue
         for f in fields:
             values = children[f].to_pylist()
             unique = {v: placer.relative(v, kind) for v in set(values) if v is not None}
@@ -148,6 +216,24 @@ def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
         new = pa.StructArray.from_arrays(list(children.values()), names=list(children), mask=pc.is_null(arr))
         table = table.set_column(table.column_names.index(col), col, new)
     return table
+
+
+def _rewrite_volumes(children: dict[str, pa.Array], placer: _Placer) -> dict[str, pa.Array]:
+    """The ``volume`` struct's children with relative paths; a chunked volume's values are HU already, so the
+    row's ``rescale`` becomes null (applying it again would be wrong)."""
+    paths = children["path"].to_pylist()
+    spacing = children["spacing"].to_pylist() if "spacing" in children else [None] * len(paths)
+    rescale = children["rescale"].to_pylist() if "rescale" in children else [None] * len(paths)
+    items: dict[str, tuple] = {}
+    for p, sp, rs in zip(paths, spacing, rescale):
+        if p is not None:
+            items.setdefault(p, (sp, rs))
+    rel = placer.place_volumes(items)
+    out = dict(children)
+    out["path"] = pa.array([rel.get(p) if p is not None else None for p in paths], pa.string())
+    if placer.volumes == "chunked" and "rescale" in children:
+        out["rescale"] = pa.nulls(len(paths), children["rescale"].type)
+    return out
 
 
 def _statistics(tables: dict[str, dict[str, pa.Table]]) -> dict:
@@ -294,12 +380,21 @@ def build_release(
     repo_id: str = "<org>/radgenome-chestct",
     progress: bool = False,
     overwrite: bool = False,
+    volumes: str = "chunked",
+    workers: int | None = None,
 ) -> BuildReport:
-    """Build the packed release of an upstream-layout folder ``source`` into ``out`` (atomically)."""
+    """Build the packed release of an upstream-layout folder ``source`` into ``out`` (atomically).
+
+    ``volumes``: ``"chunked"`` (default: zarr v3 chunked volumes, range-readable from the Hub) or ``"nifti"``
+    (the NIfTI files as they are, hard-linked or copied per ``link``). ``workers``: processes converting volumes
+    (default ``$RADGENOME_WORKERS`` / all cores).
+    """
+    if volumes not in VOLUME_FORMATS:
+        raise ValueError(f"volumes must be one of {VOLUME_FORMATS}, got {volumes!r}")
     import datasets
 
     from ..hf.loading import register
-    from .card import ConfigSpec, render_card
+    from .card import ConfigSpec, render_card, volume_format_markdown
     from ..io.release import UpstreamRelease
 
     register()
@@ -312,7 +407,8 @@ def build_release(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     release = UpstreamRelease.discover(source, need="any")
-    placer = _Placer(tmp, {"rg": release.radgenome_root or "", "ct": release.ctrate_root or ""}, link)
+    placer = _Placer(tmp, {"rg": release.radgenome_root or "", "ct": release.ctrate_root or ""}, link, volumes,
+                     workers, progress)
     report = BuildReport(out)
     tables: dict[str, dict[str, pa.Table]] = {}
     loaded: dict = {}
@@ -351,7 +447,9 @@ def build_release(
         figures = _figures(tmp, loaded, stats)
         report.rows = stats["rows"]
         (tmp / "release_manifest.json").write_text(json.dumps({"configs": report.rows}, indent=1))
-        (tmp / "README.md").write_text(render_card(specs, stats, figures, repo_id=repo_id))
+        example = next((r for r in placer.done.values() if r.startswith("volumes/")), None)
+        (tmp / "README.md").write_text(render_card(specs, stats, figures, repo_id=repo_id,
+                                                   volume_format=volume_format_markdown(volumes, example, repo_id)))
         shutil.rmtree(tmp / ".build-cache", ignore_errors=True)
         _swap_in(tmp, out)
     except BaseException as exc:

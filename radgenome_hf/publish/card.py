@@ -4,7 +4,8 @@ The YAML is built with ``huggingface_hub.DatasetCardData`` and checked with the 
 itself uses (``datasets.utils.metadata.MetadataConfigs``), so a card that renders is a card that
 ``datasets.load_dataset(repo, config)`` understands. The body comes from ``cards/README.template.md``
 with ``{{ placeholder }}`` fields filled: ``pretty_name``, ``repo_id``, ``revision``, ``release_notes``,
-``features:<config>`` (a column table per config), ``statistics`` and ``figures``.
+``features:<config>`` (a column table per config), ``statistics``, ``figures`` and ``volume_format`` (how the
+volumes are stored and read without this package: :func:`volume_format_markdown`).
 
 >>> vqa = ConfigSpec("vqa", {"train": "vqa/train-*.parquet"}, [{"name": "question", "dtype": "string"}], default=True)
 >>> card = render_card([vqa], {"rows": {"vqa": {"train": 3}}}, [], repo_id="org/radgenome")
@@ -21,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import MalformedFileError, ReleaseNotFoundError
 
-__all__ = ["ConfigSpec", "render_card", "card_configs", "default_template_path", "DEFAULT_LICENSES",
+__all__ = ["ConfigSpec", "render_card", "card_configs", "volume_format_markdown", "default_template_path", "DEFAULT_LICENSES",
            "DEFAULT_TAGS", "DEFAULT_TASK_CATEGORIES"]
 
 DEFAULT_LICENSES = ["cc-by-4.0", "cc-by-nc-sa-4.0"]
@@ -213,6 +214,64 @@ def figures_markdown(figures: Sequence[str]) -> str:
     return "\n\n".join(out)
 
 
+def volume_format_markdown(volumes: str, example: str | None, repo_id: str, revision: str = "main") -> str:
+    """The card's "Volume format" section: the layout of the release's volumes and, for chunked ones, a snippet
+    that reads a crop with zarr alone (``example``: one volume's path in the repo).
+
+    >>> text = volume_format_markdown("chunked", "volumes/train_1_a_1.zarr", "org/rg")
+    >>> "zarr.open_array(" in text and "hf://datasets/org/rg@main/volumes/train_1_a_1.zarr" in text
+    True
+    """
+    if volumes != "chunked":
+        return ("## Volume format\n\nVolumes are the NIfTI files of the upstream release (`volumes/…/<volume>.nii.gz`), "
+                "referenced from rows by path relative to the repo root; the `volume` column's `spacing` and `rescale` "
+                "(CT-RATE v1 files have blank headers) say how to read them. Reading any part of a remote volume "
+                "downloads the whole file.")
+    from ..io.chunked import CHUNKS
+
+    chunk = "×".join(str(c) for c in CHUNKS)
+    lines = [
+        "## Volume format",
+        "",
+        "Volumes are stored chunked, one [zarr v3](https://zarr-specs.readthedocs.io/en/latest/v3/core/index.html) "
+        "array per volume (`volumes/…/<volume>.zarr/`), so any zarr v3 reader (zarr-python, tensorstore, "
+        "neuroglancer, napari…) opens them, and reading a region fetches only the chunks it touches (HTTP range "
+        "requests), not the whole volume.",
+        "",
+        "- `zarr.json`: shape `(K, J, I)`, the volume in `(k, j, i)` order, C-ordered: `array.T` is nibabel's "
+        "`(i, j, k)` voxel order. Data type `int16` (`float32` where the HU values are not integers).",
+        f"- `c/0/0/0`: one shard holding the whole volume, cut into inner chunks of {chunk} voxels, each "
+        "compressed with blosc (zstd level 5, byte shuffle); the shard index (offset and length of every chunk, "
+        "with a crc32c) is at its end (zarr's `sharding_indexed` codec). Chunks holding only the fill value are "
+        "not stored.",
+        "- Values are Hounsfield units: the rescale (slope, intercept) of the source file was applied when the "
+        "volume was converted. It is recorded, not to be applied again (the `volume` column's `rescale` is null).",
+        "- `attributes[\"radgenome\"]`: `affine` (4×4, voxel `(i, j, k)` to mm, as nibabel's), `spacing` (mm), "
+        "`orientation` (e.g. `LPS`), `rescale` (the one applied), `source` (the NIfTI file it came from), `name`.",
+        "",
+        "A crop with zarr alone (`pip install zarr huggingface_hub`):",
+        "",
+        "```python",
+        "import numpy as np",
+        "import zarr",
+        "",
+        f'url = "hf://datasets/{repo_id}@{revision}/{example or "volumes/<path>/<volume>.zarr"}"',
+        "# block_size=1 turns off fsspec's 5 MB read-ahead: only the chunks the crop touches are fetched",
+        'z = zarr.open_array(url, mode="r", storage_options={"block_size": 1})',
+        "k, j, i = (max(0, s // 2 - h) for s, h in zip(z.shape, (32, 48, 48)))",
+        "crop = z[k:k + 64, j:j + 96, i:i + 96].T   # (i, j, k), HU",
+        'attrs = z.attrs["radgenome"]',
+        'affine = np.array(attrs["affine"])        # voxel (i, j, k) -> mm',
+        'print(crop.shape, crop.dtype, attrs["spacing"], attrs["orientation"])',
+        "```",
+        "",
+        "With `radgenome_hf`, rows decode to a lazy `Volume`: `row[\"volume\"].crop((i0, j0, k0, i1, j1, k1))` "
+        "fetches only the chunks the box touches and keeps them in a local cache (`$RADGENOME_CACHE/chunks`); "
+        "`row[\"volume\"].array()` fetches the whole volume in parallel range requests.",
+    ]
+    return "\n".join(lines)
+
+
 def render_card(
     configs: list[ConfigSpec],
     stats: dict,
@@ -228,6 +287,7 @@ def render_card(
     dataset_info: list[dict] | dict | None = None,
     release_notes: str = "",
     extra_yaml: Mapping[str, Any] | None = None,
+    volume_format: str = "",
 ) -> str:
     """Render README.md: validated YAML front matter followed by the filled body template.
 
@@ -253,7 +313,7 @@ def render_card(
     by_name = {c.name: c for c in configs}
     values = {"pretty_name": pretty_name, "repo_id": repo_id, "revision": revision,
               "release_notes": release_notes, "statistics": statistics_markdown(stats),
-              "figures": figures_markdown(figures)}
+              "figures": figures_markdown(figures), "volume_format": volume_format}
 
     def fill(m: re.Match) -> str:
         key = m.group(1)
