@@ -213,3 +213,17 @@ def test_region_crop_of_a_vqa_rows_grounding_mask_decodes_only_the_box(rows, mon
     whole = LazyMask(None, None, "whole", None)
     out = RegionCropd("volume", masks_key="mask", cache=False)({**ds[0], "mask": whole})
     assert out["volume_bbox"] == (0, 0, 0, *full.shape) and bool(out["mask"].all())
+
+
+def test_outputs_are_stored_as_lz4_frames_which_the_volumes_cache_reads(rows):
+    from radgenome_hf.training import CTClipd
+    from radgenome_hf.training.inputs import OUTPUT_CODEC
+
+    row = rows["vqa"][0]
+    preset = CTClipd("volume", target_spacing=(6.0, 6.0, 12.0), target_shape=(16, 16, 8), output="int16")
+    out = preset(row)["volume"]
+    entry = preset._entry(rows["vqa"][0], "volume")
+    path = entry.cache.file_for(entry.key)
+    assert path.suffix == ".b2f" and f'"codec": "{OUTPUT_CODEC[0]}"'.encode() in path.read_bytes()[:4096]
+    assert entry.cache.codec == "ZSTD"  # the volume's own cache (raw volumes) keeps its codec and reads the output
+    torch.testing.assert_close(torch.from_numpy(entry.cache.get_array(entry.key)), out, rtol=0, atol=0)
