@@ -235,6 +235,30 @@ def test_a_bad_vqa_cell_is_named_at_load_time(synthetic_release, tmp_path):
     assert (e.value.row, e.value.column) == (row, "Presence") and csv_path.name in str(e.value)
 
 
+@pytest.mark.parametrize("extra", [{}, {"presence": ["Any {{literal}} {abnormality} in {region}?", "{region}: {abnormality}?"],
+                                     "size": ["Size of {abnormality!r} in the {region:>20}?", "How big?"]}])
+def test_questions_rendered_column_wise_equal_the_templates_row_by_row(real_sample_dir, extra):
+    import json
+
+    from radgenome_hf.hf.builder import _VQA_TABLE, _vqa_rows
+    from radgenome_hf.hf.schema import VQA_TYPES
+    from radgenome_hf.io.tables import read_radgenome_table
+    from radgenome_hf.templates import QuestionTemplates
+
+    templates = QuestionTemplates.from_upstream({f"{k}_template.json": json.dumps({k: v}) for k, v in extra.items()})
+    for qtype in VQA_TYPES:
+        name = f"train_{_VQA_TABLE[qtype]}.csv"
+        t = read_radgenome_table(real_sample_dir / name, _VQA_TABLE[qtype])
+        rows = _vqa_rows(qtype, t, templates).to_pylist()
+        assert len(rows) == t.num_rows > 50
+        for r in rows:
+            key = f"{r['volume_name']}|{r['anatomy']}|{r['finding']}"
+            assert r["question"] == templates.render(qtype, key=key, region=r["region"], abnormality=r["finding"])
+    bad = QuestionTemplates.from_upstream({"size_template.json": json.dumps({"size": ["{organ}?", "{region}?"]})})
+    with pytest.raises(KeyError, match="organ"):  # what str.format says, as before
+        _vqa_rows("size", read_radgenome_table(real_sample_dir / "train_vqa_size.csv", "vqa_size"), bad)
+
+
 def test_upstream_templates_are_used_when_shipped(synthetic_release, tmp_path):
     release = tmp_path / "rel"
     shutil.copytree(synthetic_release.root, release, ignore=shutil.ignore_patterns("CT-RATE"))

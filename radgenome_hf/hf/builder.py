@@ -28,11 +28,13 @@ import hashlib
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -609,13 +611,48 @@ def _flat(column) -> pa.Array:
 
 def _render_questions(templates, qtype: str, stems: pa.Array, anatomy: pa.Array, region: pa.Array,
                       finding: pa.Array) -> pa.Array:
-    """The questions of a slice of rows (the phrasing of each depends on its volume, anatomy and finding)."""
-    render = templates.render
-    return pa.array(
-        [render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
-         for s, a, r, fi in zip(stems.to_pylist(), anatomy.to_pylist(), region.to_pylist(), finding.to_pylist())],
-        pa.string(),
-    )
+    """The questions of a slice of rows, exactly as ``templates.render(qtype, key="<stem>|<anatomy>|<finding>",
+    region=…, abnormality=…)`` gives them, column-wise: the phrasing of each row is chosen by the templates' rule
+    (crc32 of ``"<qtype>|<key>"`` modulo the phrasings), then each phrasing is filled for all of its rows at once
+    with ``pyarrow.compute`` (a Python ``str.format`` per row cost ~4 s of the 1.3M-row prepare). A phrasing that is
+    not plain ``{region}``/``{abnormality}`` fields (a format spec, another field) is rendered row by row."""
+    options = templates.templates[qtype]
+    filled = [_fill(t, region, finding, len(stems)) for t in options]
+    if any(f is None for f in filled) or any(c.null_count for c in (stems, anatomy, region, finding)):
+        render = templates.render
+        return pa.array(
+            [render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
+             for s, a, r, fi in zip(stems.to_pylist(), anatomy.to_pylist(), region.to_pylist(), finding.to_pylist())],
+            pa.string(),
+        )
+    if len(options) == 1:
+        return filled[0]
+    keys = pc.binary_join_element_wise(pa.scalar(qtype), stems, anatomy, finding, "|").cast(pa.binary())
+    crc = zlib.crc32
+    which = np.fromiter((crc(k) for k in keys.to_pylist()), np.uint32, len(stems)) % len(options)
+    return pc.choose(pa.array(which.astype(np.int32)), *filled)
+
+
+def _fill(template: str, region: pa.Array, abnormality: pa.Array, n: int) -> pa.Array | None:
+    """``template.format(region=…, abnormality=…)`` for every row, or ``None`` when the template is more than plain
+    fields (then the caller renders row by row, which raises what ``str.format`` raises)."""
+    import string
+
+    columns = {"region": region, "abnormality": abnormality}
+    parts: list = []
+    try:
+        for literal, field, spec, conversion in string.Formatter().parse(template):
+            if literal:
+                parts.append(pa.scalar(literal))
+            if field is not None:
+                if spec or conversion or field not in columns:
+                    return None
+                parts.append(columns[field])
+    except ValueError:  # unbalanced braces: str.format's own error, row by row
+        return None
+    if not any(isinstance(x, (pa.Array, pa.ChunkedArray)) for x in parts):
+        return pa.repeat(pa.scalar("".join(x.as_py() for x in parts), pa.string()), n)
+    return pc.binary_join_element_wise(*parts, "")
 
 
 #: question type -> the RadGenome table its rows come from
