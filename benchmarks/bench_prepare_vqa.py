@@ -159,6 +159,19 @@ def _prepared(cache: Path):
     return pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
 
 
+def _same_rows(a: Path, b: Path) -> bool:
+    """Whether two prepares wrote the same rows (``pyarrow.Table.equals``), compared in a child process: the pages
+    it touches would otherwise count in the peak RSS of every later child (Linux carries a parent's high-water
+    mark into a forked child's ``ru_maxrss``)."""
+    import subprocess
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_prepare_vqa as b; "
+            f"from pathlib import Path; x, y = b._prepared(Path({str(a)!r})), b._prepared(Path({str(b)!r})); "
+            "print(x.num_rows == y.num_rows and x.equals(y))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(a.parent))
+    return out.stdout.strip() == "True"
+
+
 def main() -> None:
     import os
     import statistics
@@ -191,10 +204,8 @@ def main() -> None:
                 print(f"  {label}: {n:,} rows in {dt:.1f} s (process start included), peak RSS {peak / 1e6:,.0f} MB, "
                       f"load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
             if "today" in labels and same is None:  # the same rows, byte for byte (values, types, order)
-                ours_t, today_t = _prepared(tmp / f"cache-ours-{r}"), _prepared(tmp / f"cache-today-{r}")
-                same = ours_t.num_rows == today_t.num_rows and ours_t.equals(today_t)
-                print(f"  ours' prepared rows equal today's: {same} ({ours_t.num_rows:,} rows)")
-                del ours_t, today_t
+                same = _same_rows(tmp / f"cache-ours-{r}", tmp / f"cache-today-{r}")
+                print(f"  ours' prepared rows equal today's: {same}")
             for label in labels:
                 shutil.rmtree(tmp / f"cache-{label}-{r}", ignore_errors=True)
         print_comparisons([Comparison(f"prepare vqa ({args.rows:,} CSV rows)", "radgenome builder", times["ours"],
