@@ -283,14 +283,18 @@ class RadGenome(datasets.ArrowBasedBuilder):
             )
         return refs
 
-    def _grounding(self, stores: dict, stem: str, path: str, shape) -> dict:
-        """The grounding-mask reference of (volume, anatomy path), by the official fallback rule."""
+    @staticmethod
+    def _mask_names(stores: dict, stem: str) -> tuple[tuple, tuple]:
+        """(anatomy mask names, region mask names) of a volume."""
         region, anatomy = stores.get("region"), stores.get("anatomy")
-        source, name = _ground_rule(
-            path,
-            tuple(anatomy.names(stem)) if anatomy is not None and stem in anatomy else (),
-            tuple(region.names(stem)) if region is not None and stem in region else (),
-        )
+        return (tuple(anatomy.names(stem)) if anatomy is not None and stem in anatomy else (),
+                tuple(region.names(stem)) if region is not None and stem in region else ())
+
+    def _grounding(self, stores: dict, stem: str, path: str, shape, names: tuple | None = None) -> dict:
+        """The grounding-mask reference of (volume, anatomy path), by the official fallback rule (``names``: the
+        volume's :meth:`_mask_names`, when the caller has them)."""
+        region, anatomy = stores.get("region"), stores.get("anatomy")
+        source, name = _ground_rule(path, *(names if names is not None else self._mask_names(stores, stem)))
         if source == "anatomy":
             return {"path": anatomy.path(stem), "structure": name, "source": source, "shape": shape}
         if source == "region":
@@ -402,10 +406,13 @@ class RadGenome(datasets.ArrowBasedBuilder):
         if with_mask:
             keys = pc.binary_join_element_wise(stems_col, table.column("anatomy"), "\x1f")
             encoded = keys.combine_chunks().dictionary_encode() if isinstance(keys, pa.ChunkedArray) else keys.dictionary_encode()
-            masks = []
+            masks, per_stem = [], {}
             for key in encoded.dictionary.to_pylist():
                 stem, anatomy = key.split("\x1f", 1)
-                masks.append(self._grounding(stores, stem, anatomy, self._shape_of(stores, stem)))
+                got = per_stem.get(stem)
+                if got is None:  # a volume's mask names and grid, once for all its anatomies
+                    got = per_stem[stem] = (self._shape_of(stores, stem), self._mask_names(stores, stem))
+                masks.append(self._grounding(stores, stem, anatomy, got[0], got[1]))
             table = table.append_column("mask", pa.array(masks, type=LazyMaskFeature.pa_type).take(encoded.indices))
         return table
 
