@@ -7,9 +7,15 @@ rows when the sample is absent), then times:
 * ours: ``datasets.load_dataset("radgenome", "vqa", data_dir=…)`` end to end (CSV parse with pyarrow, question
   rendering, grounding, Arrow write), CSV-only release (no volumes/masks);
 * baseline: the per-row way a loading script would do it: ``csv.DictReader`` over the same files, one Python
-  dict per row with the same fields, through a ``GeneratorBasedBuilder``-style ``Dataset.from_generator``.
+  dict per row with the same fields, through a ``GeneratorBasedBuilder``-style ``Dataset.from_generator``;
+* pandas: ``pandas.read_csv`` + ``Dataset.from_pandas`` (no questions, no grounding: a floor);
+* today (``--base-package DIR``): ``ours``' lines on an older radgenome_hf (e.g. ``git archive <commit> radgenome_hf``
+  unpacked in DIR), run in the same rounds; its prepared rows are compared with ours (``pyarrow.Table.equals``).
 
-Run: python benchmarks/bench_prepare_vqa.py [--rows 1300000] [--rounds 1]
+Every runner is its own process (``os.wait4`` gives its peak RSS); rounds alternate the runners. The load average is
+printed with each run; ratios are printed at the end.
+
+Run: python benchmarks/bench_prepare_vqa.py [--rows 1300000] [--rounds 1] [--base-package DIR] [--skip baseline]
 """
 
 from __future__ import annotations
@@ -115,12 +121,15 @@ def pandas_baseline(root: Path, cache: Path) -> int:
     return len(ds)
 
 
-RUNNERS = {"ours": ours, "baseline": baseline, "pandas": pandas_baseline}
+RUNNERS = {"ours": ours, "today": ours, "baseline": baseline, "pandas": pandas_baseline}
+NAMES = {"today": "the same lines on the base package", "baseline": "csv.DictReader + Dataset.from_generator",
+         "pandas": "pandas.read_csv + Dataset.from_pandas (no questions)"}
 
 
-def in_child(label: str, root: Path, cache: Path) -> tuple[float, int, int]:
+def in_child(label: str, root: Path, cache: Path, pythonpath: str | None = None) -> tuple[float, int, int]:
     """(seconds, rows, peak RSS bytes) of one runner in a fresh process (``os.wait4`` gives that process's
-    own maximum resident set)."""
+    own maximum resident set). ``pythonpath`` puts another radgenome_hf first (the child runs in ``cache``'s parent
+    folder, so the current directory's package never shadows it)."""
     import json
     import os
     import subprocess
@@ -128,8 +137,12 @@ def in_child(label: str, root: Path, cache: Path) -> tuple[float, int, int]:
     code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_prepare_vqa as b; "
             f"from pathlib import Path; print(json.dumps(b.RUNNERS[{label!r}](Path({str(root)!r}), "
             f"Path({str(cache)!r}))))")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                            cwd=str(cache.parent))
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     dt = time.perf_counter() - t
@@ -138,35 +151,73 @@ def in_child(label: str, root: Path, cache: Path) -> tuple[float, int, int]:
     return dt, int(json.loads(out)), usage.ru_maxrss * 1024
 
 
+def _prepared(cache: Path):
+    """The rows a builder prepared under ``cache`` (its Arrow files, memory-mapped, in order)."""
+    import pyarrow as pa
+
+    files = sorted(cache.rglob("radgenome-train*.arrow"))
+    return pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
+
+
+def _same_rows(a: Path, b: Path) -> bool:
+    """Whether two prepares wrote the same rows (``pyarrow.Table.equals``), compared in a child process: the pages
+    it touches would otherwise count in the peak RSS of every later child (Linux carries a parent's high-water
+    mark into a forked child's ``ru_maxrss``)."""
+    import subprocess
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_prepare_vqa as b; "
+            f"from pathlib import Path; x, y = b._prepared(Path({str(a)!r})), b._prepared(Path({str(b)!r})); "
+            "print(x.num_rows == y.num_rows and x.equals(y))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(a.parent))
+    return out.stdout.strip() == "True"
+
+
 def main() -> None:
+    import os
+    import statistics
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_300_000)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--base-package", help="folder holding an older radgenome_hf to time as 'today'")
+    ap.add_argument("--skip", nargs="*", default=[], help="runners to leave out (baseline, pandas)")
     args = ap.parse_args()
     if not SAMPLE.is_dir():
         sys.exit(f"needs the real sample rows at {SAMPLE}")
+    labels = [k for k in RUNNERS if k not in args.skip and (k != "today" or args.base_package)]
+    here = str(Path(__file__).resolve().parents[1])
     tmp = Path(tempfile.mkdtemp(prefix="bench-vqa-"))
     try:
         t0 = time.perf_counter()
         counts = make_release(tmp / "rel", args.rows)
         print(f"wrote {sum(counts.values()):,} CSV rows in {time.perf_counter() - t0:.1f} s: {counts}")
-        times: dict[str, list[float]] = {k: [] for k in RUNNERS}
-        rss: dict[str, int] = {}
-        import os
-
+        times: dict[str, list[float]] = {k: [] for k in labels}
+        rss: dict[str, list[int]] = {k: [] for k in labels}
+        same = None
         for r in range(args.rounds):
-            for label in RUNNERS:
+            for label in labels:
                 cache = tmp / f"cache-{label}-{r}"
-                dt, n, peak = in_child(label, tmp / "rel", cache)
+                path = args.base_package if label == "today" else here
+                dt, n, peak = in_child(label, tmp / "rel", cache, path)
                 times[label].append(dt)
-                rss[label] = max(rss.get(label, 0), peak)
+                rss[label].append(peak)
                 print(f"  {label}: {n:,} rows in {dt:.1f} s (process start included), peak RSS {peak / 1e6:,.0f} MB, "
-                      f"load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
-                shutil.rmtree(cache, ignore_errors=True)
+                      f"load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+            if "today" in labels and same is None:  # the same rows, byte for byte (values, types, order)
+                same = _same_rows(tmp / f"cache-ours-{r}", tmp / f"cache-today-{r}")
+                print(f"  ours' prepared rows equal today's: {same}")
+            for label in labels:
+                shutil.rmtree(tmp / f"cache-{label}-{r}", ignore_errors=True)
         print_comparisons([Comparison(f"prepare vqa ({args.rows:,} CSV rows)", "radgenome builder", times["ours"],
-                                      {"csv.DictReader + Dataset.from_generator": times["baseline"],
-                                       "pandas.read_csv + Dataset.from_pandas (no questions)": times["pandas"]})])
-        print("peak RSS: " + ", ".join(f"{k} {v / 1e6:,.0f} MB" for k, v in rss.items()) + " (target: ours < 600 MB)")
+                                      {NAMES[k]: times[k] for k in labels if k != "ours"})])
+        med = {k: statistics.median(v) for k, v in rss.items()}
+        print("peak RSS (median over rounds): " + ", ".join(f"{k} {v / 1e6:,.0f} MB" for k, v in med.items())
+              + " (target: ours < 600 MB)")
+        if "today" in labels:
+            t_ours, t_today = statistics.median(times["ours"]), statistics.median(times["today"])
+            print(f"ours / today: time {t_ours / t_today:.2f}x ({t_ours:.1f} s / {t_today:.1f} s), peak RSS "
+                  f"{med['ours'] / med['today']:.2f}x ({med['ours'] / 1e6:,.0f} MB / {med['today'] / 1e6:,.0f} MB); "
+                  f"rows equal: {same}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

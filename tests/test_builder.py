@@ -184,6 +184,81 @@ def test_real_sample_rows_through_vqa(real_sample_dir, tmp_path):
         assert r["volume"] is None  # a CSV-only copy: no volume tree
 
 
+def _vqa_in_one_table(builder, split):
+    """The ``vqa`` rows built the way they were before streaming: every CSV read whole, one table, then the volume,
+    mask and quality columns over all of it at once."""
+    import pyarrow as pa
+
+    from radgenome_hf.hf.builder import _VQA_TABLE, _cast, _vqa_rows
+    from radgenome_hf.hf.schema import VQA_TYPES
+    from radgenome_hf.io.tables import read_radgenome_table
+
+    release = builder._release()
+    made = builder._vqa_shards(release, split)
+    parts = [_vqa_rows(q, read_radgenome_table(release.radgenome_csv(split, _VQA_TABLE[q]), _VQA_TABLE[q]),
+                       made["templates"]) for q in VQA_TYPES if release.radgenome_csv(split, _VQA_TABLE[q])]
+    table = builder._attach_volume_and_mask(release, split, pa.concat_tables(parts), made["stores"])
+    return _cast(builder._with_quality(release, split, table), builder.info.features)
+
+
+def test_streamed_vqa_prepare_equals_the_whole_table_build(synthetic_release, tmp_path, monkeypatch):
+    from radgenome_hf.io import tables
+
+    monkeypatch.setattr(tables, "_STREAM_BLOCK", 2048)  # blocks of ~30 rows: a volume's rows span several
+    ds = _load(synthetic_release.root, "vqa", tmp_path, num_shards=13)
+    builder = datasets.load_dataset_builder("radgenome", "vqa", data_dir=str(synthetic_release.root),
+                                            cache_dir=str(tmp_path / "hf"), num_shards=13)
+    for split, name in (("train", "train"), ("valid", "validation")):
+        expected = _vqa_in_one_table(builder, split)
+        got = ds[name].data.table
+        assert got.num_rows == expected.num_rows > 100
+        assert got.equals(expected), split
+    assert {r["mask"].source for r in ds["train"]} == {"anatomy", "region", "whole"}  # masks, volumes: all there
+    assert all(r["volume"] is not None for r in ds["train"])
+    streamed = _load(synthetic_release.root, "vqa", tmp_path / "s", streaming=True, num_shards=13, split="train")
+    assert streamed.num_shards == 13
+    assert [_plain(r) for r in streamed] == [_plain(r) for r in ds["train"]]
+
+
+def test_a_bad_vqa_cell_is_named_at_load_time(synthetic_release, tmp_path):
+    from radgenome_hf.errors import MalformedFileError
+
+    release = tmp_path / "rel"
+    shutil.copytree(synthetic_release.root, release, ignore=shutil.ignore_patterns("CT-RATE"))
+    csv_path = release / "RadGenome-ChestCT" / "dataset" / "radgenome_files" / "train_vqa_presence.csv"
+    lines = csv_path.read_text().splitlines(keepends=True)
+    row = len(lines) - 3  # a data row near the end: in the file's last shard
+    lines[row] = lines[row].replace("Yes.", "Maybe").replace("No.", "Maybe")
+    csv_path.write_text("".join(lines))
+    with pytest.raises(MalformedFileError) as e:
+        _load(release, "vqa", tmp_path)
+    assert (e.value.row, e.value.column) == (row, "Presence") and csv_path.name in str(e.value)
+
+
+@pytest.mark.parametrize("extra", [{}, {"presence": ["Any {{literal}} {abnormality} in {region}?", "{region}: {abnormality}?"],
+                                     "size": ["Size of {abnormality!r} in the {region:>20}?", "How big?"]}])
+def test_questions_rendered_column_wise_equal_the_templates_row_by_row(real_sample_dir, extra):
+    import json
+
+    from radgenome_hf.hf.builder import _VQA_TABLE, _vqa_rows
+    from radgenome_hf.hf.schema import VQA_TYPES
+    from radgenome_hf.io.tables import read_radgenome_table
+    from radgenome_hf.templates import QuestionTemplates
+
+    templates = QuestionTemplates.from_upstream({f"{k}_template.json": json.dumps({k: v}) for k, v in extra.items()})
+    for qtype in VQA_TYPES:
+        name = f"train_{_VQA_TABLE[qtype]}.csv"
+        t = read_radgenome_table(real_sample_dir / name, _VQA_TABLE[qtype])
+        rows = _vqa_rows(qtype, t, templates).to_pylist()
+        assert len(rows) == t.num_rows > 50
+        for r in rows:
+            key = f"{r['volume_name']}|{r['anatomy']}|{r['finding']}"
+            assert r["question"] == templates.render(qtype, key=key, region=r["region"], abnormality=r["finding"])
+    bad = QuestionTemplates.from_upstream({"size_template.json": json.dumps({"size": ["{organ}?", "{region}?"]})})
+    with pytest.raises(KeyError, match="organ"):  # what str.format says, as before
+        _vqa_rows("size", read_radgenome_table(real_sample_dir / "train_vqa_size.csv", "vqa_size"), bad)
+
+
 def test_upstream_templates_are_used_when_shipped(synthetic_release, tmp_path):
     release = tmp_path / "rel"
     shutil.copytree(synthetic_release.root, release, ignore=shutil.ignore_patterns("CT-RATE"))

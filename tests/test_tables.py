@@ -234,6 +234,73 @@ def test_ragged_row_empty_and_missing_files(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------
+# Streaming: byte ranges cut at row starts, a block of rows at a time
+# -------------------------------------------------------------------------------------------------
+
+
+def _tricky_presence(tmp_path: Path, crlf: bool = False) -> Path:
+    """A presence CSV whose cells hold commas, escaped quotes and line ends (inside quotes), with a BOM."""
+    rows = []
+    for i in range(1, 121):
+        finding = ['nodule', 'mass, "spiculated"', 'opacity\nacross two lines', '""', 'a,b,"c"\nd'][i % 5]
+        rows.append([f"train_{i}_a_1.nii.gz", ["Lung/Lung", "Heart", ""][i % 3], finding, "Yes." if i % 2 else "No."])
+    path = T.write_csv(tmp_path / "train_vqa_presence.csv", T.RADGENOME_HEADERS["vqa_presence"], rows)
+    raw = path.read_bytes()
+    path.write_bytes(b"\xef\xbb\xbf" + (raw.replace(b"\n", b"\r\n") if crlf else raw))
+    return path
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_any_cut_at_row_starts_streams_the_whole_files_rows(tmp_path, crlf):
+    path = _tricky_presence(tmp_path, crlf)
+    whole = T.read_radgenome_table(path)
+    size = path.stat().st_size
+    offsets = list(range(0, size + 3, 7))
+    starts = T.csv_row_starts(path, offsets[::-1])[::-1]  # any order
+    assert starts == sorted(starts) and starts[-1] == size
+    # every cut is a row start: the row blocks between consecutive cuts, concatenated, are the file's table
+    cuts = sorted(set(starts) - {0})
+    blocks = [t for a, b in zip(cuts, cuts[1:]) for t in T.iter_radgenome_table(path, start=a, stop=b, block_size=256)]
+    assert sum(t.num_rows for t in blocks) == whole.num_rows > 100
+    assert pa.concat_tables(blocks).equals(whole)
+    # no cut lands inside a quoted field: each block's first row is one of the file's rows
+    firsts = {tuple(t.slice(0, 1).to_pylist()[0].values()) for t in blocks if t.num_rows}
+    assert firsts <= {tuple(r.values()) for r in whole.to_pylist()}
+    # the whole file as a stream, in small blocks
+    streamed = list(T.iter_radgenome_table(path, block_size=512))
+    assert len(streamed) > 3 and pa.concat_tables(streamed).equals(whole)
+
+
+def test_a_field_longer_than_the_block_is_read_in_larger_blocks(tmp_path):
+    long = 'x ""y"", ' * 3000  # 27 KB quoted, escaped quotes: pyarrow needs it in one block
+    p = _write(tmp_path / "train_case_disorders.csv", "Volumename,Disorders\n" + "".join(
+        f'train_{i}_a_1.nii.gz,"{long if i == 40 else "no findings"}"\n' for i in range(1, 80)))
+    streamed = pa.concat_tables(T.iter_radgenome_table(p, block_size=1024))
+    assert streamed.equals(T.read_case_disorders(p))
+    assert streamed["disorders"][39].as_py() == long.replace('""', '"')
+
+
+def test_a_bad_cell_in_a_later_block_names_the_files_row(tmp_path):
+    rows = [["train_1_a_1.nii.gz", "lung", "mass", "Yes."]] * 500 + [["train_1_a_1.nii.gz", "lung", "mass", "Maybe"]]
+    p = T.write_csv(tmp_path / "train_vqa_presence.csv", T.RADGENOME_HEADERS["vqa_presence"], rows)
+    cut = T.csv_row_starts(p, [p.stat().st_size // 2])[0]
+    with pytest.raises(MalformedFileError) as e:
+        list(T.iter_radgenome_table(p, start=cut, block_size=1024, label="hf://datasets/o/r/x.csv"))
+    assert (e.value.row, e.value.column) == (501, "Presence")
+    assert "hf://datasets/o/r/x.csv" in str(e.value) and "Maybe" in str(e.value)
+    bad = _write(tmp_path / "train_vqa_size.csv", "Volumename,Anatomy\ntrain_1_a_1.nii.gz,lung\n")
+    with pytest.raises(MalformedFileError, match="header") as e:
+        list(T.iter_radgenome_table(bad))
+    assert e.value.column == "Abnormality"
+
+
+def test_csv_line_count(tmp_path):
+    path = _tricky_presence(tmp_path)
+    quoted_line_ends = sum(r["finding"].count("\n") for r in T.read_radgenome_table(path).to_pylist())
+    assert T.csv_line_count(path) == 1 + 120 + quoted_line_ends
+
+
+# -------------------------------------------------------------------------------------------------
 # CT-RATE
 # -------------------------------------------------------------------------------------------------
 

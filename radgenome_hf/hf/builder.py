@@ -28,11 +28,13 @@ import hashlib
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -166,9 +168,14 @@ class RadGenome(datasets.ArrowBasedBuilder):
 
     def _split_generators(self, dl_manager):
         release = self._release()
-        make = getattr(self, f"_table_{self.config.name}")
+        make = getattr(self, f"_table_{self.config.name}", None)
         out = []
         for split in SPLITS:
+            if self.config.name == "vqa":  # streamed: the rows are made a block at a time in _generate_tables
+                gen_kwargs = self._vqa_shards(release, split)
+                if gen_kwargs is not None:
+                    out.append(datasets.SplitGenerator(name=HF_SPLIT[split], gen_kwargs=gen_kwargs))
+                continue
             table = make(release, split)
             if table is None:
                 continue
@@ -210,9 +217,14 @@ class RadGenome(datasets.ArrowBasedBuilder):
             table = table.filter(pc.invert(flagged))
         return table
 
-    def _generate_tables(self, tables: list[pa.Table]) -> Iterator[tuple[object, pa.Table]]:
+    def _generate_tables(self, tables: list[pa.Table] | None = None, vqa_shards: list[list[tuple]] | None = None,
+                         split: Split | None = None, stores: dict | None = None,
+                         templates=None) -> Iterator[tuple[object, pa.Table]]:
         from datasets.builder import Key
 
+        if vqa_shards is not None:
+            yield from self._generate_vqa(vqa_shards, split, stores, templates)
+            return
         for i, t in enumerate(tables):
             yield Key(i, 0), t
 
@@ -223,7 +235,9 @@ class RadGenome(datasets.ArrowBasedBuilder):
             return super()._download_and_prepare(dl_manager, verification_mode, **kwargs)
         except datasets.exceptions.DatasetGenerationError as exc:
             cause = exc.__cause__
-            if not isinstance(cause, OSError) or isinstance(cause, RadGenomeError):
+            if isinstance(cause, RadGenomeError):  # a streamed config's typed error (a bad CSV cell, a missing
+                raise cause from None               # volume) says what to do: not datasets' generic wrapper
+            if not isinstance(cause, OSError):
                 raise
             err = CacheWriteError(f"{self.cache_dir}: writing the prepared rows failed ({cause.strerror or cause}"
                                   f"{': ' + str(cause.filename) if cause.filename else ''}); free space there, or "
@@ -272,14 +286,18 @@ class RadGenome(datasets.ArrowBasedBuilder):
             )
         return refs
 
-    def _grounding(self, stores: dict, stem: str, path: str, shape) -> dict:
-        """The grounding-mask reference of (volume, anatomy path), by the official fallback rule."""
+    @staticmethod
+    def _mask_names(stores: dict, stem: str) -> tuple[tuple, tuple]:
+        """(anatomy mask names, region mask names) of a volume."""
         region, anatomy = stores.get("region"), stores.get("anatomy")
-        source, name = _ground_rule(
-            path,
-            tuple(anatomy.names(stem)) if anatomy is not None and stem in anatomy else (),
-            tuple(region.names(stem)) if region is not None and stem in region else (),
-        )
+        return (tuple(anatomy.names(stem)) if anatomy is not None and stem in anatomy else (),
+                tuple(region.names(stem)) if region is not None and stem in region else ())
+
+    def _grounding(self, stores: dict, stem: str, path: str, shape, names: tuple | None = None) -> dict:
+        """The grounding-mask reference of (volume, anatomy path), by the official fallback rule (``names``: the
+        volume's :meth:`_mask_names`, when the caller has them)."""
+        region, anatomy = stores.get("region"), stores.get("anatomy")
+        source, name = _ground_rule(path, *(names if names is not None else self._mask_names(stores, stem)))
         if source == "anatomy":
             return {"path": anatomy.path(stem), "structure": name, "source": source, "shape": shape}
         if source == "region":
@@ -294,80 +312,110 @@ class RadGenome(datasets.ArrowBasedBuilder):
         return None
 
     # -- configs ---------------------------------------------------------------------------------------
-    def _table_vqa(self, release: UpstreamRelease, split: Split) -> pa.Table | None:
-        from ..io.tables import read_case_disorders, read_vqa
+    def _vqa_shards(self, release: UpstreamRelease, split: Split) -> dict | None:
+        """The gen_kwargs of a ``vqa`` split: its five CSVs, in question-type order, cut into ``num_shards``
+        contiguous blocks of rows at byte offsets (:func:`~radgenome_hf.io.tables.csv_row_starts`: no parsing), plus
+        the mask stores and question templates that make the rows. ``None`` when the split has none of the files."""
+        from ..io.tables import csv_line_count, csv_row_starts
         from ..templates import QuestionTemplates
 
-        files = {t: release.radgenome_csv(split, f"vqa_{t}") for t in VQA_TYPES[:4]}
-        files["disorders"] = release.radgenome_csv(split, "case_disorders")
-        if not any(files.values()):
+        files = [(qtype, release.radgenome_csv(split, _VQA_TABLE[qtype])) for qtype in VQA_TYPES]
+        files = [(qtype, path) for qtype, path in files if path is not None]
+        if not files:
             return None
         upstream = release.qa_template_files() if self.config.question_templates == "auto" else {}
         templates = QuestionTemplates.from_upstream(upstream, "upstream") if upstream else QuestionTemplates.default()
         stores = self._masks(release, split)
-        parts = []
-        for qtype in VQA_TYPES:
-            path = files[qtype]
-            if path is None:
-                continue
-            if qtype == "disorders":
-                t = self._read(release, path, read_case_disorders)
-                anatomy = pa.repeat(pa.scalar("", pa.string()), t.num_rows)
-                finding = answer = t.column("disorders")
-            else:
-                t = self._read(release, path, lambda f, k=qtype: read_vqa(f, k))
-                anatomy = t.column("anatomy")
-                if qtype == "presence":
-                    finding, answer = t.column("finding"), t.column("presence")
-                elif qtype == "size":
-                    finding, answer = t.column("abnormality"), t.column("size")
-                elif qtype == "location":
-                    finding, answer = t.column("abnormality"), anatomy
-                else:
-                    finding = answer = t.column("abnormality")
-            anatomy, finding = _flat(anatomy), _flat(finding)
-            region_names = _map_unique(anatomy, _leaf_or_scan, pa.string())
-            # rendered a slice at a time: Python strings for 1.3M rows at once cost ~0.5 GB of peak memory
-            stems_col = _flat(t.column("volume_name"))
-            questions = pa.chunked_array(
-                [_render_questions(templates, qtype, *(c.slice(o, _RENDER_ROWS) for c in
-                                                        (stems_col, anatomy, region_names, finding)))
-                 for o in range(0, t.num_rows, _RENDER_ROWS)],
-                pa.string(),
-            )
-            verified = t.column("manually_verified") if "manually_verified" in t.column_names else None
-            parts.append(
-                pa.table(
-                    {
-                        "volume_name": t.column("volume_name"),
-                        "question_type": pa.repeat(pa.scalar(qtype), t.num_rows),
-                        "question": questions,
-                        "answer": answer,
-                        "anatomy": anatomy,
-                        "region": region_names,
-                        "finding": finding,
-                        "manually_verified": verified if verified is not None else pa.nulls(t.num_rows, pa.bool_()),
-                    }
-                )
-            )
-        table = pa.concat_tables(parts)
-        return self._attach_volume_and_mask(release, split, table, stores)
+        from ..io.hub import local_path
 
-    def _attach_volume_and_mask(self, release, split, table: pa.Table, stores: dict, with_mask: bool = True) -> pa.Table:
+        local = [(qtype, local_path(path, {_repo_of(path): release.token}) if _repo_of(path) else path, path)
+                 for qtype, path in files]  # a Hub CSV is fetched once into the HF cache, then cut like a local one
+        sizes = [os.path.getsize(p) for _, p, _ in local]
+        rows = sum(max(csv_line_count(p) - 1, 0) for _, p, _ in local)  # line ends: an estimate, enough here
+        n = self.config.num_shards if self.config.num_shards is not None else (8 if rows <= 100_000 else 64)
+        n = max(1, min(n, rows))
+        total, offsets = sum(sizes), [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        # cut k at byte k * total / n of the files laid end to end, moved to the next row start; rows stay in order
+        cuts: list[list[int]] = [[] for _ in local]
+        for k in range(1, n):
+            g = k * total // n
+            i = next(i for i in range(len(local)) if g < offsets[i + 1])
+            cuts[i].append(g - offsets[i])
+        bounds, data = [0], []
+        for i, (_, path, _) in enumerate(local):
+            starts = csv_row_starts(path, [1, *cuts[i]])
+            data.append((offsets[i] + starts[0], offsets[i + 1]))  # the file's rows, after its header
+            bounds += [offsets[i] + s for s in starts[1:]]
+        bounds = sorted(set(bounds + [total]))
+        shards = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            pieces = []
+            for i, (qtype, path, label) in enumerate(local):
+                a, b = max(lo, data[i][0]), min(hi, data[i][1])
+                if a < b:
+                    pieces.append((qtype, path, label, a - offsets[i], b - offsets[i]))
+            if pieces:
+                shards.append(pieces)
+        if self.config.drop_flagged and not self._keeps_a_row(release, split, local):
+            return None  # every volume of the split flagged: no split (as for the other configs)
+        return {"vqa_shards": shards, "split": split, "stores": stores, "templates": templates}
+
+    def _keeps_a_row(self, release: UpstreamRelease, split: Split, local: list[tuple[str, str, str]]) -> bool:
+        """Whether ``drop_flagged`` leaves any row of these CSVs: streamed until the first volume it keeps (at
+        once, unless nearly every volume is flagged)."""
+        from ..io.tables import iter_radgenome_table
+
+        for qtype, path, label in local:
+            for t in iter_radgenome_table(path, _VQA_TABLE[qtype], label=label):
+                names = pa.table({"volume_name": pc.unique(t.column("volume_name"))})
+                if self._with_quality(release, split, names).num_rows:
+                    return True
+        return False
+
+    def _generate_vqa(self, shards: list[list[tuple]], split: Split, stores: dict, templates) -> Iterator:
+        """The rows of ``vqa`` shards, one block of CSV rows (a few MB) at a time: all 1.3M rows are never held."""
+        from datasets.builder import Key
+
+        from ..io.tables import iter_radgenome_table
+
+        release = self._release()
+        refs: dict[str, dict | None] = {}  # volume references by stem, across blocks (one check per volume)
+        for shard, pieces in enumerate(shards):
+            block = 0
+            for qtype, path, label, start, stop in pieces:
+                for t in iter_radgenome_table(path, _VQA_TABLE[qtype], start=start, stop=stop, label=label):
+                    table = self._attach_volume_and_mask(release, split, _vqa_rows(qtype, t, templates), stores,
+                                                         refs=refs)
+                    table = self._with_quality(release, split, table)
+                    if table.num_rows:
+                        yield Key(shard, block), _cast(table, self.info.features)
+                        block += 1
+
+    def _attach_volume_and_mask(self, release, split, table: pa.Table, stores: dict, with_mask: bool = True,
+                                refs: dict | None = None) -> pa.Table:
         """Add ids, the volume reference and (optionally) the grounding mask: computed once per unique volume /
-        (volume, anatomy) pair and spread with ``take`` (1.3M VQA rows have ~100x fewer unique pairs)."""
+        (volume, anatomy) pair and spread with ``take`` (1.3M VQA rows have ~100x fewer unique pairs). ``refs``:
+        volume references already made (by stem), reused and extended, for tables that come a block at a time."""
         stems_col = table.column("volume_name")
         unique = pc.unique(stems_col).to_pylist()
-        refs = pa.array(self._volume_refs(release, split, unique, stores), type=VolumeFeature.pa_type)
+        known = {} if refs is None else refs
+        new = [s for s in unique if s not in known]
+        known.update(zip(new, self._volume_refs(release, split, new, stores)))
+        refs_arr = pa.array([known[s] for s in unique], type=VolumeFeature.pa_type)
         table = _add_ids(table)
-        table = table.append_column("volume", refs.take(pc.index_in(stems_col, value_set=pa.array(unique))))
+        table = table.append_column("volume", refs_arr.take(pc.index_in(stems_col, value_set=pa.array(unique))))
         if with_mask:
             keys = pc.binary_join_element_wise(stems_col, table.column("anatomy"), "\x1f")
             encoded = keys.combine_chunks().dictionary_encode() if isinstance(keys, pa.ChunkedArray) else keys.dictionary_encode()
-            masks = []
+            masks, per_stem = [], {}
             for key in encoded.dictionary.to_pylist():
                 stem, anatomy = key.split("\x1f", 1)
-                masks.append(self._grounding(stores, stem, anatomy, self._shape_of(stores, stem)))
+                got = per_stem.get(stem)
+                if got is None:  # a volume's mask names and grid, once for all its anatomies
+                    got = per_stem[stem] = (self._shape_of(stores, stem), self._mask_names(stores, stem))
+                masks.append(self._grounding(stores, stem, anatomy, got[0], got[1]))
             table = table.append_column("mask", pa.array(masks, type=LazyMaskFeature.pa_type).take(encoded.indices))
         return table
 
@@ -573,12 +621,99 @@ def _flat(column) -> pa.Array:
 
 def _render_questions(templates, qtype: str, stems: pa.Array, anatomy: pa.Array, region: pa.Array,
                       finding: pa.Array) -> pa.Array:
-    """The questions of a slice of rows (the phrasing of each depends on its volume, anatomy and finding)."""
-    render = templates.render
-    return pa.array(
-        [render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
-         for s, a, r, fi in zip(stems.to_pylist(), anatomy.to_pylist(), region.to_pylist(), finding.to_pylist())],
+    """The questions of a slice of rows, exactly as ``templates.render(qtype, key="<stem>|<anatomy>|<finding>",
+    region=…, abnormality=…)`` gives them, column-wise: the phrasing of each row is chosen by the templates' rule
+    (crc32 of ``"<qtype>|<key>"`` modulo the phrasings), then each phrasing is filled for all of its rows at once
+    with ``pyarrow.compute`` (a Python ``str.format`` per row cost ~4 s of the 1.3M-row prepare). A phrasing that is
+    not plain ``{region}``/``{abnormality}`` fields (a format spec, another field) is rendered row by row."""
+    options = templates.templates[qtype]
+    filled = [_fill(t, region, finding, len(stems)) for t in options]
+    if any(f is None for f in filled) or any(c.null_count for c in (stems, anatomy, region, finding)):
+        render = templates.render
+        return pa.array(
+            [render(qtype, key=f"{s}|{a}|{fi}", region=r, abnormality=fi or "")
+             for s, a, r, fi in zip(stems.to_pylist(), anatomy.to_pylist(), region.to_pylist(), finding.to_pylist())],
+            pa.string(),
+        )
+    if len(options) == 1:
+        return filled[0]
+    keys = pc.binary_join_element_wise(pa.scalar(qtype), stems, anatomy, finding, "|").cast(pa.binary())
+    crc = zlib.crc32
+    which = np.fromiter((crc(k) for k in keys.to_pylist()), np.uint32, len(stems)) % len(options)
+    return pc.choose(pa.array(which.astype(np.int32)), *filled)
+
+
+def _fill(template: str, region: pa.Array, abnormality: pa.Array, n: int) -> pa.Array | None:
+    """``template.format(region=…, abnormality=…)`` for every row, or ``None`` when the template is more than plain
+    fields (then the caller renders row by row, which raises what ``str.format`` raises)."""
+    import string
+
+    columns = {"region": region, "abnormality": abnormality}
+    parts: list = []
+    try:
+        for literal, field, spec, conversion in string.Formatter().parse(template):
+            if literal:
+                parts.append(pa.scalar(literal))
+            if field is not None:
+                if spec or conversion or field not in columns:
+                    return None
+                parts.append(columns[field])
+    except ValueError:  # unbalanced braces: str.format's own error, row by row
+        return None
+    if not any(isinstance(x, (pa.Array, pa.ChunkedArray)) for x in parts):
+        return pa.repeat(pa.scalar("".join(x.as_py() for x in parts), pa.string()), n)
+    return pc.binary_join_element_wise(*parts, "")
+
+
+#: question type -> the RadGenome table its rows come from
+_VQA_TABLE = {"abnormality": "vqa_abnormality", "location": "vqa_location", "presence": "vqa_presence",
+              "size": "vqa_size", "disorders": "case_disorders"}
+
+
+def _repo_of(path: str) -> str | None:
+    """The repo id of an ``hf://`` URL (``None`` for a local path)."""
+    from ..io.hub import parse_hf_url
+
+    return parse_hf_url(path).repo_id if path.startswith("hf://") else None
+
+
+def _vqa_rows(qtype: str, t: pa.Table, templates) -> pa.Table:
+    """``vqa`` rows of one question type from a block of its CSV (as :mod:`radgenome_hf.io.tables` reads it), before
+    the ids, volume and mask columns."""
+    if qtype == "disorders":
+        anatomy = pa.repeat(pa.scalar("", pa.string()), t.num_rows)
+        finding = answer = t.column("disorders")
+    else:
+        anatomy = t.column("anatomy")
+        if qtype == "presence":
+            finding, answer = t.column("finding"), t.column("presence")
+        elif qtype == "size":
+            finding, answer = t.column("abnormality"), t.column("size")
+        elif qtype == "location":
+            finding, answer = t.column("abnormality"), anatomy
+        else:
+            finding = answer = t.column("abnormality")
+    anatomy, finding = _flat(anatomy), _flat(finding)
+    region_names = _map_unique(anatomy, _leaf_or_scan, pa.string())
+    # rendered a slice at a time: Python strings for many rows at once cost ~0.4 KB each of peak memory
+    stems_col = _flat(t.column("volume_name"))
+    questions = pa.chunked_array(
+        [_render_questions(templates, qtype, *(c.slice(o, _RENDER_ROWS) for c in
+                                                (stems_col, anatomy, region_names, finding)))
+         for o in range(0, t.num_rows, _RENDER_ROWS)],
         pa.string(),
+    )
+    return pa.table(
+        {
+            "volume_name": t.column("volume_name"),
+            "question_type": pa.repeat(pa.scalar(qtype), t.num_rows),
+            "question": questions,
+            "answer": answer,
+            "anatomy": anatomy,
+            "region": region_names,
+            "finding": finding,
+            "manually_verified": pa.nulls(t.num_rows, pa.bool_()),
+        }
     )
 
 

@@ -22,7 +22,7 @@ import csv
 import os
 import re
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence, Union
+from typing import BinaryIO, Iterable, Iterator, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -286,9 +286,9 @@ def _read_csv(source: Source, header: Sequence[str]) -> tuple[pa.Table, int]:
             block = min(block * 8, limit)
 
 
-def _read_strings(source: Source, header: Sequence[str]) -> pa.Table:
+def _read_strings(source: Source, header: Sequence[str], label: str | None = None) -> pa.Table:
     """Read a CSV whose header must be exactly ``header``; every column comes back as a string column."""
-    label = _label(source)
+    label = label or _label(source)
     try:
         table, _ = _read_csv(source, header)
         names = table.column_names
@@ -312,6 +312,12 @@ def _read_strings(source: Source, header: Sequence[str]) -> pa.Table:
             f"{len(header)} fields ({','.join(header)}), fields with commas in double quotes",
             row=row,
         ) from e
+    _check_header(label, names, header)
+    return table
+
+
+def _check_header(label: str, names: Sequence[str], header: Sequence[str]) -> None:
+    """Raise :class:`MalformedFileError` unless the CSV's column names are exactly ``header``."""
     if tuple(names) != tuple(header):
         missing = [c for c in header if c not in names]
         extra = [c for c in names if c not in header]
@@ -329,7 +335,6 @@ def _read_strings(source: Source, header: Sequence[str]) -> pa.Table:
             "(is this the right file? RadGenome files key volumes by 'Volumename', CT-RATE files by 'VolumeName')",
             column=column,
         )
-    return table
 
 
 def _first_false(mask) -> int | None:
@@ -422,15 +427,32 @@ def _age_years(label: str, col, column: str) -> pa.Array:
     return pc.cast(pc.floor(pc.divide(number, per_year)), pa.int64())
 
 
-def _radgenome(source: Source, table_kind: str) -> pa.Table:
-    label = _label(source)
-    header = RADGENOME_HEADERS[table_kind]
-    raw = _read_strings(source, header)
+def _convert_radgenome(label: str, raw: pa.Table, kind: str) -> pa.Table:
+    """A RadGenome table of string columns (``kind`` e.g. ``"vqa_presence"``) -> the reader's columns, validated.
+
+    Row by row: any block of a file's rows converts to the same rows as the whole file (cell errors name the row
+    within ``raw``).
+    """
+    header = RADGENOME_HEADERS[kind]
     cols: dict[str, pa.Array | pa.ChunkedArray] = {"volume_name": _volume_names(label, raw["Volumename"], "Volumename")}
     for name in header[1:]:
         out = _RADGENOME_RENAME[name]
         cols[out] = _anatomy(raw[name]) if name == "Anatomy" else raw[name]
-    return pa.table(cols)
+    table = pa.table(cols)
+    if kind == "vqa_presence":
+        ok = pc.is_in(table["presence"], value_set=pa.array(PRESENCE_VALUES))
+        _require(ok, label, "Presence", table["presence"], lambda v: f"Presence must be 'Yes.' or 'No.', got {v!r}")
+    elif kind == "case_disorders":
+        d = pc.utf8_trim_whitespace(table["disorders"])
+        parts = pc.split_pattern_regex(d, r"\s*,\s*")
+        empty = pa.scalar([], pa.list_(pa.string()))
+        table = table.append_column("disorder_list", pc.if_else(pc.equal(d, ""), empty, parts))
+    return table
+
+
+def _radgenome(source: Source, table_kind: str, label: str | None = None) -> pa.Table:
+    label = label or _label(source)
+    return _convert_radgenome(label, _read_strings(source, RADGENOME_HEADERS[table_kind], label), table_kind)
 
 
 def read_region_report(path: Source) -> pa.Table:
@@ -447,11 +469,7 @@ def read_case_disorders(path: Source) -> pa.Table:
     ``disorders`` is kept as written (including the literal ``"no findings"``); ``disorder_list`` splits it
     on commas (``"no findings"`` -> ``["no findings"]``, an empty cell -> ``[]``).
     """
-    table = _radgenome(path, "case_disorders")
-    d = pc.utf8_trim_whitespace(table["disorders"])
-    parts = pc.split_pattern_regex(d, r"\s*,\s*")
-    empty = pa.scalar([], pa.list_(pa.string()))
-    return table.append_column("disorder_list", pc.if_else(pc.equal(d, ""), empty, parts))
+    return _radgenome(path, "case_disorders")
 
 
 def read_vqa(path: Source, kind: str) -> pa.Table:
@@ -462,11 +480,7 @@ def read_vqa(path: Source, kind: str) -> pa.Table:
     """
     if kind not in VQA_KINDS:
         raise ValueError(f"vqa kind must be one of {VQA_KINDS}, got {kind!r}")
-    table = _radgenome(path, f"vqa_{kind}")
-    if kind == "presence":
-        ok = pc.is_in(table["presence"], value_set=pa.array(PRESENCE_VALUES))
-        _require(ok, _label(path), "Presence", table["presence"], lambda v: f"Presence must be 'Yes.' or 'No.', got {v!r}")
-    return table
+    return _radgenome(path, f"vqa_{kind}")
 
 
 _RADGENOME_FILE_RE = re.compile(
@@ -492,11 +506,202 @@ def read_radgenome_table(path: Source, kind: str | None = None) -> pa.Table:
     kind = kind or radgenome_table_kind(path)
     if kind not in RADGENOME_HEADERS:
         raise ValueError(f"unknown RadGenome table {kind!r}; expected one of {sorted(RADGENOME_HEADERS)}")
-    if kind == "region_report":
-        return read_region_report(path)
-    if kind == "case_disorders":
-        return read_case_disorders(path)
-    return read_vqa(path, kind[len("vqa_"):])
+    return _radgenome(path, kind)
+
+
+# ==================================================================================================
+# Streaming: blocks of rows, a few MB at a time
+# ==================================================================================================
+#
+# The 1.3M-row VQA files are ~100 MB of CSV; read whole, their Arrow strings plus everything derived from them
+# are held at once. These read a file (or a byte range of it, cut at row starts by csv_row_starts) as a stream
+# of pyarrow's record batches, converted one by one with the same functions as the whole-file readers.
+
+_STREAM_BLOCK = 4 << 20  # bytes of CSV per streamed batch (~50k VQA rows)
+_SCAN_CHUNK = 8 << 20
+
+
+def _local_file(source: Source) -> str:
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"expected a local CSV path, got {type(source).__name__} (fetch remote files first)")
+    return _open_input(source)
+
+
+def csv_row_starts(source: str | os.PathLike, offsets: Sequence[int]) -> list[int]:
+    """For each byte offset, where the first row at or after it starts (the file's size when none does).
+
+    Cuts a CSV into contiguous blocks of rows without parsing it: a row starts after a line end that is outside
+    double quotes, and quotes are counted from the file's start (an escaped ``""`` keeps the count even; CRLF
+    works; a quoted field may hold line ends). Offset 0 is the header; offset 1 gives the first data row. One
+    pass of ``bytes.count`` over the file up to the last offset.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
+    >>> _ = open(path, "w").write('A,B\\nx,"two\\nlines"\\ny,z\\n')
+    >>> csv_row_starts(path, [1, 6, 18, 19])
+    [4, 18, 18, 22]
+    """
+    path = _local_file(source)
+    size = os.path.getsize(path)
+    order = sorted(range(len(offsets)), key=lambda i: offsets[i])
+    out = [0] * len(offsets)
+    pos, odd, last = 0, 0, 0  # quotes in [0, pos) are odd?; the last row start found
+    with open(path, "rb") as f:
+        for i in order:
+            target = min(max(int(offsets[i]), 0), size)
+            if target <= last:
+                out[i] = last
+                continue
+            # count quotes up to target - 1, then look for the first line end at or after it outside quotes
+            f.seek(pos)
+            while pos < target - 1:
+                chunk = f.read(min(_SCAN_CHUNK, target - 1 - pos))
+                odd ^= chunk.count(b'"') & 1
+                pos += len(chunk)
+            found = size
+            while True:
+                chunk = f.read(1 << 16)
+                if not chunk:
+                    break
+                j = 0
+                while True:
+                    nl = chunk.find(b"\n", j)
+                    if nl < 0:
+                        break
+                    odd ^= chunk.count(b'"', j, nl) & 1
+                    j = nl + 1
+                    if not odd:
+                        found = pos + j
+                        break
+                if found != size or not chunk:
+                    break
+                odd ^= chunk.count(b'"', j) & 1
+                pos += len(chunk)
+            if found == size:
+                pos = size
+            else:
+                pos, odd = found, 0
+            out[i] = last = found
+    return out
+
+
+def csv_line_count(source: str | os.PathLike) -> int:
+    """Line ends in a file (its rows plus the header, plus any line ends inside quoted fields): a cheap estimate of
+    a CSV's size in rows, without parsing it."""
+    n = 0
+    with open(_local_file(source), "rb") as f:
+        while chunk := f.read(_SCAN_CHUNK):
+            n += chunk.count(b"\n")
+    return n
+
+
+class _RowRange:
+    """A file-like view of a CSV's header followed by the rows in bytes ``[start, stop)`` (pyarrow reads it)."""
+
+    def __init__(self, path: str, start: int | None, stop: int | None) -> None:
+        size = os.path.getsize(path)
+        stop = size if stop is None else min(int(stop), size)
+        header_end = csv_row_starts(path, [1])[0] if start else 0
+        self._f = open(path, "rb")
+        # (file offset, bytes) pieces to serve: the header (unless the range begins there), then the rows
+        self._pieces = [(0, stop)] if not start or start <= header_end else [(0, header_end), (int(start), stop - start)]
+        self.closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        out = []
+        while self._pieces and n != 0:
+            offset, left = self._pieces[0]
+            want = left if n is None or n < 0 else min(n, left)
+            self._f.seek(offset)
+            data = self._f.read(want)
+            if len(data) < want or want == left:
+                self._pieces.pop(0)
+            else:
+                self._pieces[0] = (offset + len(data), left - len(data))
+            out.append(data)
+            if n is not None and n > 0:
+                n -= len(data)
+            if len(data) < want:  # the file shrank: end here
+                self._pieces.clear()
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._f.close()
+        self.closed = True
+
+    def __enter__(self) -> "_RowRange":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _iter_range(path: str, kind: str, start: int | None, stop: int | None, label: str, block_size: int):
+    header = RADGENOME_HEADERS[kind]
+    done = 0  # rows given out: after a retry with larger blocks, these are skipped
+    block, limit = block_size, os.path.getsize(path) + 1
+    while True:
+        read, parse, convert = _csv_options(header, use_threads=True, block_size=block)
+        try:
+            with _RowRange(path, start, stop) as stream:
+                reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
+                _check_header(label, reader.schema.names, header)
+                skip = done
+                for batch in reader:
+                    if skip >= batch.num_rows:
+                        skip -= batch.num_rows
+                        continue
+                    raw = pa.Table.from_batches([batch]).slice(skip)
+                    skip = 0
+                    table = _convert_radgenome(label, raw, kind)
+                    done += raw.num_rows
+                    yield table
+            return
+        except pa.ArrowInvalid as e:
+            if not _too_big_for_a_block(str(e)) or block >= limit:
+                raise
+            block = min(block * 8, limit)
+
+
+def iter_radgenome_table(
+    source: str | os.PathLike,
+    kind: str | None = None,
+    *,
+    start: int | None = None,
+    stop: int | None = None,
+    label: str | None = None,
+    block_size: int | None = None,
+) -> Iterator[pa.Table]:
+    """The rows of a local RadGenome CSV as a stream of tables of about ``block_size`` bytes of CSV each, with the
+    columns and checks of :func:`read_radgenome_table`: concatenated, they are its table. Memory holds one block.
+
+    ``block_size`` defaults to 4 MiB. ``start``/``stop``: only the rows in that byte range (offsets from :func:`csv_row_starts`; the header is read
+    from the file's start either way). ``label`` names the file in errors (e.g. the ``hf://`` URL it came from). A
+    malformed file raises the same :class:`MalformedFileError` as the whole-file reader, naming the row within the
+    file.
+
+    >>> import io, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "train_vqa_size.csv")
+    >>> rows = "".join(f"train_{i}_a_1.nii.gz,lung,nodule,{i} mm\\n" for i in range(1, 5))
+    >>> _ = open(path, "w").write("Volumename,Anatomy,Abnormality,Size\\n" + rows)
+    >>> cut = csv_row_starts(path, [os.path.getsize(path) // 2])[0]
+    >>> [t["size"].to_pylist() for t in iter_radgenome_table(path, start=cut)]
+    [['3 mm', '4 mm']]
+    """
+    path = _local_file(source)
+    kind = kind or radgenome_table_kind(path)
+    if kind not in RADGENOME_HEADERS:
+        raise ValueError(f"unknown RadGenome table {kind!r}; expected one of {sorted(RADGENOME_HEADERS)}")
+    label = label or _label(source)
+    try:
+        yield from _iter_range(path, kind, start, stop, label, block_size or _STREAM_BLOCK)
+    except (MalformedFileError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        # the whole-file reader says what is wrong and on which of the file's rows (a block numbers its own)
+        _radgenome(path, kind, label)
+        raise MalformedFileError(label, f"not a valid CSV table ({exc})") from exc
 
 
 def read_ctrate_reports(path: Source) -> pa.Table:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .inputs import PresetTransform, as_array, need_spacing, torch_kji
+from .inputs import OutputEntry, PresetTransform, as_array, need_spacing, torch_kji
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -230,10 +230,10 @@ class CTClipd(PresetTransform):
     Works on one sample or a datasets batch (``ds.with_transform(CTClipd("volume", output="int16"))``).
     ``cache=True`` (default): the output of a :class:`~radgenome_hf.access.volume.Volume` that has a prepared cache
     (every row of ``load_dataset`` has one unless ``volume_cache=False``) is stored there (and the raw volume is
-    then not: ``Volume.retain``), keyed by the volume's
-    identity and this preset's parameters, as a one-shot frame: the next epoch decodes the finished
+    then not: ``Volume.retain``), keyed by the volume's identity and this preset's parameters
+    (:class:`~radgenome_hf.training.inputs.OutputEntry`), as a one-shot frame: the next epoch decodes the finished
     480×480×240 grid (GIL-free, no resampling). :meth:`cached_readers` hands such hits to a loader that decodes
-    them into reused buffers (:func:`~radgenome_hf.training.make_dataloader`).
+    them into reused buffers (:func:`~radgenome_hf.training.make_dataloader`). Masks (``mask_keys``) are not stored.
 
     >>> import numpy as np
     >>> t = CTClipd(keys="image", mask_keys="label", target_shape=(32, 32, 16), output="int16")
@@ -241,6 +241,8 @@ class CTClipd(PresetTransform):
     >>> s["image"].shape, s["image"].dtype, s["label"].dtype
     (torch.Size([1, 16, 32, 32]), torch.int16, torch.uint8)
     """
+
+    cache_name = "ctclip"
 
     def __init__(
         self,
@@ -266,53 +268,43 @@ class CTClipd(PresetTransform):
         self.target_shape = tuple(target_shape)
         self.output = output
 
-    def _output_key(self, data: Mapping, key: Hashable) -> tuple[Any, str] | None:
-        """(prepared cache, key) of this preset's output for ``data[key]``, when it can be cached."""
-        vol = data.get(key)
-        if not self.cache or self.rescale is not None or not callable(getattr(vol, "derived_key", None)):
-            return None
-        sp, aff = self._geometry(data, key, data.get(self.spacing_key, self.spacing) if self.spacing_key else self.spacing)
-        if sp is not None or aff is not None:  # geometry from outside the volume: not part of its identity
-            return None
-        k = vol.derived_key("ctclip", target_spacing=list(self.target_spacing), target_shape=list(self.target_shape),
-                            output=self.output)
-        return None if k is None else (vol.prepared_cache, k)
+    def _spacing_of(self, d: Mapping, key: Hashable) -> tuple[Any, Any]:
+        return self._geometry(d, key, d.get(self.spacing_key, self.spacing) if self.spacing_key else self.spacing)
 
-    def cached_readers(self, data: Mapping) -> dict | None:
-        """``{key: CacheReader}`` of a sample whose every output is already in the prepared cache (then a loader
-        decodes them into its own buffers instead of calling the transform), else ``None``."""
-        if self._present(data, self.mask_keys):
+    def _entry(self, d: Mapping, key: Hashable) -> OutputEntry | None:
+        """Where this preset's output for ``d[key]`` is stored: keyed by the volume's identity and every parameter
+        (geometry or rescale given from outside the volume included)."""
+        sp, aff = self._spacing_of(d, key)
+        extra = self._geometry_params(sp, aff)
+        if self.rescale is not None:
+            extra["rescale"] = [float(v) for v in self.rescale]
+        return self._volume_entry(d.get(key), {"": (key, "tensor")}, target_spacing=list(self.target_spacing),
+                                  target_shape=list(self.target_shape), output=self.output, **extra)
+
+    def _entries(self, data: Mapping) -> list[OutputEntry] | None:
+        if self._present(data, self.mask_keys):  # masks are not stored: the transform runs
             return None
-        readers = {}
-        for key in self._present(data, self.keys):
-            where = self._output_key(data, key)
-            if where is None or where[1] not in where[0]:
-                return None
-            readers[key] = where[0].reader(where[1])
-        return readers or None
+        entries = [self._entry(data, key) for key in self._present(data, self.keys)]
+        return None if any(e is None for e in entries) else entries
 
     def _sample(self, d: dict) -> dict:
-        import torch
-
         first = self.keys[0] if self.keys else None
         for key in self._present(d, self.keys):
-            where = self._output_key(d, key)
-            got = where[0].get_array(where[1]) if where is not None else None
-            if got is not None:
-                d[key] = torch.from_numpy(got)
+            entry = self._entry(d, key)
+            if self._from_cache(entry, d):
                 continue
-            sp, aff = self._geometry(d, key, d.get(self.spacing_key, self.spacing) if self.spacing_key else self.spacing)
-            if where is not None:
+            sp, aff = self._spacing_of(d, key)
+            if entry is not None:
                 d[key].retain = False  # this output is what later epochs read, not the raw volume
             out = ctclip_preprocess(
                 d[key], spacing=sp, affine=aff, rescale=self.rescale, target_spacing=self.target_spacing,
                 target_shape=self.target_shape, output=self.output,
             )
-            if where is not None:  # written now (a loader thread's time): the next epoch finds every output
-                where[0].put_array(where[1], out.numpy(), layout="frame")
+            if entry is not None:
+                entry.store({"": out})
             d[key] = out
         for key in self._present(d, self.mask_keys):
-            sp, aff = self._geometry(d, key, d.get(self.spacing_key, self.spacing) if self.spacing_key else self.spacing)
+            sp, aff = self._spacing_of(d, key)
             if sp is None and aff is None and first is not None:  # masks share the image's grid
                 sp, aff = self._geometry(d, first, None)
             d[key] = ctclip_preprocess_mask(

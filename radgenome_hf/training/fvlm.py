@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Mapping, Sequence
 import numpy as np
 
 from .ctclip import _resample_dhw, ctclip_target_size
-from .inputs import PresetTransform, as_array, need_spacing, torch_kji
+from .inputs import OutputEntry, PresetTransform, as_array, mask_identity, need_spacing, torch_kji
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -52,8 +52,13 @@ def _bbox_nonzero(t: "torch.Tensor") -> tuple[int, ...] | None:
 
 
 def _mask_to_array(mask: Any, organs: Sequence[str] | None) -> Any:
-    if hasattr(mask, "label_map") and hasattr(mask, "names"):  # PackedMasks
-        names = [n for n in (organs or FVLM_ORGANS) if n in mask]
+    if hasattr(mask, "structure") and callable(getattr(mask, "array", None)):  # a row's LazyMask: one organ
+        return mask.array()
+    if hasattr(mask, "label_map") and hasattr(mask, "names"):  # PackedMasks, MaskSet
+        from ..ontology import normalize_name
+
+        have = set(mask.names)
+        names = [n for n in (organs or FVLM_ORGANS) if normalize_name(n) in have]
         if not names:
             raise ValueError(f"none of the organs {list(organs or FVLM_ORGANS)} is among the masks {mask.names}")
         return mask.label_map(names)
@@ -138,7 +143,14 @@ def fvlm_preprocess(
 
 class FVLMd(PresetTransform):
     """Dict transform of :func:`fvlm_preprocess`: ``data[image_key]`` and ``data[mask_key]`` replaced by tensors
-    ``(1, z, y, x)``; the crop box is stored under ``f"{image_key}_bbox_zyx"``."""
+    ``(1, z, y, x)``; the crop box is stored under ``f"{image_key}_bbox_zyx"``.
+
+    ``cache=True`` (default): for a :class:`~radgenome_hf.access.volume.Volume` with a prepared cache and a row's
+    mask (a ``MaskSet`` or ``LazyMask``: their files have an identity), the outputs are stored, keyed by the volume,
+    the mask files and every parameter, and later epochs read them instead of resampling (as
+    :class:`~radgenome_hf.training.CTClipd` does)."""
+
+    cache_name = "fvlm"
 
     def __init__(
         self,
@@ -152,6 +164,7 @@ class FVLMd(PresetTransform):
         window: tuple[float, float] = FVLM_WINDOW,
         margin_zyx: Sequence[int] = FVLM_MARGIN,
         pad_zyx: Sequence[int] | None = FVLM_PAD,
+        cache: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__((image_key, mask_key), allow_missing_keys)
@@ -159,14 +172,39 @@ class FVLMd(PresetTransform):
         self.kw = dict(organs=organs, resample=resample, target_spacing=target_spacing, window=window,
                        margin_zyx=margin_zyx, pad_zyx=pad_zyx)
         self.spacing = spacing
+        self.cache = bool(cache)
+
+    def _entry(self, d: Mapping) -> OutputEntry | None:
+        if not self._cacheable(d.get(self.image_key)):
+            return None
+        sp, aff = self._geometry(d, self.image_key, self.spacing)
+        params = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in self.kw.items()}
+        return self._volume_entry(
+            d.get(self.image_key),
+            {"": (self.image_key, "tensor"), "mask": (self.mask_key, "tensor"),
+             "bbox": (f"{self.image_key}_bbox_zyx", "tuple")},
+            mask=mask_identity(d.get(self.mask_key)), **params, **self._geometry_params(sp, aff),
+        )
+
+    def _entries(self, data: Mapping) -> list[OutputEntry] | None:
+        if len(self._present(data, self.keys)) < 2:
+            return None
+        entry = self._entry(data)
+        return None if entry is None else [entry]
 
     def _sample(self, d: dict) -> dict:
         if len(self._present(d, self.keys)) < 2:
             return d
+        entry = self._entry(d)
+        if self._from_cache(entry, d):
+            return d
+        if entry is not None:
+            d[self.image_key].retain = False  # later epochs read this output, not the raw volume
         sp, aff = self._geometry(d, self.image_key, self.spacing)
         s = fvlm_preprocess(d[self.image_key], d[self.mask_key], spacing=sp, affine=aff, **self.kw)
+        entry = entry or self._entry(d)  # a folder release's masks are packed on first use: their identity is known now
+        if entry is not None:
+            entry.store({"": s.image, "mask": s.mask, "bbox": np.asarray(s.bbox_zyx, np.int64)})
         d[self.image_key], d[self.mask_key] = s.image, s.mask
         d[f"{self.image_key}_bbox_zyx"] = s.bbox_zyx
         return d
-
-

@@ -354,13 +354,20 @@ class ThreadedDataLoader:
 
         sample = dict(row)
         for key, reader in readers.items():
+            if not callable(getattr(reader, "read_into", None)):  # a side value of the output (a box, indices)
+                sample[key] = reader
+                continue
+
             def alloc(name, shape, dtype, order="C", key=key):
                 want = (tuple(shape), np.dtype(dtype))
                 if shapes.setdefault(key, want) != want:  # a shape unlike the batch's first: a private buffer
                     return slot.alloc(f"{key}#{b}", shape, dtype, order)
                 return slot.alloc(key, (n, *shape), dtype, "C")[b]
 
-            sample[key] = torch.from_numpy(reader.read_into(alloc, key))
+            try:
+                sample[key] = torch.from_numpy(reader.read_into(alloc, key))
+            except Exception:  # noqa: BLE001 - evicted or damaged since the check: a cache never fails a read
+                return self.transform(row)
         return sample
 
     def _batch(self, slot: _Slot, chunk: list) -> Any:

@@ -6,11 +6,11 @@ The function returns numpy ``(i, j, k)``; the dict transform gives ``(1, k, j, i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Literal, Sequence
+from typing import Any, Hashable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .inputs import PresetTransform, as_array
+from .inputs import OutputEntry, PresetTransform, as_array, mask_identity
 
 __all__ = ["RegionCrop", "RegionCropd", "region_bbox", "region_crop", "resolve_region_mask"]
 
@@ -142,10 +142,14 @@ def region_crop(
 ) -> RegionCrop:
     """Crop a volume and its grounding mask around an anatomy (node name or path), with a margin.
 
-    ``masks`` is a :class:`~radgenome_hf.access.masks.PackedMasks` or a ``{name: bool array}`` dict. The mask is chosen by
-    :func:`resolve_region_mask`; the whole scan (``""``/"whole scan", or no matching mask) gives the full volume.
-    With a lazy :class:`~radgenome_hf.access.volume.Volume` only the crop is read.
+    ``masks`` is a :class:`~radgenome_hf.access.masks.PackedMasks`, a row's ``MaskSet``, a ``{name: bool array}``
+    dict (the mask is then chosen by :func:`resolve_region_mask`; the whole scan, ``""``/"whole scan" or no matching
+    mask, gives the full volume), or a ``vqa``/``grounded_reports`` row's ``LazyMask``, the grounding mask itself
+    (``anatomy`` is then not needed). With a lazy :class:`~radgenome_hf.access.volume.Volume` only the crop is read;
+    packed masks decode only the box.
     """
+    from ..access.lazymasks import LazyMask
+
     is_volume = hasattr(volume, "crop") and hasattr(volume, "spacing") and hasattr(volume, "array")
     if is_volume:
         shape = tuple(int(s) for s in volume.shape)
@@ -154,15 +158,20 @@ def region_crop(
     else:
         arr, sp, _ = as_array(volume, spacing, affine)
         shape = tuple(int(s) for s in arr.shape)
-    source, name = resolve_region_mask(masks, anatomy)
-    packed = hasattr(masks, "bbox") and hasattr(masks, "crop")
+    lazy = isinstance(masks, LazyMask)  # one structure, already grounded: its bbox and crop are the mask's own
+    if lazy:
+        source, name = ("whole", None) if masks.source == "whole" or masks.structure is None else (masks.source,
+                                                                                                  masks.structure)
+    else:
+        source, name = resolve_region_mask(masks, anatomy)
+    packed = lazy or (hasattr(masks, "bbox") and hasattr(masks, "crop"))
     if name is None:
         bb = region_bbox(None, shape, 0, margin_unit="voxel")
         mask_crop = np.ones(shape, dtype=bool)
     else:
         if packed:
             mshape = tuple(int(s) for s in masks.shape)
-            tight = masks.bbox(name)
+            tight = masks.bbox if lazy else masks.bbox(name)
             full = None
         else:
             full = _get_mask(masks, name)
@@ -177,7 +186,10 @@ def region_crop(
             mask_crop = np.zeros(shape, dtype=bool, order="F")
         else:
             bb = region_bbox(None, shape, margin, margin_unit=margin_unit, spacing=sp, bbox=tight)
-            mask_crop = masks.crop(name, bb) if packed else full[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]]
+            if lazy:
+                mask_crop = masks.crop(bb)
+            else:
+                mask_crop = masks.crop(name, bb) if packed else full[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]]
     if is_volume:
         img = volume.crop(bb)
     else:
@@ -189,9 +201,33 @@ def region_crop(
 
 class RegionCropd(PresetTransform):
     """Dict transform of :func:`region_crop`: crops ``data[image_key]`` and writes the grounding mask crop to
-    ``data[mask_out_key]``; both become zero-copy ``(1, k, j, i)`` tensors (int16 / uint8). The anatomy comes from
-    ``data[anatomy_key]`` (a path such as a row's ``anatomy``) or the fixed ``anatomy=``; the masks from
-    ``data[masks_key]``. The box goes to ``f"{image_key}_bbox"``."""
+    ``data[mask_out_key]``; both become zero-copy ``(1, k, j, i)`` tensors (int16 / uint8). The masks come from
+    ``data[masks_key]``: a ``segmentation`` row's ``MaskSet`` (``"masks"``), the anatomy then from
+    ``data[anatomy_key]`` (a path such as a row's ``anatomy``) or the fixed ``anatomy=``; or a ``vqa`` /
+    ``grounded_reports`` row's grounding ``LazyMask`` (``masks_key="mask"``), cropped at its own box. The box goes to
+    ``f"{image_key}_bbox"``.
+
+    ``cache=True`` (default): crops of a :class:`~radgenome_hf.access.volume.Volume` with a prepared cache are
+    stored, keyed by the volume, the mask files, the mask chosen and every parameter, and read back later (the
+    raw volume stays cached too: other rows of the volume crop other boxes).
+
+    A ``vqa`` row, cropped around its grounding mask (1 voxel around it here):
+
+    >>> import numpy as np, tempfile, os
+    >>> from radgenome_hf.access.lazymasks import LazyMask
+    >>> from radgenome_hf.access.masks import PackedMasks
+    >>> from radgenome_hf.access.volume import Volume
+    >>> m = np.zeros((20, 20, 10), bool); m[5:9, 6:12, 2:5] = True
+    >>> path = os.path.join(tempfile.mkdtemp(), "train_1_a_1.masks.parquet")
+    >>> _ = PackedMasks.from_arrays({"heart": m}, np.eye(4)).save(path)
+    >>> row = {"volume": Volume.from_array(np.ones((20, 20, 10), np.int16)),
+    ...        "mask": LazyMask(path, "heart", "anatomy", (20, 20, 10))}
+    >>> out = RegionCropd("volume", masks_key="mask", margin=1, margin_unit="voxel")(row)
+    >>> tuple(out["volume"].shape), out["volume_bbox"], int(out["mask"].sum())
+    ((1, 5, 8, 6), (4, 5, 1, 10, 13, 6), 72)
+    """
+
+    cache_name = "region"
 
     def __init__(
         self,
@@ -205,27 +241,60 @@ class RegionCropd(PresetTransform):
         margin_unit: Literal["mm", "voxel"] = "mm",
         spacing: Sequence[float] | None = None,
         as_tensor: bool = True,
+        cache: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__((image_key, masks_key), allow_missing_keys)
         self.image_key, self.masks_key, self.mask_out_key = image_key, masks_key, mask_out_key
         self.anatomy_key, self.anatomy = anatomy_key, anatomy
         self.margin, self.margin_unit, self.spacing, self.as_tensor = margin, margin_unit, spacing, as_tensor
+        self.cache = bool(cache)
+
+    def _anatomy_of(self, d: Mapping) -> str:
+        return (self.anatomy if self.anatomy is not None else d.get(self.anatomy_key, "")) or ""
+
+    def _entry(self, d: Mapping) -> OutputEntry | None:
+        from ..access.lazymasks import LazyMask
+
+        masks = d.get(self.masks_key)
+        if not self._cacheable(d.get(self.image_key)):
+            return None
+        # a LazyMask's identity names its structure; a mask set's, only its files: then the mask the anatomy picks
+        which = None if isinstance(masks, LazyMask) else list(resolve_region_mask(masks, self._anatomy_of(d)))
+        tensor = self.as_tensor
+        fills = {"": (self.image_key, "tensor" if tensor else "ijk"),
+                 "mask": (self.mask_out_key, "tensor" if tensor else "ijk_bool")}
+        if isinstance(self.image_key, str):
+            fills["bbox"] = (f"{self.image_key}_bbox", "tuple")
+        margin = np.broadcast_to(np.asarray(self.margin, dtype=np.float64), (3,)).tolist()
+        return self._volume_entry(d.get(self.image_key), fills, mask=mask_identity(masks), which=which,
+                                  margin=margin, margin_unit=self.margin_unit,
+                                  **self._geometry_params(*self._geometry(d, self.image_key, self.spacing)))
+
+    def _entries(self, data: Mapping) -> list[OutputEntry] | None:
+        if len(self._present(data, self.keys)) < 2 or not self.as_tensor:
+            return None
+        entry = self._entry(data)
+        return None if entry is None else [entry]
 
     def _sample(self, d: dict) -> dict:
         import torch
 
         if len(self._present(d, self.keys)) < 2:
             return d
-        anatomy = self.anatomy if self.anatomy is not None else d.get(self.anatomy_key, "")
+        entry = self._entry(d)
+        if self._from_cache(entry, d):
+            return d
         sp, aff = self._geometry(d, self.image_key, self.spacing)
-        c = region_crop(d[self.image_key], d[self.masks_key], anatomy or "", margin=self.margin,
+        c = region_crop(d[self.image_key], d[self.masks_key], self._anatomy_of(d), margin=self.margin,
                         margin_unit=self.margin_unit, spacing=sp, affine=aff)
+        img = torch.from_numpy(np.asfortranarray(c.image).T)[None]  # zero-copy (1, k, j, i)
+        msk = torch.from_numpy(np.asfortranarray(c.mask).view(np.uint8).T)[None]
+        entry = entry or self._entry(d)  # a folder release's masks are packed on first use: their identity is known now
+        if entry is not None:
+            entry.store({"": img, "mask": msk, "bbox": np.asarray(c.bbox, np.int64)})
         if self.as_tensor:
-            img = np.asfortranarray(c.image)
-            msk = np.asfortranarray(c.mask).view(np.uint8)
-            d[self.image_key] = torch.from_numpy(img.T)[None]
-            d[self.mask_out_key] = torch.from_numpy(msk.T)[None]
+            d[self.image_key], d[self.mask_out_key] = img, msk
         else:
             d[self.image_key], d[self.mask_out_key] = c.image, c.mask
         if isinstance(self.image_key, str):

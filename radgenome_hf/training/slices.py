@@ -6,11 +6,11 @@ Output ``(N, H, W)``: axial ``(j, i)``, coronal ``(k, i)``, sagittal ``(k, j)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .inputs import PresetTransform, as_array, need_spacing, torch_kji
+from .inputs import OutputEntry, PresetTransform, as_array, need_spacing, torch_kji
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -76,6 +76,20 @@ def slice_indices(
     return np.unique(np.minimum(idx, size - 1))
 
 
+def _where_slices(shape: Sequence[int], sp: Sequence[float] | None, plane: str, n_slices: int | None,
+                  stride: int | None, spacing_mm: float | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """(nibabel axis, slice indices, their positions in mm) of a plane's slices: from the grid alone."""
+    if plane not in _PLANE_AXIS:
+        raise ValueError(f"plane must be one of {sorted(_PLANE_AXIS)}, got {plane!r}")
+    axis = _PLANE_AXIS[plane]
+    voxel_mm = None if sp is None else float(sp[axis])
+    if spacing_mm is not None:
+        need_spacing(sp, "slice_sequence(spacing_mm=...)")
+    idx = slice_indices(int(shape[axis]), n_slices=n_slices, stride=stride, spacing_mm=spacing_mm, voxel_mm=voxel_mm)
+    pos = (idx.astype(np.float32) * np.float32(voxel_mm)) if voxel_mm is not None else np.full(len(idx), np.nan, np.float32)
+    return axis, idx, pos
+
+
 def slice_sequence(
     volume: Any,
     *,
@@ -100,14 +114,8 @@ def slice_sequence(
     """
     import torch
 
-    if plane not in _PLANE_AXIS:
-        raise ValueError(f"plane must be one of {sorted(_PLANE_AXIS)}, got {plane!r}")
     arr, sp, aff = as_array(volume, spacing, affine)
-    axis = _PLANE_AXIS[plane]
-    voxel_mm = None if sp is None else float(sp[axis])
-    if spacing_mm is not None:
-        need_spacing(sp, "slice_sequence(spacing_mm=...)")
-    idx = slice_indices(int(arr.shape[axis]), n_slices=n_slices, stride=stride, spacing_mm=spacing_mm, voxel_mm=voxel_mm)
+    axis, idx, pos = _where_slices(arr.shape, sp, plane, n_slices, stride, spacing_mm)
     t = torch_kji(arr)  # (k, j, i)
     dim = 2 - axis  # axis in (k, j, i)
     sel = torch.index_select(t, dim, torch.from_numpy(idx))  # one gather copy, contiguous
@@ -117,7 +125,6 @@ def slice_sequence(
         slices = slices.to(torch.float32).sub_(lo).div_(hi - lo).clamp_(0.0, 1.0)
     elif slices.dtype == torch.uint8 and arr.dtype == np.bool_:
         slices = slices.bool()
-    pos = (idx.astype(np.float32) * np.float32(voxel_mm)) if voxel_mm is not None else np.full(len(idx), np.nan, np.float32)
     world = None
     if aff is not None:
         centre = (np.asarray(arr.shape, dtype=np.float64) - 1) / 2
@@ -129,7 +136,13 @@ def slice_sequence(
 
 class SliceSequenced(PresetTransform):
     """Dict transform of :func:`slice_sequence`: ``data[key]`` becomes ``(N, H, W)``; indices and mm positions go to
-    ``f"{key}_slice_indices"`` / ``f"{key}_slice_mm"``. Mask keys get the same slices (no window)."""
+    ``f"{key}_slice_indices"`` / ``f"{key}_slice_mm"``. Mask keys get the same slices (no window).
+
+    ``cache=True`` (default): the slices of a :class:`~radgenome_hf.access.volume.Volume` with a prepared cache are
+    stored, keyed by the volume and every parameter (plane, count/stride/spacing, window, geometry), and read back in
+    later epochs. Masks (``mask_keys``) are not stored."""
+
+    cache_name = "slices"
 
     def __init__(
         self,
@@ -142,25 +155,50 @@ class SliceSequenced(PresetTransform):
         spacing_mm: float | None = None,
         spacing: Sequence[float] | None = None,
         window: tuple[float, float] | None = None,
+        cache: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_keys = self._key_tuple(mask_keys)
         self.kw = dict(plane=plane, n_slices=n_slices, stride=stride, spacing_mm=spacing_mm)
         self.spacing, self.window = spacing, window
+        self.cache = bool(cache)
+
+    def _spacing_of(self, d: Mapping, key: Hashable) -> tuple[Any, Any]:
+        sp, aff = self._geometry(d, key, self.spacing)
+        if sp is None and aff is None and self.keys:
+            sp, aff = self._geometry(d, self.keys[0], None)
+        return sp, aff
+
+    def _entry(self, d: Mapping, key: Hashable) -> OutputEntry | None:
+        fills = {"": (key, "tensor")}
+        if isinstance(key, str):
+            fills.update({"idx": (f"{key}_slice_indices", "array"), "mm": (f"{key}_slice_mm", "array")})
+        window = None if self.window is None else [float(v) for v in self.window]
+        return self._volume_entry(d.get(key), fills, window=window, **self.kw,
+                                  **self._geometry_params(*self._spacing_of(d, key)))
+
+    def _entries(self, data: Mapping) -> list[OutputEntry] | None:
+        if self._present(data, self.mask_keys):  # masks are not stored: the transform runs
+            return None
+        entries = [self._entry(data, key) for key in self._present(data, self.keys)]
+        return None if any(e is None for e in entries) else entries
 
     def _sample(self, d: dict) -> dict:
-        for key, win in [(k, self.window) for k in self._present(d, self.keys)] + [
-            (k, None) for k in self._present(d, self.mask_keys)
+        for key, win, image in [(k, self.window, True) for k in self._present(d, self.keys)] + [
+            (k, None, False) for k in self._present(d, self.mask_keys)
         ]:
-            sp, aff = self._geometry(d, key, self.spacing)
-            if sp is None and aff is None and self.keys:
-                sp, aff = self._geometry(d, self.keys[0], None)
+            entry = self._entry(d, key) if image else None
+            if self._from_cache(entry, d):
+                continue
+            if entry is not None:
+                d[key].retain = False  # later epochs read these slices, not the raw volume
+            sp, aff = self._spacing_of(d, key)
             s = slice_sequence(d[key], spacing=sp, affine=aff, window=win, **self.kw)
+            if entry is not None:
+                entry.store({"": s.slices, "idx": s.indices, "mm": s.positions_mm})
             d[key] = s.slices
             if isinstance(key, str):
                 d[f"{key}_slice_indices"] = s.indices
                 d[f"{key}_slice_mm"] = s.positions_mm
         return d
-
-
