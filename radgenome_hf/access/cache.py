@@ -728,12 +728,16 @@ class PreparedCache(BoundedFolder):
         return CacheReader(self, key, bbox, nthreads)
 
     # -- write ------------------------------------------------------------------------------------
-    def put_array(self, key: str, array: np.ndarray, *, layout: str | None = None) -> Path:
+    def put_array(self, key: str, array: np.ndarray, *, layout: str | None = None,
+                  codec: tuple[str, int] | None = None) -> Path:
         """Store an array atomically; returns its file. A Fortran-ordered array is stored as its C-ordered
         transpose (no copy). ``layout`` (default: the cache's) is ``"chunked"`` (``.b2nd``) or ``"frame"``
-        (``.b2f``; arrays of 2 GiB or more fall back to chunked). Any older entry of the other layout is removed."""
+        (``.b2f``; arrays of 2 GiB or more fall back to chunked). ``codec``: ``(name, clevel)`` for this entry
+        instead of the cache's (e.g. ``("LZ4", 9)`` for what is decoded whole every epoch; any entry reads back
+        whatever its codec). Any older entry of the other layout is removed."""
         import blosc2
 
+        codec_name, clevel = (self.codec, self.clevel) if codec is None else (codec[0].upper(), int(codec[1]))
         layout = layout or self.layout
         if layout not in ("chunked", "frame"):
             raise ValueError(f"layout must be 'chunked' or 'frame', got {layout!r}")
@@ -745,8 +749,8 @@ class PreparedCache(BoundedFolder):
         final = self._frame_path(key) if layout == "frame" else self.path_for(key)
         other = self.path_for(key) if layout == "frame" else self._frame_path(key)
         cparams = blosc2.CParams(
-            codec=getattr(blosc2.Codec, self.codec),
-            clevel=self.clevel,
+            codec=getattr(blosc2.Codec, codec_name),
+            clevel=clevel,
             # byte shuffle only helps multi-byte types; on uint8 label maps it costs 3.5x in decode time
             filters=[blosc2.Filter.SHUFFLE if data.dtype.itemsize > 1 else blosc2.Filter.NOFILTER],
             typesize=data.dtype.itemsize,
@@ -756,7 +760,7 @@ class PreparedCache(BoundedFolder):
             if layout == "frame":
                 _release_gil()
                 head = json.dumps({"shape": list(data.shape), "dtype": data.dtype.str, "reversed": bool(reverse),
-                                   "codec": self.codec, "clevel": self.clevel}).encode()
+                                   "codec": codec_name, "clevel": clevel}).encode()
                 comp = blosc2.compress2(data.reshape(-1) if data.size else np.zeros(1, data.dtype), cparams=cparams)
                 prefix = _frame_prefix(head, comp)
                 if len(prefix) > _FRAME_HEADER:
@@ -785,7 +789,8 @@ class PreparedCache(BoundedFolder):
         self._added(size)
         return final
 
-    def store(self, key: str, array: np.ndarray, *, layout: str | None = None) -> Path | None:
+    def store(self, key: str, array: np.ndarray, *, layout: str | None = None,
+              codec: tuple[str, int] | None = None) -> Path | None:
         """:meth:`put_array` for readers: a failed write (disk full, no permission, the folder deleted meanwhile,
         an eviction racing it) is not the reader's problem. It warns once per cache folder and returns ``None``.
 
@@ -796,7 +801,7 @@ class PreparedCache(BoundedFolder):
         True
         """
         try:
-            return self.put_array(key, array, layout=layout)
+            return self.put_array(key, array, layout=layout, codec=codec)
         except Exception as exc:  # noqa: BLE001 - the rule: a cache never fails a read
             self._warn_once(f"storing {key}", exc)
             return None

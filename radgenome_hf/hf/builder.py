@@ -192,10 +192,12 @@ class RadGenome(datasets.ArrowBasedBuilder):
             )
         return out
 
-    def _with_quality(self, release: UpstreamRelease, split: Split, table: pa.Table) -> pa.Table:
-        """Join each row's volume quality (``dataset/quality/<split>.jsonl`` of a rebuilt release; null without
-        it) and, with ``drop_flagged``, drop the rows of flagged volumes. ``label_checks`` (the report's CT-RATE
-        labels against its text) is kept for ``reports`` rows only."""
+    def _quality_rows(self, release: UpstreamRelease, split: Split) -> dict[str, dict]:
+        """The quality rows of a split by volume (``dataset/quality/<split>.jsonl`` of a rebuilt release; empty
+        without it), read once per split: the streamed ``vqa`` prepare joins them block by block."""
+        memo = self.__dict__.setdefault("_quality_memo", {})
+        if split in memo:
+            return memo[split]
         path = release.generated_rows("quality", split)
         found: dict[str, dict] = {}
         if path is not None and release.exists(path):
@@ -206,6 +208,14 @@ class RadGenome(datasets.ArrowBasedBuilder):
                         found[r["volume_name"]] = {k: r.get(k) for k in QUALITY_FEATURES}
                         if self.config.name != "reports":
                             found[r["volume_name"]]["label_checks"] = None
+        memo[split] = found
+        return found
+
+    def _with_quality(self, release: UpstreamRelease, split: Split, table: pa.Table) -> pa.Table:
+        """Join each row's volume quality (null without quality rows) and, with ``drop_flagged``, drop the rows of
+        flagged volumes. ``label_checks`` (the report's CT-RATE labels against its text) is kept for ``reports``
+        rows only."""
+        found = self._quality_rows(release, split)
         names = table.column("volume_name").combine_chunks()
         unique = pc.unique(names)
         per_volume = [found.get(n) for n in unique.to_pylist()]

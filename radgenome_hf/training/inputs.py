@@ -19,7 +19,6 @@ identity (:func:`mask_identity`) and every parameter, so a changed source or par
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Hashable, Mapping, Sequence
 
@@ -152,23 +151,6 @@ def mask_identity(mask: Any) -> str | None:
 #: 480x480x240 int16 CT-CLIP output LZ4 (clevel 9, shuffle) decodes in 75 ms against 227 ms for the prepared cache's
 #: ZSTD-1 (one thread, load ~6), for 35 MB against 30 MB, and compresses in 0.47 s against 0.85 s.
 OUTPUT_CODEC = ("LZ4", 9)
-_OUTPUT_WRITERS: dict = {}
-_OUTPUT_LOCK = threading.Lock()
-
-
-def _output_writer(cache: Any) -> Any:
-    """A :class:`~radgenome_hf.access.cache.PreparedCache` on ``cache``'s folder and bound that writes
-    :data:`OUTPUT_CODEC` frames (any instance reads any codec); one per folder, so its size accounting persists."""
-    from ..access.cache import PreparedCache
-
-    key = (str(cache.root), cache.max_bytes)
-    with _OUTPUT_LOCK:
-        writer = _OUTPUT_WRITERS.get(key)
-        if writer is None:
-            writer = PreparedCache(cache.root, cache.max_bytes, codec=OUTPUT_CODEC[0], clevel=OUTPUT_CODEC[1],
-                                   nthreads=cache.nthreads, layout="frame")
-            _OUTPUT_WRITERS[key] = writer
-    return writer
 
 
 class OutputEntry:
@@ -233,11 +215,10 @@ class OutputEntry:
         means a complete entry. Written now, in the caller's (a loader thread's) time, so the next epoch finds every
         output (the volume's background writer drops a write while busy); a failed write warns once and is a later
         miss (:meth:`~radgenome_hf.access.cache.PreparedCache.store`)."""
-        writer = _output_writer(self.cache)
         for part in sorted(parts, key=lambda p: p == ""):
             value = parts[part]
             arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-            writer.store(self._key(part), np.ascontiguousarray(arr), layout="frame")
+            self.cache.store(self._key(part), np.ascontiguousarray(arr), layout="frame", codec=OUTPUT_CODEC)
 
 
 class PresetTransform(MapTransform):
