@@ -67,8 +67,10 @@ def test_packed_masks_decode_with_numpy_alone(packed, synthetic_release):
     out, _ = packed
     table = pq.read_table(sorted((out / "vqa").glob("train-*.parquet"))[0])
     row = next(r for r in table.to_pylist() if r["mask"]["source"] == "anatomy")
-    masks = pq.read_table(out / row["mask"]["path"]).to_pylist()
-    rec = next(m for m in masks if m["structure"] == row["mask"]["structure"])
+    masks = pq.read_table(out / row["mask"]["path"]).to_pylist()  # a shard holding many volumes
+    assert len({m["volume_name"] for m in masks}) > 1
+    rec = next(m for m in masks if (m["volume_name"], m["structure"]) == (row["volume_name"], row["mask"]["structure"]))
+    assert row["mask"]["volume_name"] == row["volume_name"]
     i0, j0, k0, i1, j1, k1 = rec["bbox"]
     extent = (i1 - i0, j1 - j0, k1 - k0)
     grid = np.zeros(rec["shape"], bool)

@@ -8,6 +8,13 @@ says what to do next and never carries a token.
 HfUrl(repo_id='org/repo', revision='v1.0', path='dataset/train/a.nii.gz', repo_type='dataset')
 >>> local_path("/data/a.nii.gz")
 '/data/a.nii.gz'
+>>> hf_url("org/repo", "masks/a.parquet", "0123456789abcdef0123456789abcdef01234567")
+'hf://datasets/org/repo@0123456789abcdef0123456789abcdef01234567/masks/a.parquet'
+
+Besides whole-file fetches, :func:`read_range` reads a byte range of a Hub file (one HTTP ``Range`` GET through
+``HfFileSystem``, on the commit the revision resolves to), :func:`cached_file` finds a file already in the Hugging
+Face cache without the network, and :func:`list_files` / :func:`file_sizes` size files from the Hub's tree and
+paths-info without downloading them.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from typing import Any, Mapping, NamedTuple
 
 from ..errors import HubAccessError
 
-__all__ = ["CTRATE_REPO", "HfUrl", "fetch", "hub_error", "is_url", "local_path", "parse_hf_url", "resolve_revision"]
+__all__ = ["CTRATE_REPO", "HfUrl", "cached_file", "fetch", "file_size", "file_sizes", "hf_url", "hub_error", "is_offline", "is_url",
+           "list_files", "local_path", "parse_hf_url", "read_range", "resolve_revision"]
 
 CTRATE_REPO = "ibrahimhamamci/CT-RATE"
 
@@ -49,6 +57,18 @@ def parse_hf_url(url: str) -> HfUrl:
     org, name_rev = parts[0], parts[1]
     name, _, revision = name_rev.partition("@")
     return HfUrl(f"{org}/{name}", revision or None, parts[2] if len(parts) > 2 else "")
+
+
+def hf_url(repo_id: str, path: str, revision: str | None = None) -> str:
+    """The ``hf://datasets/…`` URL of a file of a dataset repo (at ``revision`` when given)."""
+    return f"hf://datasets/{repo_id}{'@' + revision if revision else ''}/{path}"
+
+
+def is_offline() -> bool:
+    """Whether huggingface_hub runs offline (``HF_HUB_OFFLINE=1``): then only the local cache is read."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -112,6 +132,87 @@ def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
 def local_path(path: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
     """A local file for a path or an ``hf://`` URL (fetched once into the Hugging Face cache)."""
     return fetch(path, token_per_repo_id) if path.startswith("hf://") else path
+
+
+def cached_file(url: str) -> str | None:
+    """The local path of an ``hf://`` file already in the Hugging Face cache at its revision (a branch or tag is
+    looked up in the cache's refs), or ``None``; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    u = parse_hf_url(url)
+    hit = try_to_load_from_cache(u.repo_id, u.path, revision=u.revision, repo_type=u.repo_type)
+    return hit if isinstance(hit, str) else None
+
+
+def _fs_path(url: str) -> tuple[HfUrl, str]:
+    """(parts, the ``HfFileSystem`` path on the commit the URL's revision resolves to)."""
+    u = parse_hf_url(url)
+    rev = resolve_revision(u.repo_id, u.revision, repo_type=u.repo_type) or "main"
+    return u, f"{u.repo_type}s/{u.repo_id}@{rev}/{u.path}"
+
+
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of an ``hf://`` file: one HTTP ``Range`` GET (``HfFileSystem``, no read-ahead), on the
+    commit its revision resolves to. The file's size comes from one tree listing of its folder per process.
+
+    Offline there is no network to read from: the error says to download the files first.
+    """
+    if is_offline():
+        raise HubAccessError(f"reading {url}: the file is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                             "download it first (`radgenome-hf download REPO …`), or unset HF_HUB_OFFLINE")
+    from huggingface_hub import HfFileSystem
+
+    _, path = _fs_path(url)
+    try:
+        with HfFileSystem().open(path, "rb", cache_type="none") as f:  # one instance per thread (fsspec caches it)
+            f.seek(start)
+            return f.read(end - start)
+    except Exception as exc:  # noqa: BLE001 - every failure gets a message that says what to do
+        raise hub_error(exc, f"reading bytes {start}-{end} of {url}") from exc
+
+
+def file_size(url: str) -> int:
+    """The size of an ``hf://`` file (from the cached tree listing of its folder)."""
+    from huggingface_hub import HfFileSystem
+
+    _, path = _fs_path(url)
+    try:
+        return int(HfFileSystem().info(path)["size"])
+    except Exception as exc:  # noqa: BLE001
+        raise hub_error(exc, f"sizing {url}") from exc
+
+
+def list_files(repo_id: str, revision: str, folder: str, *, recursive: bool = True) -> dict[str, int]:
+    """``{path: size}`` of the files under ``folder`` of a dataset repo at ``revision`` (the Hub's tree listing;
+    nothing is downloaded). A missing folder is an empty dict."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+
+    try:
+        entries = HfApi().list_repo_tree(repo_id, folder, recursive=recursive, revision=revision,
+                                         repo_type="dataset")
+        return {e.path: int(e.size) for e in entries if isinstance(e, RepoFile)}
+    except EntryNotFoundError:
+        return {}
+    except Exception as exc:  # noqa: BLE001
+        raise hub_error(exc, f"listing {repo_id}@{revision}/{folder}") from exc
+
+
+def file_sizes(repo_id: str, revision: str, paths: list[str]) -> dict[str, int | None]:
+    """``{path: size}`` for files, ``{path: None}`` for folders, from the Hub's paths-info (batched; no download).
+    Paths the repo does not hold are left out."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    out: dict[str, int | None] = {}
+    try:
+        for i in range(0, len(paths), 500):
+            for e in HfApi().get_paths_info(repo_id, paths[i:i + 500], revision=revision, repo_type="dataset"):
+                out[e.path] = int(e.size) if isinstance(e, RepoFile) else None
+    except Exception as exc:  # noqa: BLE001
+        raise hub_error(exc, f"sizing {len(paths)} files of {repo_id}@{revision}") from exc
+    return out
 
 
 def hub_error(exc: BaseException, what: str) -> HubAccessError:

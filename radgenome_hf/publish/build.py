@@ -9,17 +9,22 @@ The packed release is what :mod:`radgenome_hf.publish` pushes to the Hub. Plain
     <config>/<split>-<digest>-0000i-of-0000N.parquet   zstd, page checksums; N divides by 2, 4 and 8 where the
                                       rows allow; <digest> follows the split's content (see _write_shards)
     volumes/<upstream relative path>  NIfTI files, referenced from rows by relative path (``volume.path``)
-    masks/<split>_<kind>/<stem>.masks.parquet  packed masks (bbox + numpy.packbits), referenced from rows
+    masks/<split>_<kind>/<split>_<kind>-<digest>-0000i-of-0000N.parquet   packed masks (bbox + numpy.packbits) of
+                                      every volume of a split, kind ``region`` or ``anatomy``: a few shards of
+                                      whole volumes, rows sorted by (volume_name, structure), small row groups
+                                      (access/maskshards.py); rows reference them by path + ``volume_name``
     figures/*.png                     a slice with mask overlays and its grounded sentence; distributions
 
-Decoding a packed mask with any parquet reader + numpy: take the row of the structure, ``np.unpackbits(bits)
-[:prod(bbox extent)].reshape(extent, order=bit_order)`` and place it at ``bbox`` in a zero grid of ``shape``.
+Decoding a packed mask with any parquet reader + numpy: take the row of the volume and structure
+(``mask.volume_name``, ``mask.structure``), ``np.unpackbits(bits)[:prod(bbox extent)].reshape(extent,
+order=bit_order)`` and place it at ``bbox`` in a zero grid of ``shape``.
 The build is atomic: it writes ``<out>.tmp-<pid>`` and renames it, so a failure (a full disk) leaves no partial
 release.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -33,10 +38,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..access.maskshards import ROWS_PER_GROUP, SHARD_BITS_BYTES, VOLUMES_PER_SHARD, write_mask_shards
 from ..errors import BuildError, RadGenomeError
 from ..hf.schema import CONFIG_NAMES
 
-PATH_COLUMNS = {"volume": ("path",), "mask": ("path",), "masks": ("region", "anatomy")}
+PATH_COLUMNS = {"volume": ("path",)}
+MASK_COLUMNS = {"mask": ("path",), "masks": ("region", "anatomy")}
+
+
+@dataclass(frozen=True)
+class MaskSharding:
+    """How the packed masks are cut into shards (see :mod:`radgenome_hf.access.maskshards`)."""
+
+    volumes_per_shard: int = VOLUMES_PER_SHARD
+    max_shard_bytes: int = SHARD_BITS_BYTES
+    rows_per_group: int = ROWS_PER_GROUP
 
 
 @dataclass
@@ -134,12 +150,70 @@ def _write_shards(table: pa.Table, folder: Path, split: str, size: int, n: int) 
     return f"{split}-{digest}-*.parquet"
 
 
+def _mask_refs(table: pa.Table) -> list[tuple[str, str, str]]:
+    """(kind, volume name, per-volume packed-mask file) of every mask reference of a config's rows."""
+    out = []
+    if "volume_name" not in table.column_names:
+        return out
+    volumes = table.column("volume_name").to_pylist()
+    if "mask" in table.column_names:
+        for v, m in zip(volumes, table.column("mask").to_pylist()):
+            if m and m.get("path"):
+                out.append((m["source"], v, m["path"]))
+    if "masks" in table.column_names:
+        for v, m in zip(volumes, table.column("masks").to_pylist()):
+            out += [(kind, v, m[kind]) for kind in MASK_COLUMNS["masks"] if m and m.get(kind)]
+    return out
+
+
+def _write_masks(out: Path, tables: dict[str, dict[str, pa.Table]], sharding: MaskSharding,
+                 progress: bool) -> dict[tuple[str, str], str]:
+    """Write every referenced volume's packed masks into shards per (split, kind); returns
+    ``{(split, per-volume file): shard path relative to the release}``."""
+    from ..access.lazymasks import open_packed_masks
+
+    wanted: dict[tuple[str, str], dict[str, str]] = {}
+    for splits in tables.values():
+        for split, table in splits.items():
+            for kind, volume, path in _mask_refs(table):
+                seen = wanted.setdefault((split, kind), {}).setdefault(volume, path)
+                if seen != path:
+                    raise BuildError(f"{split} {kind} masks of {volume} come from two files ({seen} and {path}); "
+                                     "rebuild the mask cache (delete it) and build again")
+    placed: dict[tuple[str, str], str] = {}
+    for (split, kind), files in sorted(wanted.items()):
+        name = f"{split}_{kind}"
+        shard_of = write_mask_shards(files, lambda v: open_packed_masks(files[v]), out / "masks" / name, name,
+                                     volumes_per_shard=sharding.volumes_per_shard,
+                                     max_shard_bytes=sharding.max_shard_bytes,
+                                     rows_per_group=sharding.rows_per_group, progress=progress)
+        placed.update(((split, files[v]), f"masks/{name}/{f}") for v, f in shard_of.items())
+    return placed
+
+
+def _rewrite_masks(table: pa.Table, split: str, placed: dict[tuple[str, str], str]) -> pa.Table:
+    """Point the rows' mask references at the shards: the shard's relative path plus the row's volume name."""
+    for col, fields in MASK_COLUMNS.items():
+        if col not in table.column_names:
+            continue
+        arr = table.column(col).combine_chunks()
+        children = {f.name: arr.field(f.name) for f in arr.type}
+        for f in fields:
+            children[f] = pa.array([None if p is None else placed[(split, p)] for p in children[f].to_pylist()],
+                                   pa.string())
+        has_ref = functools.reduce(pc.or_kleene, [pc.is_valid(children[f]) for f in fields])
+        children["volume_name"] = pc.if_else(has_ref, table.column("volume_name").combine_chunks(), None)
+        new = pa.StructArray.from_arrays(list(children.values()), names=list(children), mask=pc.is_null(arr))
+        table = table.set_column(table.column_names.index(col), col, new)
+    return table
+
+
 def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
     for col, fields in PATH_COLUMNS.items():
         if col not in table.column_names:
             continue
         arr = table.column(col).combine_chunks()
-        kind = "volume" if col == "volume" else "mask"
+        kind = "volume"
         children = {f.name: arr.field(f.name) for f in arr.type}
         for f in fields:
             values = children[f].to_pylist()
@@ -261,8 +335,11 @@ def build_release(
     repo_id: str = "<org>/radgenome-chestct",
     progress: bool = False,
     overwrite: bool = False,
+    mask_sharding: MaskSharding = MaskSharding(),
 ) -> BuildReport:
-    """Build the packed release of an upstream-layout folder ``source`` into ``out`` (atomically)."""
+    """Build the packed release of an upstream-layout folder ``source`` into ``out`` (atomically).
+
+    ``mask_sharding`` sets how the packed masks are cut into shards (the defaults suit the real release)."""
     import datasets
 
     from ..hf.loading import register
@@ -283,6 +360,7 @@ def build_release(
     report = BuildReport(out)
     tables: dict[str, dict[str, pa.Table]] = {}
     loaded: dict = {}
+    descriptions: dict[str, str] = {}
     specs = []
     try:
         for config in configs:
@@ -298,12 +376,15 @@ def build_release(
                 continue
             dd = builder.as_dataset()
             loaded[config] = dd
-            tables[config] = {}
+            descriptions[config] = builder.info.description or ""
+            # native types only: drop datasets' feature metadata (it names this package's feature types)
+            tables[config] = {split: ds.data.table.replace_schema_metadata(None) for split, ds in dd.items()}
+        placed = _write_masks(tmp, tables, mask_sharding, progress)
+        for config, splits in tables.items():
             patterns = {}
-            for split, ds in dd.items():
-                # native types only: drop datasets' feature metadata (it names this package's feature types)
-                table = _rewrite(ds.data.table, placer).replace_schema_metadata(None)
-                tables[config][split] = table
+            for split, table in splits.items():
+                table = _rewrite(_rewrite_masks(table, split, placed), placer)
+                splits[split] = table
                 size = math.ceil(table.num_rows / _num_shards(table.num_rows, num_shards)) or 1
                 n = max(1, math.ceil(table.num_rows / size))
                 (tmp / config).mkdir(exist_ok=True)
@@ -312,7 +393,7 @@ def build_release(
                 name=config,
                 data_files={split: f"{config}/{pattern}" for split, pattern in patterns.items()},
                 default=(config == "vqa"),
-                description=builder.info.description or "",
+                description=descriptions[config],
             ))
         stats = _statistics(tables)
         figures = _figures(tmp, loaded, stats)
