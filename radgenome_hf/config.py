@@ -5,7 +5,7 @@ next call sees it.
 
 | variable | default | what |
 | --- | --- | --- |
-| ``RADGENOME_CACHE`` | ``~/.cache/radgenome_hf`` | root of the package's caches: prepared volumes, packed masks |
+| ``RADGENOME_CACHE`` | ``~/.cache/radgenome_hf`` | root of the package's caches: prepared volumes, packed masks, download plans |
 | ``RADGENOME_CACHE_MAX_BYTES`` | 200 GiB | size bound of the prepared-volume cache (decoded rows, preset outputs) |
 | ``RADGENOME_OPEN_VOLUMES_MAX_BYTES`` | 512 MiB | per-process bound of the decoded volumes kept in memory for later rows |
 | ``RADGENOME_MAX_VOLUME_BYTES`` | 16 GiB | largest decoded volume a header may ask for (larger = corrupt) |
@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "cache_root", "masks_cache_root", "prepared_cache_max_bytes", "open_volumes_max_bytes", "max_volume_bytes",
+    "cache_root", "masks_cache_root", "plans_cache_root", "prepared_cache_max_bytes", "open_volumes_max_bytes", "max_volume_bytes",
     "llm_settings", "dist_env", "ray_address", "generate_workers",
 ]
 
@@ -56,6 +56,11 @@ def cache_root() -> Path:
 def masks_cache_root() -> Path:
     """Where packed masks of upstream mask sources are kept: ``<cache_root>/masks``."""
     return cache_root() / "masks"
+
+
+def plans_cache_root() -> Path:
+    """Where subset download plans are kept (one small JSON per repo commit and subset): ``<cache_root>/plans``."""
+    return cache_root() / "plans"
 
 
 def prepared_cache_max_bytes() -> int:

@@ -32,6 +32,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -48,7 +49,7 @@ from ..io.ranged_parquet import RangedParquet
 from ..ontology import normalize_name
 from .masks import PackedMasks, masks_schema
 
-__all__ = ["ROWS_PER_GROUP", "SHARD_BITS_BYTES", "VOLUMES_PER_SHARD", "read_volume_masks", "write_mask_shards"]
+__all__ = ["MIN_SHARDS", "ROWS_PER_GROUP", "SHARD_BITS_BYTES", "VOLUMES_PER_SHARD", "read_volume_masks", "write_mask_shards"]
 
 #: structures of one volume per row group at most (the real release has ~200 anatomy structures per volume)
 ROWS_PER_GROUP = 32
@@ -57,6 +58,9 @@ ROWS_PER_GROUP = 32
 VOLUMES_PER_SHARD = 16
 #: packed bits per shard at most (volumes with unusually large masks close a shard early)
 SHARD_BITS_BYTES = 64 << 20
+#: a split of many volumes is cut into at least this many shards (never below one volume each): parallel
+#: downloads, and a small release's subsets and first reads stay small too
+MIN_SHARDS = 16
 
 
 def _shard_schema() -> pa.Schema:
@@ -84,7 +88,8 @@ def write_mask_shards(
 ) -> dict[str, str]:
     """Write the packed masks of ``volumes`` (``load(name)`` gives each one's :class:`PackedMasks`) into shards
     ``<folder>/<prefix>-<digest>-0000i-of-0000N.parquet`` laid out as the module says; returns ``{volume name:
-    shard file name}``. The digest follows the bytes written, so unchanged masks keep their names (a publish
+    shard file name}``. A shard holds at most ``volumes_per_shard`` volumes (fewer when that would make fewer than
+    :data:`MIN_SHARDS` shards) and closes early past ``max_shard_bytes`` of packed bits. The digest follows the bytes written, so unchanged masks keep their names (a publish
     uploads only what changed) and changed ones never reuse a name. Nothing is left under a final name on failure.
     """
     from tqdm.auto import tqdm
@@ -93,6 +98,7 @@ def write_mask_shards(
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(set(volumes))  # byte order, the order parquet statistics compare in
     schema = _shard_schema()
+    volumes_per_shard = max(1, min(volumes_per_shard, math.ceil(len(names) / MIN_SHARDS)))
     shards: list[list[str]] = []
     tmp: list[Path] = []
     writer: pq.ParquetWriter | None = None

@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple
 
 from ..errors import HubAccessError
 
-__all__ = ["CTRATE_REPO", "HfUrl", "cached_file", "fetch", "file_size", "file_sizes", "hf_url", "hub_error", "is_offline", "is_url",
+__all__ = ["CTRATE_REPO", "HfUrl", "cached_commit", "cached_file", "fetch", "file_size", "file_sizes", "hf_url", "hub_error", "is_offline", "is_url",
            "list_files", "local_path", "parse_hf_url", "read_range", "resolve_revision"]
 
 CTRATE_REPO = "ibrahimhamamci/CT-RATE"
@@ -105,11 +105,12 @@ def resolve_revision(repo_id: str, revision: str | None, token: Any = None, repo
     return sha
 
 
-def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
+def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None, *, tqdm_class: Any = None) -> str:
     """Download one file of an ``hf://`` URL into the Hugging Face cache (resumable) and return its local path.
 
     The revision is resolved to a commit once per process (:func:`resolve_revision`), and a file already fetched
     by this process, or in the cache at that commit, costs no request: rows of one volume ask the Hub nothing.
+    ``tqdm_class`` receives the transfer's progress (``huggingface_hub``'s hook).
     """
     with _lock:
         hit = _fetched.get(url)
@@ -121,7 +122,8 @@ def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
     token = (token_per_repo_id or {}).get(u.repo_id)
     try:
         revision = resolve_revision(u.repo_id, u.revision, token, u.repo_type)
-        path = hf_hub_download(u.repo_id, u.path, repo_type=u.repo_type, revision=revision, token=token)
+        path = hf_hub_download(u.repo_id, u.path, repo_type=u.repo_type, revision=revision, token=token,
+                               tqdm_class=tqdm_class)
     except Exception as exc:  # noqa: BLE001 - every failure gets a message that says what to do
         raise hub_error(exc, f"fetching {url}") from exc
     with _lock:
@@ -142,6 +144,15 @@ def cached_file(url: str) -> str | None:
     u = parse_hf_url(url)
     hit = try_to_load_from_cache(u.repo_id, u.path, revision=u.revision, repo_type=u.repo_type)
     return hit if isinstance(hit, str) else None
+
+
+def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit ``revision`` (``None``: the default branch) pointed at when the repo's ``README.md`` was last
+    fetched into the Hugging Face cache, or ``None``; never touches the network (what offline work pins to)."""
+    if revision is not None and _COMMIT.match(revision):
+        return revision
+    hit = cached_file(hf_url(repo_id, "README.md", revision))
+    return None if hit is None else os.path.basename(os.path.dirname(hit))  # <cache>/snapshots/<commit>/README.md
 
 
 def _fs_path(url: str) -> tuple[HfUrl, str]:
