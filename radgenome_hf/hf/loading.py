@@ -183,11 +183,12 @@ def load_packed(path_or_repo: str | os.PathLike, config: str = "vqa", *args: Any
 
 def _load_subset(repo: str, config: str, rf, revision: str | None, args: tuple, kwargs: dict):
     """(the row shards of a subset's plan loaded as parquet, the hf:// base of its commit); the rows are filtered
-    afterwards. Not streaming, the shards are fetched into the Hugging Face cache first (offline: found there)."""
+    afterwards. Shards already in the Hugging Face cache are read there (offline too); others are streamed from
+    the Hub, or fetched into the cache first when not streaming."""
     import datasets
 
     from ..errors import RadGenomeError
-    from ..io.hub import fetch, hf_url
+    from ..io.hub import cached_file, fetch
     from .subset import plan_download
 
     split = kwargs.get("split")
@@ -197,7 +198,7 @@ def _load_subset(repo: str, config: str, rf, revision: str | None, args: tuple, 
     if not splits:
         raise RadGenomeError(f"{repo}@{plan.revision[:12]} {config}: no rows match {rf.as_dict()}")
     streaming = kwargs.get("streaming", False)
-    data_files = {s: [u if streaming else fetch(u) for u in plan.urls("rows", s)] for s in splits}
+    data_files = {s: [cached_file(u) or (u if streaming else fetch(u)) for u in plan.urls("rows", s)] for s in splits}
     ds = datasets.load_dataset("parquet", *args, data_files=data_files, **kwargs)
     return ds, f"hf://datasets/{repo}@{plan.revision}"
 

@@ -208,12 +208,40 @@ class DownloadPlan:
         return cls(**d)
 
 
-def _plan_path(repo_id: str, commit: str, config: str, split: str | None, rf: RowFilter):
+def _plans(repo_id: str):
     from ..config import plans_cache_root
 
+    return plans_cache_root() / re.sub(r"[^A-Za-z0-9._-]", "_", repo_id)
+
+
+def _plan_path(repo_id: str, commit: str, config: str, split: str | None, rf: RowFilter):
     key = json.dumps([repo_id, commit, config, split, rf.as_dict()], sort_keys=True)
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", repo_id)
-    return plans_cache_root() / name / f"{commit}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    return _plans(repo_id) / f"{commit}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _ref_path(repo_id: str, revision: str | None):
+    return _plans(repo_id) / "refs" / hashlib.sha256((revision or "").encode()).hexdigest()[:16]
+
+
+def _commit(repo_id: str, revision: str | None) -> str:
+    """The commit a revision points at: asked of the Hub once per process and remembered beside the plans, so
+    that offline work pins to the commit the last online plan used."""
+    from ..io.atomic import write_text
+    from ..io.hub import is_offline, resolve_revision
+
+    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    ref = _ref_path(repo_id, revision)
+    if is_offline():
+        if not ref.is_file():
+            raise HubAccessError(f"{repo_id}@{revision or 'main'}: offline (HF_HUB_OFFLINE=1) and never planned "
+                                 "online: run `radgenome-hf download` online first")
+        return ref.read_text(encoding="utf-8").strip()
+    commit = resolve_revision(repo_id, revision)
+    if commit is None or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise HubAccessError(f"{repo_id}: could not resolve revision {revision or 'main'} to a commit")
+    write_text(ref, commit)
+    return commit
 
 
 def _card_data_files(card_path: str, config: str) -> dict[str, list[str]]:
@@ -235,20 +263,19 @@ def _card_data_files(card_path: str, config: str) -> dict[str, list[str]]:
     return out
 
 
-def _scan_shard(url: str, split: str, rf: RowFilter) -> tuple[int, set[str], set[str], set[str], int]:
-    """(matching rows, volume names, volume paths, mask paths, bytes read) of one row shard."""
+def _scan_shard(url: str, split: str, rf: RowFilter) -> tuple[int, set[str], set[str], set[str]]:
+    """(matching rows, volume names, volume paths, mask paths) of one row shard."""
     import pyarrow.compute as pc
 
     from ..io.ranged_parquet import RangedParquet
 
     f = RangedParquet.open(url)
-    before = f.bytes_read
     names = f.metadata.schema.to_arrow_schema().names
     groups = set(range(f.num_row_groups))
     for column, values in rf.prune(split).items():
         groups &= set(f.row_groups(column, values))
     if not groups:
-        return 0, set(), set(), set(), f.bytes_read - before
+        return 0, set(), set(), set()
     columns = list(dict.fromkeys(["volume_name", *rf.columns(names), *(c for c in _REFERENCES if c in names)]))
     table = f.read(sorted(groups), columns)
     table = table.filter(rf.mask(table, split))
@@ -260,7 +287,7 @@ def _scan_shard(url: str, split: str, rf: RowFilter) -> tuple[int, set[str], set
     if "masks" in names:
         for kind in ("region", "anatomy"):
             masks |= {p for p in pc.struct_field(table["masks"], kind).to_pylist() if p}
-    return table.num_rows, set(table["volume_name"].to_pylist()), volumes, masks, f.bytes_read - before
+    return table.num_rows, set(table["volume_name"].to_pylist()), volumes, masks
 
 
 def plan_download(
@@ -279,23 +306,20 @@ def plan_download(
     ``split=None`` plans every split of the config; the filters are those of :class:`RowFilter`. The plan is
     saved per commit and subset; offline (``HF_HUB_OFFLINE=1``) the saved plan is the answer.
     """
-    from ..io.hub import cached_commit, fetch, file_sizes, hf_url, is_offline, list_files, resolve_revision
+    from ..io.hub import fetch, file_sizes, hf_url, is_offline, list_files
 
     rf = RowFilter.make(volumes, patients, anatomy, question_types)
-    commit = cached_commit(repo_id, revision) if is_offline() else resolve_revision(repo_id, revision)
-    if commit is None or not re.fullmatch(r"[0-9a-f]{40}", commit):
-        if is_offline():
-            raise HubAccessError(f"{repo_id}: offline (HF_HUB_OFFLINE=1) and nothing of it in the Hugging Face cache; "
-                                 "run `radgenome-hf download` online first")
-        raise HubAccessError(f"{repo_id}: could not resolve revision {revision or 'main'} to a commit")
+    commit = _commit(repo_id, revision)
     saved = _plan_path(repo_id, commit, config, split, rf)
     if saved.is_file():
         return DownloadPlan.from_json(saved.read_text(encoding="utf-8"))
     if is_offline():
         raise HubAccessError(f"{repo_id}@{commit[:12]}: offline and no saved plan for {config} {split or 'all splits'} "
                              f"{rf.as_dict() or ''}: run `radgenome-hf download` with these arguments online first")
+    from ..io.ranged_parquet import total_bytes_read
+
     card = fetch(hf_url(repo_id, "README.md", commit))
-    planning = os.path.getsize(card)
+    planning = os.path.getsize(card) - total_bytes_read()
     patterns = _card_data_files(card, config)
     splits = [split] if split is not None else sorted(patterns)
     if split is not None and split not in patterns:
@@ -313,7 +337,7 @@ def plan_download(
     names = sorted(set().union(*(scan[1] for scan in scans)))
     vol_paths = sorted(set().union(*(scan[2] for scan in scans)))
     mask_paths = sorted(set().union(*(scan[3] for scan in scans)))
-    planning += sum(scan[4] for scan in scans)
+    planning += total_bytes_read()
     sizes = file_sizes(repo_id, commit, vol_paths + mask_paths) if vol_paths or mask_paths else {}
     missing = [p for p in vol_paths + mask_paths if p not in sizes]
     for p in vol_paths:

@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple
 
 from ..errors import HubAccessError
 
-__all__ = ["CTRATE_REPO", "HfUrl", "cached_commit", "cached_file", "fetch", "file_size", "file_sizes", "hf_url", "hub_error", "is_offline", "is_url",
+__all__ = ["CTRATE_REPO", "HfUrl", "cached_file", "fetch", "file_size", "file_sizes", "hf_url", "hub_error", "is_offline", "is_url",
            "list_files", "local_path", "parse_hf_url", "read_range", "resolve_revision"]
 
 CTRATE_REPO = "ibrahimhamamci/CT-RATE"
@@ -144,15 +144,6 @@ def cached_file(url: str) -> str | None:
     u = parse_hf_url(url)
     hit = try_to_load_from_cache(u.repo_id, u.path, revision=u.revision, repo_type=u.repo_type)
     return hit if isinstance(hit, str) else None
-
-
-def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
-    """The commit ``revision`` (``None``: the default branch) pointed at when the repo's ``README.md`` was last
-    fetched into the Hugging Face cache, or ``None``; never touches the network (what offline work pins to)."""
-    if revision is not None and _COMMIT.match(revision):
-        return revision
-    hit = cached_file(hf_url(repo_id, "README.md", revision))
-    return None if hit is None else os.path.basename(os.path.dirname(hit))  # <cache>/snapshots/<commit>/README.md
 
 
 def _fs_path(url: str) -> tuple[HfUrl, str]:

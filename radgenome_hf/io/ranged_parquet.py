@@ -30,12 +30,13 @@ from fsspec.spec import AbstractBufferedFile
 
 from ..errors import MalformedFileError
 
-__all__ = ["RangedParquet"]
+__all__ = ["RangedParquet", "total_bytes_read"]
 
 _MAGIC = b"PAR1"
 _CACHE: "OrderedDict[Any, RangedParquet]" = OrderedDict()
 _CACHE_SIZE = 256  # footers kept per process (a shard footer is a few KB to a few hundred KB)
 _LOCK = threading.Lock()
+_READ = [0]  # bytes read by every RangedParquet of this process (see total_bytes_read)
 #: neighbouring column chunks closer than this are fetched in one request (a gap costs less than a round trip)
 MERGE_GAP = 8 << 10
 
@@ -83,7 +84,9 @@ class RangedParquet:
 
     def _get(self, start: int, end: int) -> bytes:
         data = self._read(start, end)
-        self.bytes_read += len(data)
+        with _LOCK:
+            self.bytes_read += len(data)
+            _READ[0] += len(data)
         if len(data) != end - start:
             raise MalformedFileError(self.source, f"asked for bytes {start}-{end}, got {len(data)} bytes; the file "
                                                   "is truncated or changed while being read")
@@ -168,6 +171,11 @@ class RangedParquet:
     def __repr__(self) -> str:
         return (f"RangedParquet({self.source!r}, size={self.size}, row_groups={self.num_row_groups}, "
                 f"bytes_read={self.bytes_read})")
+
+
+def total_bytes_read() -> int:
+    """Bytes every :class:`RangedParquet` of this process has read so far (footers included)."""
+    return _READ[0]
 
 
 def _pread(path: str, start: int, end: int) -> bytes:

@@ -214,7 +214,7 @@ class HubServer:
             self._blob_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.requests: list[RequestRecord] = []
-        self._failures: list[list[Any]] = []  # [kind, status, remaining]
+        self._failures: list[list[Any]] = []  # [kind, status, remaining, path part or None]
         self._cuts: list[list[Any]] = []  # [path part, bytes sent before the connection drops, remaining]
         self._holds: list[_Hold] = []
         self._httpd: ThreadingHTTPServer | None = None
@@ -267,11 +267,12 @@ class HubServer:
         with self._lock:
             self._repo(repo_type, repo_id).granted.add(user)
 
-    def fail_next(self, kind: str, status: int = 500, times: int = 1) -> None:
+    def fail_next(self, kind: str, status: int = 500, times: int = 1, path_contains: str | None = None) -> None:
         """Make the next ``times`` requests of ``kind`` (e.g. ``"commit"``; ``"resolve_get"`` for file GETs only,
-        ``"resolve"`` for their HEADs too) fail with ``status``."""
+        ``"resolve"`` for their HEADs too), of a path containing ``path_contains`` when given, fail with
+        ``status``."""
         with self._lock:
-            self._failures.append([kind, status, times])
+            self._failures.append([kind, status, times, path_contains])
 
     def cut_next(self, path_contains: str, after_bytes: int, times: int = 1) -> None:
         """Make the next ``times`` file GETs (``/resolve/``) of a path containing ``path_contains`` send their
@@ -513,7 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
             hold._released.wait(timeout=60)
         with self.hub._lock:
             for f in self.hub._failures:
-                if f[0] in kinds and f[2] > 0:
+                if f[0] in kinds and f[2] > 0 and (f[3] is None or f[3] in unquote(self.path)):
                     f[2] -= 1
                     raise _HttpError(f[1], f"injected failure of {f[0]}")
 
