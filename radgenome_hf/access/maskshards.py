@@ -4,8 +4,9 @@ The packed release keeps every volume's packed masks (the rows of :func:`~radgen
 in shard files per split and kind, ``masks/<split>_<kind>/<split>_<kind>-<digest>-0000i-of-0000N.parquet``:
 
 * rows sorted by ``(volume_name, structure)``; a shard holds whole volumes, a contiguous range of them;
-* a row group holds one volume's structures, at most :data:`ROWS_PER_GROUP` of them, so reading one structure
-  reads one small row group;
+* a row group holds structures of one volume, about :data:`ROW_GROUP_BYTES` of them and at most
+  :data:`ROWS_PER_GROUP`, so reading one structure reads one small row group (the footer, which every first
+  read fetches, grows with the number of row groups: these bounds balance the two);
 * min/max statistics only on ``volume_name`` and ``structure`` (never on ``bits``: parquet writes up to 4 KB of
   binary min/max per row group, which would bloat the footer every reader fetches first);
 * zstd, no dictionary (the bits are unique; zstd takes the repeats of the short columns), page checksums.
@@ -49,15 +50,18 @@ from ..io.ranged_parquet import RangedParquet
 from ..ontology import normalize_name
 from .masks import PackedMasks, masks_schema
 
-__all__ = ["MIN_SHARDS", "ROWS_PER_GROUP", "SHARD_BITS_BYTES", "VOLUMES_PER_SHARD", "read_volume_masks", "write_mask_shards"]
+__all__ = ["MIN_SHARDS", "ROW_GROUP_BYTES", "ROWS_PER_GROUP", "SHARD_BYTES", "VOLUMES_PER_SHARD", "read_volume_masks",
+           "write_mask_shards"]
 
-#: structures of one volume per row group at most (the real release has ~200 anatomy structures per volume)
+#: compressed bytes per row group, about (a 512x512x300 phantom's structures are ~16 KB each: ~8 per row group)
+ROW_GROUP_BYTES = 128 << 10
+#: structures per row group at most (small masks: the row group's metadata in the footer stays a small part)
 ROWS_PER_GROUP = 32
 #: volumes per shard at most: a subset download fetches whole shards, so this bounds what it fetches beyond its
-#: volumes; the real train anatomy masks (25,692 volumes) make ~1,600 files of ~16 MB
+#: volumes; the real train anatomy masks (25,692 volumes) make ~1,600 files
 VOLUMES_PER_SHARD = 16
-#: packed bits per shard at most (volumes with unusually large masks close a shard early)
-SHARD_BITS_BYTES = 64 << 20
+#: compressed bytes per shard, about, at most (volumes with unusually large masks close a shard early)
+SHARD_BYTES = 64 << 20
 #: a split of many volumes is cut into at least this many shards (never below one volume each): parallel
 #: downloads, and a small release's subsets and first reads stay small too
 MIN_SHARDS = 16
@@ -75,6 +79,15 @@ def _writer(path: Path) -> pq.ParquetWriter:
                             write_statistics=["volume_name", "structure"], write_page_checksum=True)
 
 
+def _compressed_sizes(bits: list[bytes | None]) -> list[float]:
+    """Each structure's bits' share of the volume's bits compressed with zstd (what a row group will hold, about)."""
+    raw = [len(b or b"") for b in bits]
+    if not sum(raw):
+        return [0.0] * len(raw)
+    packed = pa.compress(pa.py_buffer(b"".join(b or b"" for b in bits)), codec="zstd", asbytes=False).size
+    return [r * packed / sum(raw) for r in raw]
+
+
 def write_mask_shards(
     volumes: Iterable[str],
     load: Callable[[str], PackedMasks],
@@ -82,15 +95,21 @@ def write_mask_shards(
     prefix: str,
     *,
     volumes_per_shard: int = VOLUMES_PER_SHARD,
-    max_shard_bytes: int = SHARD_BITS_BYTES,
+    max_shard_bytes: int = SHARD_BYTES,
     rows_per_group: int = ROWS_PER_GROUP,
+    row_group_bytes: int = ROW_GROUP_BYTES,
+    min_shards: int = MIN_SHARDS,
     progress: bool = False,
 ) -> dict[str, str]:
     """Write the packed masks of ``volumes`` (``load(name)`` gives each one's :class:`PackedMasks`) into shards
     ``<folder>/<prefix>-<digest>-0000i-of-0000N.parquet`` laid out as the module says; returns ``{volume name:
-    shard file name}``. A shard holds at most ``volumes_per_shard`` volumes (fewer when that would make fewer than
-    :data:`MIN_SHARDS` shards) and closes early past ``max_shard_bytes`` of packed bits. The digest follows the bytes written, so unchanged masks keep their names (a publish
-    uploads only what changed) and changed ones never reuse a name. Nothing is left under a final name on failure.
+    shard file name}``.
+
+    A shard holds at most ``volumes_per_shard`` volumes (fewer when that would make fewer than ``min_shards``
+    shards) and closes early past about ``max_shard_bytes``; a row group closes at ``rows_per_group`` structures or
+    about ``row_group_bytes`` (sizes estimated from each volume's bits compressed with zstd). The digest follows the
+    bytes written, so unchanged masks keep their names (a publish uploads only what changed) and changed ones
+    never reuse a name. Nothing is left under a final name on failure.
     """
     from tqdm.auto import tqdm
 
@@ -98,26 +117,33 @@ def write_mask_shards(
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(set(volumes))  # byte order, the order parquet statistics compare in
     schema = _shard_schema()
-    volumes_per_shard = max(1, min(volumes_per_shard, math.ceil(len(names) / MIN_SHARDS)))
+    volumes_per_shard = max(1, min(volumes_per_shard, math.ceil(len(names) / max(1, min_shards))))
     shards: list[list[str]] = []
     tmp: list[Path] = []
     writer: pq.ParquetWriter | None = None
-    bits = 0
+    in_shard = 0.0
     try:
         for name in tqdm(names, desc=f"masks {prefix}", unit="volume", disable=not progress):
             table = load(name).to_arrow(name).cast(schema).sort_by("structure")
-            size = sum(len(b) for b in table.column("bits").to_pylist() if b)
-            if writer is None or len(shards[-1]) >= volumes_per_shard or (bits and bits + size > max_shard_bytes):
+            sizes = _compressed_sizes(table.column("bits").to_pylist())
+            if writer is None or len(shards[-1]) >= volumes_per_shard or (
+                    in_shard and in_shard + sum(sizes) > max_shard_bytes):
                 if writer is not None:
                     writer.close()
                 tmp.append(folder / f".{prefix}-{len(tmp):05d}.parquet.tmp")
                 writer = _writer(tmp[-1])
                 shards.append([])
-                bits = 0
-            for start in range(0, table.num_rows, rows_per_group):
-                writer.write_table(table.slice(start, rows_per_group))
+                in_shard = 0.0
+            start, acc = 0, 0.0
+            for i, size in enumerate(sizes):
+                if i > start and (i - start >= rows_per_group or acc + size > row_group_bytes):
+                    writer.write_table(table.slice(start, i - start))
+                    start, acc = i, 0.0
+                acc += size
+            if table.num_rows > start:
+                writer.write_table(table.slice(start))
             shards[-1].append(name)
-            bits += size
+            in_shard += sum(sizes)
         if writer is not None:
             writer.close()
             writer = None

@@ -11,10 +11,10 @@ HfUrl(repo_id='org/repo', revision='v1.0', path='dataset/train/a.nii.gz', repo_t
 >>> hf_url("org/repo", "masks/a.parquet", "0123456789abcdef0123456789abcdef01234567")
 'hf://datasets/org/repo@0123456789abcdef0123456789abcdef01234567/masks/a.parquet'
 
-Besides whole-file fetches, :func:`read_range` reads a byte range of a Hub file (one HTTP ``Range`` GET through
-``HfFileSystem``, on the commit the revision resolves to), :func:`cached_file` finds a file already in the Hugging
-Face cache without the network, and :func:`list_files` / :func:`file_sizes` size files from the Hub's tree and
-paths-info without downloading them.
+Besides whole-file fetches, :func:`read_range` reads a byte range of a Hub file (one HTTP ``Range`` GET on the
+commit the revision resolves to), :func:`cached_file` finds a file already in the Hugging Face cache without the
+network, and :func:`list_files` / :func:`file_sizes` size files from the Hub's tree and paths-info without
+downloading them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple
 
 from ..errors import HubAccessError
 
-__all__ = ["CTRATE_REPO", "HfUrl", "cached_file", "fetch", "file_size", "file_sizes", "hf_url", "hub_error", "is_offline", "is_url",
+__all__ = ["CTRATE_REPO", "HfUrl", "cached_file", "fetch", "file_sizes", "hf_url", "hub_error", "is_offline", "is_url",
            "list_files", "local_path", "parse_hf_url", "read_range", "resolve_revision"]
 
 CTRATE_REPO = "ibrahimhamamci/CT-RATE"
@@ -146,42 +146,33 @@ def cached_file(url: str) -> str | None:
     return hit if isinstance(hit, str) else None
 
 
-def _fs_path(url: str) -> tuple[HfUrl, str]:
-    """(parts, the ``HfFileSystem`` path on the commit the URL's revision resolves to)."""
-    u = parse_hf_url(url)
-    rev = resolve_revision(u.repo_id, u.revision, repo_type=u.repo_type) or "main"
-    return u, f"{u.repo_type}s/{u.repo_id}@{rev}/{u.path}"
-
-
-def read_range(url: str, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of an ``hf://`` file: one HTTP ``Range`` GET (``HfFileSystem``, no read-ahead), on the
-    commit its revision resolves to. The file's size comes from one tree listing of its folder per process.
+def read_range(url: str, start: int, end: int | None = None) -> tuple[bytes, int]:
+    """(bytes ``[start, end)`` of an ``hf://`` file, the file's size): one HTTP ``Range`` GET on the commit the
+    URL's revision resolves to, the request ``huggingface_hub``'s ``HfFileSystem`` files make, without their
+    repo-info and listing calls. ``start < 0`` reads the last ``-start`` bytes (the size comes with them).
 
     Offline there is no network to read from: the error says to download the files first.
     """
     if is_offline():
         raise HubAccessError(f"reading {url}: the file is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
                              "download it first (`radgenome-hf download REPO …`), or unset HF_HUB_OFFLINE")
-    from huggingface_hub import HfFileSystem
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
 
-    _, path = _fs_path(url)
+    u = parse_hf_url(url)
+    rng = f"bytes={start}" if start < 0 else f"bytes={start}-{'' if end is None else end - 1}"
     try:
-        with HfFileSystem().open(path, "rb", cache_type="none") as f:  # one instance per thread (fsspec caches it)
-            f.seek(start)
-            return f.read(end - start)
+        rev = resolve_revision(u.repo_id, u.revision, repo_type=u.repo_type)
+        r = http_backoff("GET", hf_hub_url(u.repo_id, u.path, repo_type=u.repo_type, revision=rev),
+                         headers={**build_hf_headers(), "Range": rng}, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT)
+        hf_raise_for_status(r)
     except Exception as exc:  # noqa: BLE001 - every failure gets a message that says what to do
-        raise hub_error(exc, f"reading bytes {start}-{end} of {url}") from exc
-
-
-def file_size(url: str) -> int:
-    """The size of an ``hf://`` file (from the cached tree listing of its folder)."""
-    from huggingface_hub import HfFileSystem
-
-    _, path = _fs_path(url)
-    try:
-        return int(HfFileSystem().info(path)["size"])
-    except Exception as exc:  # noqa: BLE001
-        raise hub_error(exc, f"sizing {url}") from exc
+        raise hub_error(exc, f"reading {rng} of {url}") from exc
+    total = r.headers.get("Content-Range", "").rpartition("/")[2]
+    if r.status_code != 206 or not total.isdigit():
+        raise HubAccessError(f"reading {rng} of {url}: the server did not answer with a byte range "
+                             f"(HTTP {r.status_code}); a Hub mirror without Range support cannot serve partial reads")
+    return r.content, int(total)
 
 
 def list_files(repo_id: str, revision: str, folder: str, *, recursive: bool = True) -> dict[str, int]:

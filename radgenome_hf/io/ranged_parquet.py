@@ -1,7 +1,8 @@
 """Parquet files read by byte ranges: the footer once, then only the column chunks of the row groups asked for.
 
-A remote parquet file (an ``hf://`` URL) is never fetched whole: :class:`RangedParquet` reads its 8-byte tail and
-its footer (two ``Range`` GETs through :func:`radgenome_hf.io.hub.read_range`, once per process and file), picks row
+A remote parquet file (an ``hf://`` URL) is never fetched whole: :class:`RangedParquet` reads its 8-byte tail (which
+also tells the file's size) and its footer (two ``Range`` GETs, :func:`radgenome_hf.io.hub.read_range`, once per
+process and file), picks row
 groups by their min/max statistics, and fetches just the byte spans of the wanted column chunks (neighbouring
 chunks merged into one request). pyarrow then decodes those bytes with the cached footer, page checksums
 verified. A local file is read the same way with ``pread`` (no whole-file parse per lookup).
@@ -45,19 +46,20 @@ class RangedParquet:
     """One parquet file (local path or ``hf://`` URL) whose footer is parsed once and whose row groups are read by
     byte ranges. Build with :meth:`open` (cached per process: per pinned URL, or per local file's identity)."""
 
-    def __init__(self, source: str, size: int, read: Callable[[int, int], bytes], key: Any = None) -> None:
+    def __init__(self, source: str, size: int, read: Callable[[int, int], bytes], key: Any = None,
+                 tail: bytes | None = None) -> None:
         self.source, self.size, self._read = source, size, read
         #: what identifies this file's bytes (a pinned URL, or a local file's size, mtime and inode)
         self.key = key if key is not None else (source, size)
         self.bytes_read = 0
-        self.metadata = self._footer()
+        self.metadata = self._footer(tail)
 
     @classmethod
     def open(cls, source: str | os.PathLike) -> "RangedParquet":
         """The file at ``source``, its footer read once per process (a local file changed in place is read anew)."""
         source = os.fspath(source)
         if source.startswith("hf://"):
-            from .hub import file_size, parse_hf_url, read_range, resolve_revision
+            from .hub import parse_hf_url, read_range, resolve_revision
 
             u = parse_hf_url(source)
             key: Any = (u.repo_id, resolve_revision(u.repo_id, u.revision), u.path)
@@ -73,7 +75,9 @@ class RangedParquet:
                 _CACHE.move_to_end(key)
                 return hit
         if source.startswith("hf://"):
-            out = cls(source, file_size(source), lambda a, b: read_range(source, a, b), key)
+            tail, size = read_range(source, -8)
+            _count(len(tail))
+            out = cls(source, size, lambda a, b: read_range(source, a, b)[0], key, tail)
         else:
             out = cls(source, key[1], lambda a, b: _pread(source, a, b), key)
         with _LOCK:
@@ -84,18 +88,20 @@ class RangedParquet:
 
     def _get(self, start: int, end: int) -> bytes:
         data = self._read(start, end)
-        with _LOCK:
-            self.bytes_read += len(data)
-            _READ[0] += len(data)
+        self.bytes_read += len(data)
+        _count(len(data))
         if len(data) != end - start:
             raise MalformedFileError(self.source, f"asked for bytes {start}-{end}, got {len(data)} bytes; the file "
                                                   "is truncated or changed while being read")
         return data
 
-    def _footer(self) -> pq.FileMetaData:
+    def _footer(self, tail: bytes | None) -> pq.FileMetaData:
         if self.size < 12:
             raise MalformedFileError(self.source, f"{self.size} bytes is too small for a parquet file")
-        tail = self._get(self.size - 8, self.size)
+        if tail is None:
+            tail = self._get(self.size - 8, self.size)
+        else:
+            self.bytes_read += len(tail)
         n = int.from_bytes(tail[:4], "little")
         if tail[4:] != _MAGIC or n + 12 > self.size:
             raise MalformedFileError(self.source, "not a parquet file (no footer); download or build it again")
@@ -171,6 +177,11 @@ class RangedParquet:
     def __repr__(self) -> str:
         return (f"RangedParquet({self.source!r}, size={self.size}, row_groups={self.num_row_groups}, "
                 f"bytes_read={self.bytes_read})")
+
+
+def _count(n: int) -> None:
+    with _LOCK:
+        _READ[0] += n
 
 
 def total_bytes_read() -> int:

@@ -24,6 +24,7 @@ release.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -38,7 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..access.maskshards import ROWS_PER_GROUP, SHARD_BITS_BYTES, VOLUMES_PER_SHARD, write_mask_shards
+from ..access.maskshards import (MIN_SHARDS, ROW_GROUP_BYTES, ROWS_PER_GROUP, SHARD_BYTES, VOLUMES_PER_SHARD,
+                                 write_mask_shards)
 from ..errors import BuildError, RadGenomeError
 from ..hf.schema import CONFIG_NAMES
 
@@ -51,8 +53,10 @@ class MaskSharding:
     """How the packed masks are cut into shards (see :mod:`radgenome_hf.access.maskshards`)."""
 
     volumes_per_shard: int = VOLUMES_PER_SHARD
-    max_shard_bytes: int = SHARD_BITS_BYTES
+    max_shard_bytes: int = SHARD_BYTES
     rows_per_group: int = ROWS_PER_GROUP
+    row_group_bytes: int = ROW_GROUP_BYTES
+    min_shards: int = MIN_SHARDS
 
 
 @dataclass
@@ -184,9 +188,7 @@ def _write_masks(out: Path, tables: dict[str, dict[str, pa.Table]], sharding: Ma
     for (split, kind), files in sorted(wanted.items()):
         name = f"{split}_{kind}"
         shard_of = write_mask_shards(files, lambda v: open_packed_masks(files[v]), out / "masks" / name, name,
-                                     volumes_per_shard=sharding.volumes_per_shard,
-                                     max_shard_bytes=sharding.max_shard_bytes,
-                                     rows_per_group=sharding.rows_per_group, progress=progress)
+                                     progress=progress, **dataclasses.asdict(sharding))
         placed.update(((split, files[v]), f"masks/{name}/{f}") for v, f in shard_of.items())
     return placed
 
