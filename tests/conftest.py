@@ -40,3 +40,17 @@ def packed_release_100(tmp_path_factory: pytest.TempPathFactory):
                                                            mask_layout="folders"), progress=False)
     report = build_release(rel.root, root / "packed", configs=("vqa", "segmentation"))
     return rel, report.folder
+
+
+@pytest.fixture(scope="session")
+def hub_100(packed_release_100):
+    """A local Hub server holding ``packed_release_100`` as ``radgenome-test/packed100`` (published once)."""
+    from radgenome_hf.publish.hub import publish_release
+    from radgenome_hf.testing.hub_server import HubServer
+
+    _, packed = packed_release_100
+    with HubServer() as server:
+        with server.patch_client():
+            publish_release(packed, "radgenome-test/packed100", endpoint=server.endpoint, token=server.token,
+                            verify=False)
+        yield server

@@ -16,9 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from radgenome_hf.testing.hub_server import HubServer
 
-REPO = "radgenome-test/packed100"
+REPO = "radgenome-test/packed100"  # conftest.hub_100 publishes packed_release_100 there
 
 
 def _source_mask(rel, volume: str, kind: str, structure: str) -> np.ndarray:
@@ -34,15 +33,10 @@ def _source_mask(rel, volume: str, kind: str, structure: str) -> np.ndarray:
     return np.asarray(nib.load(hit[0]).dataobj) != 0
 
 
-@pytest.fixture(scope="module")
-def hub(packed_release_100):
-    from radgenome_hf.publish.hub import publish_release
-
-    _, packed = packed_release_100
-    with HubServer() as server:
-        with server.patch_client():
-            publish_release(packed, REPO, endpoint=server.endpoint, token=server.token, verify=False)
-        yield server
+@pytest.fixture
+def hub(hub_100):
+    hub_100.reset_log()
+    return hub_100
 
 
 FIRST_STRUCTURE = r"""

@@ -16,18 +16,13 @@ import pytest
 
 from radgenome_hf.testing.hub_server import HubServer
 
-REPO = "radgenome-test/subset100"
+REPO = "radgenome-test/packed100"  # conftest.hub_100 publishes packed_release_100 there
 
 
-@pytest.fixture(scope="module")
-def hub(packed_release_100):
-    from radgenome_hf.publish.hub import publish_release
-
-    _, packed = packed_release_100
-    with HubServer() as server:
-        with server.patch_client():
-            publish_release(packed, REPO, endpoint=server.endpoint, token=server.token, verify=False)
-        yield server
+@pytest.fixture
+def hub(hub_100):
+    hub_100.reset_log()
+    return hub_100
 
 
 def _env(hub, home, **extra: str) -> dict[str, str]:

@@ -372,21 +372,18 @@ def download(
     repo_id: str,
     config: str = "vqa",
     *,
-    split: str | None = None,
-    revision: str | None = None,
-    volumes: Any = None,
-    patients: Any = None,
-    anatomy: Any = None,
-    question_types: Any = None,
     dry_run: bool = False,
     progress: bool = True,
     plan: DownloadPlan | None = None,
+    **subset: Any,
 ) -> DownloadReport:
-    """Fetch exactly the files of a subset (see :func:`plan_download`) into the Hugging Face cache.
+    """Fetch exactly the files of a subset into the Hugging Face cache: ``subset`` is :func:`plan_download`'s
+    keywords (``split``, ``revision``, ``volumes``, ``patients``, ``anatomy``, ``question_types``), or pass the
+    ``plan`` it made.
 
-    Files already cached are skipped; a dropped connection resumes by ``Range``; the bar counts bytes with an
-    ETA. ``dry_run=True`` plans and moves nothing else. Afterwards ``load_packed(repo_id, config, volumes=…)``
-    with the same subset works offline. Example::
+    Files already cached are skipped; a dropped connection resumes by ``Range`` (from huggingface_hub's last
+    whole 10 MiB chunk); the bar counts bytes with an ETA. ``dry_run=True`` plans and moves nothing else.
+    Afterwards ``load_packed(repo_id, config, volumes=…)`` with the same subset works offline. Example::
 
         radgenome_hf.download("org/radgenome-chestct", "vqa", split="train", volumes=["train_1_a_1"])
     """
@@ -395,8 +392,7 @@ def download(
     from ..io.hub import cached_file, fetch, hf_url
 
     if plan is None:
-        plan = plan_download(repo_id, config, split=split, revision=revision, volumes=volumes, patients=patients,
-                             anatomy=anatomy, question_types=question_types)
+        plan = plan_download(repo_id, config, **subset)
     report = DownloadReport(plan)
     todo = []
     for f in plan.files:
