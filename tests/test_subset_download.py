@@ -242,3 +242,6 @@ def test_row_filter_rules():
         RowFilter.make(anatomy="lung").columns(["volume_name", "findings"])
     with pytest.raises(Exception, match="not a volume name"):
         RowFilter.make(volumes="lung")
+    assert RowFilter.make(question_types="Presence").question_types == ("presence",)
+    with pytest.raises(RadGenomeError, match="unknown question type"):
+        RowFilter.make(question_types="colour")

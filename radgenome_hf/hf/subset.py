@@ -71,11 +71,17 @@ class RowFilter:
     @classmethod
     def make(cls, volumes: Any = None, patients: Any = None, anatomy: Any = None,
              question_types: Any = None) -> "RowFilter":
-        """Normalise lists or comma-separated strings (volume names parsed, anatomy paths normalised)."""
+        """Normalise lists or comma-separated strings (volume names parsed, anatomy paths normalised, question
+        types checked)."""
         from ..ontology import normalize_path
+        from .schema import VQA_TYPES
 
+        types = tuple(q.lower() for q in _values(question_types))
+        unknown = sorted(set(types) - set(VQA_TYPES))
+        if unknown:
+            raise RadGenomeError(f"unknown question type(s) {unknown}: choose among {', '.join(VQA_TYPES)}")
         return cls(tuple(VolumeName.parse(v).stem for v in _values(volumes)), _values(patients),
-                   tuple(normalize_path(a) for a in _values(anatomy)), _values(question_types))
+                   tuple(normalize_path(a) for a in _values(anatomy)), types)
 
     @property
     def active(self) -> bool:
@@ -194,6 +200,8 @@ class DownloadPlan:
         for kind, (n, b) in sorted(self.by_kind().items()):
             lines.append(f"  {kind:<8}{n:>8}{format_bytes(b):>14}")
         lines.append(f"  {'total':<8}{len(self.files):>8}{format_bytes(self.total_bytes):>14}  ({self.total_bytes} B)")
+        if not sum(self.rows.values()):
+            lines.append("  no rows match these filters: nothing to download")
         if self.missing:
             lines.append(f"  {len(self.missing)} file(s) the rows reference are not in the repo, e.g. {self.missing[0]}")
         return "\n".join(lines)
