@@ -217,6 +217,20 @@ def test_plan_lists_a_volume_stored_as_a_folder_file_by_file(tmp_path, monkeypat
     assert plan.volumes == ["train_1_a_1"] and plan.rows == {"train": 1}
 
 
+def test_load_packed_subset_of_a_local_release(packed_release_100, tmp_path):
+    import radgenome_hf
+
+    _, packed = packed_release_100
+    ds = radgenome_hf.load_packed(packed, "vqa", split="train", patients=[7], question_types="presence",
+                                  cache_dir=str(tmp_path / "c"))
+    t = _rows(packed, "vqa", "train")
+    keep = [p == "train_7" and q == "presence" for p, q in zip(t.column("patient_id").to_pylist(),
+                                                               t.column("question_type").to_pylist())]
+    assert sum(keep) > 0 and ds["question"] == [q for q, k in zip(t.column("question").to_pylist(), keep) if k]
+    row = next(r for r in ds if r["mask"].source != "whole")
+    assert row["mask"].array().sum() == row["mask"].voxel_count > 0
+
+
 def test_row_filter_rules():
     from radgenome_hf.errors import RadGenomeError
     from radgenome_hf.hf.subset import RowFilter
