@@ -217,6 +217,22 @@ def test_plan_lists_a_volume_stored_as_a_folder_file_by_file(tmp_path, monkeypat
     assert plan.volumes == ["train_1_a_1"] and plan.rows == {"train": 1}
 
 
+def test_a_plan_of_every_split_answers_for_one_split_offline(hub, tmp_path, monkeypatch):
+    from radgenome_hf.errors import HubAccessError
+    from radgenome_hf.hf.subset import plan_download
+
+    monkeypatch.setenv("RADGENOME_CACHE", str(tmp_path / "rg"))
+    with hub.patch_client():
+        every = plan_download(REPO, "vqa", patients="train_7,valid_1")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+        train = plan_download(REPO, "vqa", split="train", patients="train_7,valid_1")
+        with pytest.raises(HubAccessError, match="no saved plan"):
+            plan_download(REPO, "vqa", split="train", patients="train_8")
+    assert set(every.splits) == {"train", "validation"} and every.rows["train"] and every.rows["validation"]
+    assert train.splits == ["train"] and train.rows == {"train": every.rows["train"]}
+    assert {f.path for f in train.files if f.kind == "rows"} == {f.path for f in every.files if f.split == "train"}
+
+
 def test_load_packed_subset_of_a_local_release(packed_release_100, tmp_path):
     import radgenome_hf
 

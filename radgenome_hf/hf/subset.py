@@ -22,6 +22,7 @@ subset, so a ``--dry-run`` followed by the download reads nothing twice, and off
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -312,7 +313,8 @@ def plan_download(
     """The files (and bytes) a subset of a packed release on the Hub needs, found without downloading them.
 
     ``split=None`` plans every split of the config; the filters are those of :class:`RowFilter`. The plan is
-    saved per commit and subset; offline (``HF_HUB_OFFLINE=1``) the saved plan is the answer.
+    saved per commit and subset (a plan of every split also answers for one of them); offline
+    (``HF_HUB_OFFLINE=1``) a saved plan is the answer, or an error says to plan online first.
     """
     from ..io.hub import fetch, file_sizes, hf_url, is_offline, list_files
 
@@ -321,6 +323,12 @@ def plan_download(
     saved = _plan_path(repo_id, commit, config, split, rf)
     if saved.is_file():
         return DownloadPlan.from_json(saved.read_text(encoding="utf-8"))
+    every_split = _plan_path(repo_id, commit, config, None, rf)
+    if split is not None and every_split.is_file():  # a plan of every split holds this split's
+        plan = DownloadPlan.from_json(every_split.read_text(encoding="utf-8"))
+        if split in plan.splits:
+            return dataclasses.replace(plan, splits=[split], rows={split: plan.rows[split]},
+                                       files=[f for f in plan.files if f.split in (None, split)])
     if is_offline():
         raise HubAccessError(f"{repo_id}@{commit[:12]}: offline and no saved plan for {config} {split or 'all splits'} "
                              f"{rf.as_dict() or ''}: run `radgenome-hf download` with these arguments online first")
