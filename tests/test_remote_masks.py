@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -227,7 +226,7 @@ def test_remote_reads_offline_and_uncached_say_to_download_first(monkeypatch):
         hub_io.read_range("hf://datasets/org/none@0123456789abcdef0123456789abcdef01234567/masks/x.parquet", 0, 8)
 
 
-def test_server_counts_bytes_of_ranged_reads_through_hffilesystem(hub, packed_release_100):
+def test_the_server_counts_exactly_the_bytes_of_range_reads(hub, packed_release_100):
     """The accounting the other tests rely on: the server's count equals what RangedParquet read."""
     from radgenome_hf.io import hub as hub_io
     from radgenome_hf.io import ranged_parquet
@@ -240,5 +239,5 @@ def test_server_counts_bytes_of_ranged_reads_through_hffilesystem(hub, packed_re
         hub.reset_log()
         f = ranged_parquet.RangedParquet.open(hub_io.hf_url(REPO, rel))
         table = f.read([0])
-    assert hub.downloaded_bytes(REPO, rel) == f.bytes_read and table.num_rows == pq.read_metadata(shard).row_group(0).num_rows
-    assert Path(hub_io.hf_url(REPO, rel)).name == shard.name
+    assert hub.downloaded_bytes(REPO, rel) == f.bytes_read < shard.stat().st_size
+    assert table.num_rows == pq.read_metadata(shard).row_group(0).num_rows
