@@ -24,6 +24,7 @@ def main() -> int:
     runs = [
         ["bench_natural.py", *size],
         ["bench_masks.py"],
+        ["bench_remote_masks.py", *size],
         ["bench_access.py", *size],
         ["bench_presets.py", *size],
         ["bench_prepare_vqa.py", "--rows", str(args.vqa_rows)],

@@ -24,6 +24,7 @@ _EXPORTS = {
     "radgenome_hf.access.lazymasks": ("LazyMask", "MaskSet"),
     "radgenome_hf.access.cache": ("PreparedCache",),
     "radgenome_hf.hf.loading": ("lazy", "load_dataset", "load_dataset_builder", "load_packed"),
+    "radgenome_hf.hf.subset": ("download", "plan_download"),
     "radgenome_hf.errors": (
         "RadGenomeError", "CorruptVolumeError", "HubAccessError", "MalformedFileError", "MissingVolumeError",
         "ManifestError", "PublishTargetError", "PublishVerificationError", "ReleaseNotFoundError", "ShapeMismatchError",

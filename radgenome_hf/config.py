@@ -5,7 +5,7 @@ next call sees it.
 
 | variable | default | what |
 | --- | --- | --- |
-| ``RADGENOME_CACHE`` | ``~/.cache/radgenome_hf`` | root of the package's caches: prepared volumes, packed masks |
+| ``RADGENOME_CACHE`` | ``~/.cache/radgenome_hf`` | root of the package's caches: prepared volumes, packed masks, chunks of remote volumes, download plans |
 | ``RADGENOME_CACHE_MAX_BYTES`` | 200 GiB | size bound of the prepared-volume cache (decoded rows, preset outputs) |
 | ``RADGENOME_CHUNK_CACHE_MAX_BYTES`` | 20 GiB | size bound of the chunks of remote volumes kept locally (``<cache>/chunks``) |
 | ``RADGENOME_OPEN_VOLUMES_MAX_BYTES`` | 512 MiB | per-process bound of the decoded volumes kept in memory for later rows |
@@ -33,8 +33,8 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "cache_root", "masks_cache_root", "chunk_cache_root", "chunk_cache_max_bytes", "prepared_cache_max_bytes",
-    "open_volumes_max_bytes", "max_volume_bytes",
+    "cache_root", "masks_cache_root", "chunk_cache_root", "chunk_cache_max_bytes", "plans_cache_root",
+    "prepared_cache_max_bytes", "open_volumes_max_bytes", "max_volume_bytes",
     "llm_settings", "dist_env", "ray_address", "generate_workers",
 ]
 
@@ -68,6 +68,11 @@ def chunk_cache_root() -> Path:
 def chunk_cache_max_bytes() -> int:
     """``$RADGENOME_CHUNK_CACHE_MAX_BYTES`` or 20 GiB."""
     return _int("RADGENOME_CHUNK_CACHE_MAX_BYTES", 20 << 30)
+
+
+def plans_cache_root() -> Path:
+    """Where subset download plans are kept (one small JSON per repo commit and subset): ``<cache_root>/plans``."""
+    return cache_root() / "plans"
 
 
 def prepared_cache_max_bytes() -> int:

@@ -24,3 +24,33 @@ def real_sample_dir() -> Path:
     if not REAL_SAMPLE.is_dir():
         pytest.skip(f"real RadGenome sample rows not found at {REAL_SAMPLE} (they live in ../shared beside the repo)")
     return REAL_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def packed_release_100(tmp_path_factory: pytest.TempPathFactory):
+    """A synthetic upstream release of ~100 train volumes (64 x 64 x 48; masks as ``seg_<volume>/`` folders of
+    NIfTI files, the source the tests compare against) and its packed release (vqa and segmentation), built once
+    per session: the remote-masks and subset-download tests publish it to a local Hub server.
+    Returns ``(upstream release, packed folder)``."""
+    from radgenome_hf.publish.build import build_release
+    from radgenome_hf.testing.synthetic import SyntheticConfig, write_release
+
+    root = tmp_path_factory.mktemp("release_100")
+    rel = write_release(root / "upstream", SyntheticConfig(n_train_patients=66, n_valid_patients=4, shape=(64, 64, 48),
+                                                           mask_layout="folders"), progress=False)
+    report = build_release(rel.root, root / "packed", configs=("vqa", "segmentation"))
+    return rel, report.folder
+
+
+@pytest.fixture(scope="session")
+def hub_100(packed_release_100):
+    """A local Hub server holding ``packed_release_100`` as ``radgenome-test/packed100`` (published once)."""
+    from radgenome_hf.publish.hub import publish_release
+    from radgenome_hf.testing.hub_server import HubServer
+
+    _, packed = packed_release_100
+    with HubServer() as server:
+        with server.patch_client():
+            publish_release(packed, "radgenome-test/packed100", endpoint=server.endpoint, token=server.token,
+                            verify=False)
+        yield server

@@ -65,8 +65,13 @@ def test_packed_masks_decode_with_numpy_alone(packed, synthetic_release):
     out, _ = packed
     table = pq.read_table(sorted((out / "vqa").glob("train-*.parquet"))[0])
     row = next(r for r in table.to_pylist() if r["mask"]["source"] == "anatomy")
-    masks = pq.read_table(out / row["mask"]["path"]).to_pylist()
-    rec = next(m for m in masks if m["structure"] == row["mask"]["structure"])
+    ref = row["mask"]
+    assert ref["volume_name"] == row["volume_name"]
+    # the card's recipe: pyarrow filters on the shard's statistics, then numpy
+    recs = pq.read_table(out / ref["path"], filters=[("volume_name", "==", ref["volume_name"]),
+                                                     ("structure", "==", ref["structure"])]).to_pylist()
+    assert len(recs) == 1
+    rec = recs[0]
     i0, j0, k0, i1, j1, k1 = rec["bbox"]
     extent = (i1 - i0, j1 - j0, k1 - k0)
     grid = np.zeros(rec["shape"], bool)

@@ -1,7 +1,9 @@
 """The mask objects a row decodes to: :class:`LazyMask` (one structure) and :class:`MaskSet` (a volume's masks).
 
 Both hold file references only; a packed-mask file is read on the first mask asked for, through a small
-per-process LRU (:func:`open_packed_masks`) so that the many rows of one volume parse it once. Reprs never read.
+per-process LRU (:func:`open_packed_masks`) so that the many rows of one volume parse it once. A reference that
+names its volume (``volume_name``) points into a masks shard of a packed release (:mod:`.maskshards`): only that
+volume's row groups are read, by byte ranges when the shard is on the Hub. Reprs never read.
 
 >>> import numpy as np, tempfile, os
 >>> from radgenome_hf.access.masks import PackedMasks
@@ -27,6 +29,7 @@ import numpy as np
 from ..io.hub import local_path
 from ..ontology import normalize_name
 from .masks import PackedMasks
+from .maskshards import read_volume_masks
 
 if TYPE_CHECKING:  # pragma: no cover
     from .masks import MaskGrid
@@ -39,22 +42,32 @@ _PACKED_LOCK = Lock()
 _PACKED_CACHE_SIZE = 16
 
 
-def open_packed_masks(path: str) -> "PackedMasks":
-    """A packed-mask file (local path or ``hf://`` URL), keeping the last few open (rows of one volume come
-    together, so each file is parsed once for all of them)."""
-    with _PACKED_LOCK:
-        hit = _PACKED_CACHE.get(path)
-        if hit is not None:
-            _PACKED_CACHE.move_to_end(path)
-            return hit
-    local = local_path(path)
-    if not os.path.exists(local):  # a folder source's volume, packed on its first use
-        from .maskstore import pack_on_demand
+def open_packed_masks(path: str, volume_name: str | None = None, structure: str | None = None) -> "PackedMasks":
+    """A volume's packed masks, keeping the last few open (rows of one volume come together, so each is read once
+    for all of them).
 
-        pack_on_demand(local)
-    packed = PackedMasks.load(local)
+    Without ``volume_name``, ``path`` is one volume's packed-mask file (local path or ``hf://`` URL, fetched
+    whole). With it, ``path`` is a masks shard of a packed release and only that volume's rows are read (by byte
+    ranges from the Hub); with ``structure`` too, only the row group holding it (what one :class:`LazyMask` needs).
+    """
+    keys = [(path, volume_name, None)] + ([(path, volume_name, structure)] if structure is not None else [])
     with _PACKED_LOCK:
-        _PACKED_CACHE[path] = packed
+        for key in keys:  # the whole volume, read for a MaskSet, serves every structure's LazyMask
+            hit = _PACKED_CACHE.get(key)
+            if hit is not None:
+                _PACKED_CACHE.move_to_end(key)
+                return hit
+    if volume_name is not None:
+        packed = read_volume_masks(path, volume_name, structure)
+    else:
+        local = local_path(path)
+        if not os.path.exists(local):  # a folder source's volume, packed on its first use
+            from .maskstore import pack_on_demand
+
+            pack_on_demand(local)
+        packed = PackedMasks.load(local)
+    with _PACKED_LOCK:
+        _PACKED_CACHE[keys[-1]] = packed
         while len(_PACKED_CACHE) > _PACKED_CACHE_SIZE:
             _PACKED_CACHE.popitem(last=False)
     return packed
@@ -64,16 +77,19 @@ class LazyMask:
     """One structure's binary mask, decoded on demand from the packed form.
 
     ``source`` is ``anatomy`` or ``region`` (which upstream mask grounds it) or ``whole`` (the whole scan).
+    ``volume_name`` is set when ``path`` is a masks shard holding many volumes (a packed release).
     """
 
-    def __init__(self, path: str | None, structure: str | None, source: str, shape: Sequence[int] | None) -> None:
+    def __init__(self, path: str | None, structure: str | None, source: str, shape: Sequence[int] | None,
+                 volume_name: str | None = None) -> None:
         self.path = path
         self.structure = structure
         self.source = source
         self._shape = tuple(shape) if shape is not None else None
+        self.volume_name = volume_name
 
     def _packed(self):
-        return open_packed_masks(self.path) if self.path else None
+        return open_packed_masks(self.path, self.volume_name, self.structure) if self.path else None
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -124,24 +140,27 @@ class LazyMask:
     def __repr__(self) -> str:  # never reads the file: the shape shows once known
         if self.source == "whole" or self.structure is None:
             return f"LazyMask(whole scan, shape={self._shape})"
+        volume = f", volume={self.volume_name!r}" if self.volume_name else ""
         return (f"LazyMask(structure={self.structure!r}, source={self.source!r}, shape={self._shape}, "
-                f"file='{self.path}')")
+                f"file='{self.path}'{volume})")
 
 
 class MaskSet:
-    """A volume's packed masks: ``region`` (10 region masks) and ``anatomy`` (SAT categories), loaded on demand."""
+    """A volume's packed masks: ``region`` (10 region masks) and ``anatomy`` (SAT categories), loaded on demand.
+    ``volume_name`` is set when the paths are masks shards holding many volumes (a packed release)."""
 
-    def __init__(self, region_path: str | None, anatomy_path: str | None) -> None:
+    def __init__(self, region_path: str | None, anatomy_path: str | None, volume_name: str | None = None) -> None:
         self.region_path = region_path
         self.anatomy_path = anatomy_path
+        self.volume_name = volume_name
 
     @property
     def region(self):
-        return open_packed_masks(self.region_path) if self.region_path else None
+        return open_packed_masks(self.region_path, self.volume_name) if self.region_path else None
 
     @property
     def anatomy(self):
-        return open_packed_masks(self.anatomy_path) if self.anatomy_path else None
+        return open_packed_masks(self.anatomy_path, self.volume_name) if self.anatomy_path else None
 
     @property
     def names(self) -> list[str]:
@@ -229,4 +248,5 @@ class MaskSet:
         def name(path: str | None) -> str | None:
             return None if path is None else path.rsplit("/", 1)[-1]
 
-        return f"MaskSet(region={name(self.region_path)!r}, anatomy={name(self.anatomy_path)!r})"
+        volume = f", volume={self.volume_name!r}" if self.volume_name else ""
+        return f"MaskSet(region={name(self.region_path)!r}, anatomy={name(self.anatomy_path)!r}{volume})"

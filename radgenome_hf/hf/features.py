@@ -10,6 +10,10 @@
 * :class:`MaskSetFeature` stores references to a volume's packed region and anatomy masks and decodes to a
   :class:`MaskSet`.
 
+Both mask references carry ``volume_name``: null for a file of one volume's masks (the builder's rows), the volume
+for a masks shard of a packed release that holds many volumes. Data written before the field existed casts to
+these types with the field null.
+
 Storage is plain Arrow structs of strings/numbers, so the Arrow data stays readable without this package;
 ``import radgenome_hf`` registers the types with datasets so that they decode.
 """
@@ -145,6 +149,7 @@ class LazyMaskFeature:
             "structure": pa.string(),
             "source": pa.string(),
             "shape": pa.list_(pa.int32()),
+            "volume_name": pa.string(),  # the volume's rows in a masks shard; null for a one-volume file
         }
     )
     #: folder or ``hf://datasets/<repo>@<rev>`` that relative paths are relative to (packed releases)
@@ -157,16 +162,19 @@ class LazyMaskFeature:
     def encode_example(self, value) -> dict:
         if isinstance(value, LazyMask):
             return {"path": value.path, "structure": value.structure, "source": value.source,
-                    "shape": list(value._shape) if value._shape else None}
+                    "shape": list(value._shape) if value._shape else None, "volume_name": value.volume_name}
         if isinstance(value, dict):
-            return {k: value.get(k) for k in ("path", "structure", "source", "shape")}
+            return {k: value.get(k) for k in self.pa_type.names}
         raise ValueError(f"a LazyMaskFeature value must be a dict or LazyMask, got {type(value).__name__}")
+
+    def cast_storage(self, storage: pa.StructArray) -> pa.StructArray:
+        return _cast_struct(storage, self.pa_type)
 
     def decode_example(self, value, token_per_repo_id=None):
         if value is None or not isinstance(value, dict):
             return value
         return LazyMask(resolve(value.get("path"), self.base), value.get("structure"), value.get("source") or "whole",
-                        value.get("shape"))
+                        value.get("shape"), value.get("volume_name"))
 
 
 @dataclass
@@ -176,7 +184,7 @@ class MaskSetFeature:
     decode: bool = True
     id: Optional[str] = field(default=None, repr=False)
     dtype: ClassVar[str] = "radgenome_hf.access.lazymasks.MaskSet"
-    pa_type: ClassVar[Any] = pa.struct({"region": pa.string(), "anatomy": pa.string()})
+    pa_type: ClassVar[Any] = pa.struct({"region": pa.string(), "anatomy": pa.string(), "volume_name": pa.string()})
     #: folder or ``hf://datasets/<repo>@<rev>`` that relative paths are relative to (packed releases)
     base: Optional[str] = None
     _type: str = field(default="MaskSetFeature", init=False, repr=False)
@@ -186,17 +194,32 @@ class MaskSetFeature:
 
     def encode_example(self, value) -> dict:
         if isinstance(value, MaskSet):
-            return {"region": value.region_path, "anatomy": value.anatomy_path}
+            return {"region": value.region_path, "anatomy": value.anatomy_path, "volume_name": value.volume_name}
         if isinstance(value, dict):
-            return {"region": value.get("region"), "anatomy": value.get("anatomy")}
+            return {k: value.get(k) for k in self.pa_type.names}
         raise ValueError(f"a MaskSetFeature value must be a dict or MaskSet, got {type(value).__name__}")
+
+    def cast_storage(self, storage: pa.StructArray) -> pa.StructArray:
+        return _cast_struct(storage, self.pa_type)
 
     def decode_example(self, value, token_per_repo_id=None):
         if value is None or not isinstance(value, dict):
             return value
         if value.get("region") is None and value.get("anatomy") is None:
             return None
-        return MaskSet(resolve(value.get("region"), self.base), resolve(value.get("anatomy"), self.base))
+        return MaskSet(resolve(value.get("region"), self.base), resolve(value.get("anatomy"), self.base),
+                       value.get("volume_name"))
+
+
+def _cast_struct(storage: pa.Array, pa_type: pa.StructType) -> pa.StructArray:
+    """``storage`` as ``pa_type``: fields it lacks (data written before they existed) become null; a field it has
+    that the type lacks is an error, never a silent drop."""
+    extra = [f.name for f in storage.type if f.name not in pa_type.names] if pa.types.is_struct(storage.type) else []
+    if not pa.types.is_struct(storage.type) or extra:
+        raise TypeError(f"cannot cast {storage.type} to {pa_type}" + (f" (unknown fields {extra})" if extra else ""))
+    children = [storage.field(f.name).cast(f.type) if f.name in storage.type.names
+                else pa.nulls(len(storage), f.type) for f in pa_type]
+    return pa.StructArray.from_arrays(children, fields=list(pa_type), mask=storage.is_null())
 
 
 _registered = False

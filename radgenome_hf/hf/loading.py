@@ -141,33 +141,82 @@ def lazy(dataset, base: str | os.PathLike | None = None):
 
 
 def load_packed(path_or_repo: str | os.PathLike, config: str = "vqa", *args: Any, revision: str | None = None,
+                volumes: Any = None, patients: Any = None, anatomy: Any = None, question_types: Any = None,
                 **kwargs: Any):
     """Load a packed release (a local folder, or a Hub repo id) with volumes and masks decoding lazily.
 
-    Same arguments as ``datasets.load_dataset``. Example::
+    Same arguments as ``datasets.load_dataset``, plus a subset: ``volumes=`` / ``patients=`` / ``anatomy=`` /
+    ``question_types=`` (see :class:`radgenome_hf.hf.subset.RowFilter`) keep only those rows, normal and
+    streaming. From the Hub a subset reads only the row shards that hold its rows (the plan of
+    :func:`radgenome_hf.download`); after that download it works offline (``HF_HUB_OFFLINE=1``). Example::
 
         ds = radgenome_hf.load_packed("org/radgenome-chestct", "vqa", revision="v1.0", split="train")
         ds[0]["volume"]     # Volume(...), downloaded on first decode
+        sub = radgenome_hf.load_packed("org/radgenome-chestct", "vqa", split="train", volumes=["train_1_a_1"])
     """
     import datasets
     import pyarrow.dataset as pds
 
+    from .subset import RowFilter
+
     register()
     path = os.fspath(path_or_repo)
+    rf = RowFilter.make(volumes, patients, anatomy, question_types)
     # the release's shards carry page checksums (publish/build.py): verify them, so a damaged shard is an error
     kwargs.setdefault("fragment_scan_options", pds.ParquetFragmentScanOptions(page_checksum_verification=True))
+    local = os.path.isdir(path)
     try:
-        ds = datasets.load_dataset(path, config, *args, revision=revision, **kwargs)
+        if rf.active and not local:
+            ds, base = _load_subset(path, config, rf, revision, args, kwargs)
+        else:
+            ds = datasets.load_dataset(path, config, *args, revision=revision, **kwargs)
+            base = os.path.abspath(path) if local else f"hf://datasets/{path}@{revision or 'main'}"
     except datasets.exceptions.DatasetGenerationError as exc:
         damaged = _damaged_shard(path, config, exc)
         if damaged is None:
             raise
         raise damaged from exc
-    if os.path.isdir(path):
-        base = os.path.abspath(path)
-    else:
-        base = f"hf://datasets/{path}@{revision or 'main'}"
+    if rf.active:
+        ds = _filter(ds, rf)
     return lazy(ds, base)
+
+
+def _load_subset(repo: str, config: str, rf, revision: str | None, args: tuple, kwargs: dict):
+    """(the row shards of a subset's plan loaded as parquet, the hf:// base of its commit); the rows are filtered
+    afterwards. Shards already in the Hugging Face cache are read there (offline too); others are streamed from
+    the Hub, or fetched into the cache first when not streaming."""
+    import datasets
+
+    from ..errors import RadGenomeError
+    from ..io.hub import cached_file, fetch
+    from .subset import plan_download
+
+    split = kwargs.get("split")
+    plan = plan_download(repo, config, split=split if isinstance(split, str) else None, revision=revision,
+                         **rf.as_dict())
+    splits = [s for s in plan.splits if plan.rows.get(s)]
+    if not splits:
+        raise RadGenomeError(f"{repo}@{plan.revision[:12]} {config}: no rows match {rf.as_dict()}")
+    streaming = kwargs.get("streaming", False)
+    data_files = {s: [cached_file(u) or (u if streaming else fetch(u)) for u in plan.urls("rows", s)] for s in splits}
+    ds = datasets.load_dataset("parquet", *args, data_files=data_files, **kwargs)
+    return ds, f"hf://datasets/{repo}@{plan.revision}"
+
+
+def _filter(ds, rf):
+    """Only the rows ``rf`` keeps (Dataset, IterableDataset and their dicts)."""
+    import datasets
+    import pyarrow as pa
+
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return type(ds)({k: _filter(v, rf) for k, v in ds.items()})
+    split = str(ds.split) if ds.split is not None else ""
+    columns = list(dict.fromkeys(["volume_name", *rf.columns(list(ds.features))]))
+
+    def keep(*cols):
+        return rf.mask(pa.table(dict(zip(columns, cols))), split).to_pylist()
+
+    return ds.filter(keep, batched=True, input_columns=columns)
 
 
 def _damaged_shard(path: str, config: str, exc: BaseException) -> Exception | None:

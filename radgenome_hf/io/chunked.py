@@ -250,6 +250,16 @@ def _release_gil() -> None:
     blosc2.set_releasegil(True)  # decoding threads run in parallel (the prepared cache sets the same switch)
 
 
+def _read_local(path: str, start: int | None, end: int | None) -> bytes:
+    with open(path, "rb") as f:
+        if start is None:
+            return f.read()
+        if start < 0:
+            f.seek(max(0, os.fstat(f.fileno()).st_size + start))
+            return f.read()
+        return os.pread(f.fileno(), end - start, start)  # type: ignore[operator]
+
+
 class ChunkedVolumeFile:
     """One chunked volume: a local ``.zarr`` folder or an ``hf://`` URL of one. Build with :meth:`open`.
 
@@ -268,6 +278,7 @@ class ChunkedVolumeFile:
         self._index: np.ndarray | None = None
         self._pinned: str | None = None
         self._key: str | None = None
+        self._local: dict[str, str | None] = {}  # remote files found in the Hugging Face cache
         self._lock = threading.Lock()
 
     @classmethod
@@ -322,19 +333,25 @@ class ChunkedVolumeFile:
 
     def _get(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``start:end`` of a file of the volume (``zarr.json`` or the shard; negative ``start``: from the
-        end; ``None``: all of it): a local read, or one range request on the pinned commit."""
+        end; ``None``: all of it): a local read (a local volume, or a file already in the Hugging Face cache, e.g.
+        after ``radgenome-hf download``: offline too), else one range request on the pinned commit."""
         if self.kind == "path":
-            path = os.path.join(self.source, name)
-            with open(path, "rb") as f:
-                if start is None:
-                    return f.read()
-                if start < 0:
-                    f.seek(max(0, os.fstat(f.fileno()).st_size + start))
-                    return f.read()
-                return os.pread(f.fileno(), end - start, start)  # type: ignore[operator]
+            return _read_local(os.path.join(self.source, name), start, end)
+        local = self._cached(name)
+        if local is not None:
+            return _read_local(local, start, end)
         from .hub import read_range
 
-        return read_range(f"{self._pin()}/{name}", start, end, self.token)
+        return read_range(f"{self._pin()}/{name}", start, end, token=self.token)[0]
+
+    def _cached(self, name: str) -> str | None:
+        """The local copy of a file of a remote volume in the Hugging Face cache (looked up once per file; no lock:
+        the layout is loaded under ``_lock``, and a race only repeats a lookup)."""
+        if name not in self._local:
+            from .hub import cached_file
+
+            self._local[name] = cached_file(f"{self._pin()}/{name}")
+        return self._local[name]
 
     # -- header -------------------------------------------------------------------------------------
     @property

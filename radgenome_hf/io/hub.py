@@ -8,8 +8,15 @@ says what to do next and never carries a token.
 HfUrl(repo_id='org/repo', revision='v1.0', path='dataset/train/a.nii.gz', repo_type='dataset')
 >>> local_path("/data/a.nii.gz")
 '/data/a.nii.gz'
+>>> hf_url("org/repo", "masks/a.parquet", "0123456789abcdef0123456789abcdef01234567")
+'hf://datasets/org/repo@0123456789abcdef0123456789abcdef01234567/masks/a.parquet'
 >>> pin_url("hf://datasets/org/repo@0123456789abcdef0123456789abcdef01234567/volumes/a.zarr")
 'hf://datasets/org/repo@0123456789abcdef0123456789abcdef01234567/volumes/a.zarr'
+
+Besides whole-file fetches, :func:`read_range` reads a byte range of a Hub file (one HTTP ``Range`` GET on the
+commit the revision resolves to), :func:`cached_file` finds a file already in the Hugging Face cache without the
+network, and :func:`list_files` / :func:`file_sizes` size files from the Hub's tree and paths-info without
+downloading them.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ from typing import Any, Mapping, NamedTuple
 
 from ..errors import HubAccessError
 
-__all__ = ["CTRATE_REPO", "HfUrl", "fetch", "hub_error", "is_url", "local_path", "parse_hf_url", "pin_url",
-           "read_range", "resolve_revision"]
+__all__ = ["CTRATE_REPO", "HfUrl", "cached_file", "fetch", "file_sizes", "hf_url", "hub_error", "is_offline", "is_url",
+           "list_files", "local_path", "parse_hf_url", "pin_url", "read_range", "resolve_revision"]
 
 CTRATE_REPO = "ibrahimhamamci/CT-RATE"
 
@@ -52,6 +59,18 @@ def parse_hf_url(url: str) -> HfUrl:
     org, name_rev = parts[0], parts[1]
     name, _, revision = name_rev.partition("@")
     return HfUrl(f"{org}/{name}", revision or None, parts[2] if len(parts) > 2 else "")
+
+
+def hf_url(repo_id: str, path: str, revision: str | None = None) -> str:
+    """The ``hf://datasets/…`` URL of a file of a dataset repo (at ``revision`` when given)."""
+    return f"hf://datasets/{repo_id}{'@' + revision if revision else ''}/{path}"
+
+
+def is_offline() -> bool:
+    """Whether huggingface_hub runs offline (``HF_HUB_OFFLINE=1``): then only the local cache is read."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -88,11 +107,12 @@ def resolve_revision(repo_id: str, revision: str | None, token: Any = None, repo
     return sha
 
 
-def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
+def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None, *, tqdm_class: Any = None) -> str:
     """Download one file of an ``hf://`` URL into the Hugging Face cache (resumable) and return its local path.
 
     The revision is resolved to a commit once per process (:func:`resolve_revision`), and a file already fetched
     by this process, or in the cache at that commit, costs no request: rows of one volume ask the Hub nothing.
+    ``tqdm_class`` receives the transfer's progress (``huggingface_hub``'s hook).
     """
     with _lock:
         hit = _fetched.get(url)
@@ -104,12 +124,28 @@ def fetch(url: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
     token = (token_per_repo_id or {}).get(u.repo_id)
     try:
         revision = resolve_revision(u.repo_id, u.revision, token, u.repo_type)
-        path = hf_hub_download(u.repo_id, u.path, repo_type=u.repo_type, revision=revision, token=token)
+        path = hf_hub_download(u.repo_id, u.path, repo_type=u.repo_type, revision=revision, token=token,
+                               tqdm_class=tqdm_class)
     except Exception as exc:  # noqa: BLE001 - every failure gets a message that says what to do
         raise hub_error(exc, f"fetching {url}") from exc
     with _lock:
         _fetched[url] = path
     return path
+
+
+def local_path(path: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
+    """A local file for a path or an ``hf://`` URL (fetched once into the Hugging Face cache)."""
+    return fetch(path, token_per_repo_id) if path.startswith("hf://") else path
+
+
+def cached_file(url: str) -> str | None:
+    """The local path of an ``hf://`` file already in the Hugging Face cache at its revision (a branch or tag is
+    looked up in the cache's refs), or ``None``; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    u = parse_hf_url(url)
+    hit = try_to_load_from_cache(u.repo_id, u.path, revision=u.revision, repo_type=u.repo_type)
+    return hit if isinstance(hit, str) else None
 
 
 def pin_url(url: str, token: Any = None) -> str:
@@ -122,26 +158,75 @@ def pin_url(url: str, token: Any = None) -> str:
     return f"hf://{u.repo_type}s/{u.repo_id}@{sha}/{u.path}"
 
 
-def read_range(url: str, start: int | None = None, end: int | None = None, token: Any = None) -> bytes:
-    """Bytes ``start:end`` of the file at an ``hf://`` URL (negative ``start``: that many bytes from the end;
-    ``None``: the whole file), as one HTTP range request through ``huggingface_hub.HfFileSystem``.
+def read_range(url: str, start: int | None, end: int | None = None, *, token: Any = None) -> tuple[bytes, int]:
+    """(bytes ``[start, end)`` of an ``hf://`` file, the file's size): one HTTP ``Range`` GET on the commit the
+    URL's revision resolves to. ``start < 0`` reads the last ``-start`` bytes, ``start=None`` the whole file (the
+    size comes with them either way). No read-ahead: exactly the bytes asked for are transferred.
 
-    Pin the URL first (:func:`pin_url`). No read-ahead: exactly the bytes asked for are transferred. Safe from
-    threads (fsspec keeps one file system object per thread; each starts from the main thread's listings).
+    This is the request ``huggingface_hub``'s ``HfFileSystem`` files make, sent through huggingface_hub's own HTTP
+    session (retries, token headers), without the file system's repo-info and listing calls per file: a crop of a
+    chunked volume or one structure of a masks shard costs only the ranges it reads. Safe from threads.
+    Offline there is no network to read from: the error says to download the files first.
     """
-    from huggingface_hub import HfFileSystem
+    if is_offline():
+        raise HubAccessError(f"reading {url}: the file is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                             "download it first (`radgenome-hf download REPO …`), or unset HF_HUB_OFFLINE")
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
+
+    u = parse_hf_url(url)
+    if start is None:
+        rng = "bytes=0-"
+    elif start < 0:
+        rng = f"bytes={start}"
+    else:
+        rng = f"bytes={start}-{'' if end is None else end - 1}"
+    try:
+        rev = resolve_revision(u.repo_id, u.revision, token, repo_type=u.repo_type)
+        r = http_backoff("GET", hf_hub_url(u.repo_id, u.path, repo_type=u.repo_type, revision=rev),
+                         headers={**build_hf_headers(token=token), "Range": rng},
+                         timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT)
+        hf_raise_for_status(r)
+    except Exception as exc:  # noqa: BLE001 - every failure gets a message that says what to do
+        raise hub_error(exc, f"reading {rng} of {url}") from exc
+    total = r.headers.get("Content-Range", "").rpartition("/")[2]
+    if r.status_code != 206 or not total.isdigit():
+        raise HubAccessError(f"reading {rng} of {url}: the server did not answer with a byte range "
+                             f"(HTTP {r.status_code}); a Hub mirror without Range support cannot serve partial reads")
+    return r.content, int(total)
+
+
+def list_files(repo_id: str, revision: str, folder: str, *, recursive: bool = True) -> dict[str, int]:
+    """``{path: size}`` of the files under ``folder`` of a dataset repo at ``revision`` (the Hub's tree listing;
+    nothing is downloaded). A missing folder is an empty dict."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.hf_api import RepoFile
 
     try:
-        fs = HfFileSystem(token=token)
-        return fs.cat_file(url, start=start, end=end, cache_type="none")
-    except Exception as exc:  # noqa: BLE001 - every failure gets a message that says what to do
-        what = "reading " + url + ("" if start is None and end is None else f" bytes {start}:{end}")
-        raise hub_error(exc, what) from exc
+        entries = HfApi().list_repo_tree(repo_id, folder, recursive=recursive, revision=revision,
+                                         repo_type="dataset")
+        return {e.path: int(e.size) for e in entries if isinstance(e, RepoFile)}
+    except EntryNotFoundError:
+        return {}
+    except Exception as exc:  # noqa: BLE001
+        raise hub_error(exc, f"listing {repo_id}@{revision}/{folder}") from exc
 
 
-def local_path(path: str, token_per_repo_id: Mapping[str, Any] | None = None) -> str:
-    """A local file for a path or an ``hf://`` URL (fetched once into the Hugging Face cache)."""
-    return fetch(path, token_per_repo_id) if path.startswith("hf://") else path
+def file_sizes(repo_id: str, revision: str, paths: list[str]) -> dict[str, int | None]:
+    """``{path: size}`` for files, ``{path: None}`` for folders, from the Hub's paths-info (batched; no download).
+    Paths the repo does not hold are left out."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    out: dict[str, int | None] = {}
+    try:
+        for i in range(0, len(paths), 500):
+            for e in HfApi().get_paths_info(repo_id, paths[i:i + 500], revision=revision, repo_type="dataset"):
+                out[e.path] = int(e.size) if isinstance(e, RepoFile) else None
+    except Exception as exc:  # noqa: BLE001
+        raise hub_error(exc, f"sizing {len(paths)} files of {repo_id}@{revision}") from exc
+    return out
 
 
 def hub_error(exc: BaseException, what: str) -> HubAccessError:

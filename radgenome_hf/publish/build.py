@@ -13,18 +13,25 @@ The packed release is what :mod:`radgenome_hf.publish` pushes to the Hub. Plain
                                       its attributes (:mod:`radgenome_hf.io.chunked`); referenced from rows by
                                       relative path (``volume.path``), whose ``rescale`` is then null
     volumes/<upstream relative path>  or, with ``volumes="nifti"``, the NIfTI files themselves
-    masks/<split>_<kind>/<stem>.masks.parquet  packed masks (bbox + numpy.packbits), referenced from rows
+    masks/<split>_<kind>/<split>_<kind>-<digest>-0000i-of-0000N.parquet   packed masks (bbox + numpy.packbits) of
+                                      every volume of a split, kind ``region`` or ``anatomy``: a few shards of
+                                      whole volumes, rows sorted by (volume_name, structure), small row groups
+                                      (access/maskshards.py); rows reference them by path + ``volume_name``
     figures/*.png                     a slice with mask overlays and its grounded sentence; distributions
 
-Decoding a packed mask with any parquet reader + numpy: take the row of the structure, ``np.unpackbits(bits)
-[:prod(bbox extent)].reshape(extent, order=bit_order)`` and place it at ``bbox`` in a zero grid of ``shape``.
+Decoding a packed mask with any parquet reader + numpy: take the row of the volume and structure
+(``mask.volume_name``, ``mask.structure``), ``np.unpackbits(bits)[:prod(bbox extent)].reshape(extent,
+order=bit_order)`` and place it at ``bbox`` in a zero grid of ``shape``.
 A chunked volume reads with any zarr v3 reader (``zarr.open_array(path)[k0:k1, j0:j1, i0:i1].T``); over the Hub a
-crop fetches only the chunks it touches. The build is atomic: it writes ``<out>.tmp-<pid>`` and renames it, so a
-failure (a full disk) leaves no partial release.
+crop fetches only the chunks it touches, and one structure's mask only its shard's footer and row group.
+The build is atomic: it writes ``<out>.tmp-<pid>`` and renames it, so a failure (a full disk) leaves no partial
+release.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -38,12 +45,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..access.maskshards import (MIN_SHARDS, ROW_GROUP_BYTES, ROWS_PER_GROUP, SHARD_BYTES, VOLUMES_PER_SHARD,
+                                 write_mask_shards)
 from ..errors import BuildError, RadGenomeError
 from ..hf.schema import CONFIG_NAMES
 
-PATH_COLUMNS = {"volume": ("path",), "mask": ("path",), "masks": ("region", "anatomy")}
+MASK_COLUMNS = {"mask": ("path",), "masks": ("region", "anatomy")}
 VOLUME_FORMATS = ("chunked", "nifti")
 _POOL_MIN_VOLUMES = 8  # fewer volumes convert in this process: starting worker processes costs more
+
+
+@dataclass(frozen=True)
+class MaskSharding:
+    """How the packed masks are cut into shards (see :mod:`radgenome_hf.access.maskshards`)."""
+
+    volumes_per_shard: int = VOLUMES_PER_SHARD
+    max_shard_bytes: int = SHARD_BYTES
+    rows_per_group: int = ROWS_PER_GROUP
+    row_group_bytes: int = ROW_GROUP_BYTES
+    min_shards: int = MIN_SHARDS
 
 
 @dataclass
@@ -114,7 +134,7 @@ class _Placer:
         """Relative paths of volumes ``{source path: (row spacing, row rescale)}``, placing each once. Chunked
         conversions run in a process pool (``workers``) when there are many, with a progress bar."""
         if self.volumes != "chunked":
-            return {p: self.relative(p, "volume") for p in items}  # type: ignore[misc]
+            return {p: self.relative(p) for p in items}  # type: ignore[misc]
         jobs = []
         for path, (spacing, rescale) in items.items():
             if path in self.done:
@@ -138,18 +158,15 @@ class _Placer:
                     bar.update(1)
         return {p: self.done[p] for p in items}
 
-    def relative(self, path: str | None, kind: str) -> str | None:
+    def relative(self, path: str | None) -> str | None:
+        """The relative path of a NIfTI volume placed as it is (hard-linked or copied once)."""
         if path is None:
             return None
         if path in self.done:
             return self.done[path]
         src = Path(path)
-        if kind != "mask":
-            self._check_volume(src)
-        if kind == "mask":
-            rel = f"masks/{src.parent.name}/{src.name}"
-        else:
-            rel = self._volume_rel(path)
+        self._check_volume(src)
+        rel = self._volume_rel(path)
         dst = self.out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists():
@@ -197,25 +214,70 @@ def _write_shards(table: pa.Table, folder: Path, split: str, size: int, n: int) 
     return f"{split}-{digest}-*.parquet"
 
 
-def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
-    for col, fields in PATH_COLUMNS.items():
+def _mask_refs(table: pa.Table) -> list[tuple[str, str, str]]:
+    """(kind, volume name, per-volume packed-mask file) of every mask reference of a config's rows."""
+    out = []
+    if "volume_name" not in table.column_names:
+        return out
+    volumes = table.column("volume_name").to_pylist()
+    if "mask" in table.column_names:
+        for v, m in zip(volumes, table.column("mask").to_pylist()):
+            if m and m.get("path"):
+                out.append((m["source"], v, m["path"]))
+    if "masks" in table.column_names:
+        for v, m in zip(volumes, table.column("masks").to_pylist()):
+            out += [(kind, v, m[kind]) for kind in MASK_COLUMNS["masks"] if m and m.get(kind)]
+    return out
+
+
+def _write_masks(out: Path, tables: dict[str, dict[str, pa.Table]], sharding: MaskSharding,
+                 progress: bool) -> dict[tuple[str, str], str]:
+    """Write every referenced volume's packed masks into shards per (split, kind); returns
+    ``{(split, per-volume file): shard path relative to the release}``."""
+    from ..access.lazymasks import open_packed_masks
+
+    wanted: dict[tuple[str, str], dict[str, str]] = {}
+    for splits in tables.values():
+        for split, table in splits.items():
+            for kind, volume, path in _mask_refs(table):
+                seen = wanted.setdefault((split, kind), {}).setdefault(volume, path)
+                if seen != path:
+                    raise BuildError(f"{split} {kind} masks of {volume} come from two files ({seen} and {path}); "
+                                     "rebuild the mask cache (delete it) and build again")
+    placed: dict[tuple[str, str], str] = {}
+    for (split, kind), files in sorted(wanted.items()):
+        name = f"{split}_{kind}"
+        shard_of = write_mask_shards(files, lambda v: open_packed_masks(files[v]), out / "masks" / name, name,
+                                     progress=progress, **dataclasses.asdict(sharding))
+        placed.update(((split, files[v]), f"masks/{name}/{f}") for v, f in shard_of.items())
+    return placed
+
+
+def _rewrite_masks(table: pa.Table, split: str, placed: dict[tuple[str, str], str]) -> pa.Table:
+    """Point the rows' mask references at the shards: the shard's relative path plus the row's volume name."""
+    for col, fields in MASK_COLUMNS.items():
         if col not in table.column_names:
             continue
         arr = table.column(col).combine_chunks()
-        kind = "volume" if col == "volume" else "mask"
         children = {f.name: arr.field(f.name) for f in arr.type}
-        if kind == "volume":
-            children = _rewrite_volumes(children, placer)
-            new = pa.StructArray.from_arrays(list(children.values()), names=list(children), mask=pc.is_null(arr))
-            table = table.set_column(table.column_names.index(col), col, new)
-            continue
         for f in fields:
-            values = children[f].to_pylist()
-            unique = {v: placer.relative(v, kind) for v in set(values) if v is not None}
-            children[f] = pa.array([unique.get(v) if v is not None else None for v in values], pa.string())
+            children[f] = pa.array([None if p is None else placed[(split, p)] for p in children[f].to_pylist()],
+                                   pa.string())
+        has_ref = functools.reduce(pc.or_kleene, [pc.is_valid(children[f]) for f in fields])
+        children["volume_name"] = pc.if_else(has_ref, table.column("volume_name").combine_chunks(), None)
         new = pa.StructArray.from_arrays(list(children.values()), names=list(children), mask=pc.is_null(arr))
         table = table.set_column(table.column_names.index(col), col, new)
     return table
+
+
+def _rewrite(table: pa.Table, placer: _Placer) -> pa.Table:
+    """The ``volume`` column with paths relative to the release (mask references: :func:`_rewrite_masks`)."""
+    if "volume" not in table.column_names:
+        return table
+    arr = table.column("volume").combine_chunks()
+    children = _rewrite_volumes({f.name: arr.field(f.name) for f in arr.type}, placer)
+    new = pa.StructArray.from_arrays(list(children.values()), names=list(children), mask=pc.is_null(arr))
+    return table.set_column(table.column_names.index("volume"), "volume", new)
 
 
 def _rewrite_volumes(children: dict[str, pa.Array], placer: _Placer) -> dict[str, pa.Array]:
@@ -382,12 +444,14 @@ def build_release(
     overwrite: bool = False,
     volumes: str = "chunked",
     workers: int | None = None,
+    mask_sharding: MaskSharding = MaskSharding(),
 ) -> BuildReport:
     """Build the packed release of an upstream-layout folder ``source`` into ``out`` (atomically).
 
     ``volumes``: ``"chunked"`` (default: zarr v3 chunked volumes, range-readable from the Hub) or ``"nifti"``
     (the NIfTI files as they are, hard-linked or copied per ``link``). ``workers``: processes converting volumes
-    (default ``$RADGENOME_WORKERS`` / all cores).
+    (default ``$RADGENOME_WORKERS`` / all cores). ``mask_sharding`` sets how the packed masks are cut into shards
+    (the defaults suit the real release).
     """
     if volumes not in VOLUME_FORMATS:
         raise ValueError(f"volumes must be one of {VOLUME_FORMATS}, got {volumes!r}")
@@ -412,6 +476,7 @@ def build_release(
     report = BuildReport(out)
     tables: dict[str, dict[str, pa.Table]] = {}
     loaded: dict = {}
+    descriptions: dict[str, str] = {}
     specs = []
     try:
         for config in configs:
@@ -427,12 +492,15 @@ def build_release(
                 continue
             dd = builder.as_dataset()
             loaded[config] = dd
-            tables[config] = {}
+            descriptions[config] = builder.info.description or ""
+            # native types only: drop datasets' feature metadata (it names this package's feature types)
+            tables[config] = {split: ds.data.table.replace_schema_metadata(None) for split, ds in dd.items()}
+        placed = _write_masks(tmp, tables, mask_sharding, progress)
+        for config, splits in tables.items():
             patterns = {}
-            for split, ds in dd.items():
-                # native types only: drop datasets' feature metadata (it names this package's feature types)
-                table = _rewrite(ds.data.table, placer).replace_schema_metadata(None)
-                tables[config][split] = table
+            for split, table in splits.items():
+                table = _rewrite(_rewrite_masks(table, split, placed), placer)
+                splits[split] = table
                 size = math.ceil(table.num_rows / _num_shards(table.num_rows, num_shards)) or 1
                 n = max(1, math.ceil(table.num_rows / size))
                 (tmp / config).mkdir(exist_ok=True)
@@ -441,7 +509,7 @@ def build_release(
                 name=config,
                 data_files={split: f"{config}/{pattern}" for split, pattern in patterns.items()},
                 default=(config == "vqa"),
-                description=builder.info.description or "",
+                description=descriptions[config],
             ))
         stats = _statistics(tables)
         figures = _figures(tmp, loaded, stats)

@@ -2,8 +2,8 @@
 
 The YAML is built with ``huggingface_hub.DatasetCardData`` and checked with the parser ``datasets``
 itself uses (``datasets.utils.metadata.MetadataConfigs``), so a card that renders is a card that
-``datasets.load_dataset(repo, config)`` understands. The body comes from ``cards/README.template.md``
-with ``{{ placeholder }}`` fields filled: ``pretty_name``, ``repo_id``, ``revision``, ``release_notes``,
+``datasets.load_dataset(repo, config)`` understands. The body comes from ``radgenome_hf/data/README.template.md``
+(``cards/README.template.md`` links to it) with ``{{ placeholder }}`` fields filled: ``pretty_name``, ``repo_id``, ``revision``, ``release_notes``,
 ``features:<config>`` (a column table per config), ``statistics``, ``figures`` and ``volume_format`` (how the
 volumes are stored and read without this package: :func:`volume_format_markdown`).
 
@@ -76,15 +76,13 @@ class ConfigSpec:
 
 
 def default_template_path() -> Path:
-    """``cards/README.template.md`` of the source tree (or a copy shipped in ``radgenome_hf/data``)."""
-    here = Path(__file__).resolve()
-    candidates = [here.parents[2] / "cards" / "README.template.md", here.parents[1] / "data" / "README.template.md"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ReleaseNotFoundError(
-        f"{candidates[0]}: dataset card template not found (nor {candidates[1]}); pass template_path= "
-        "or run from a source checkout of radgenome-hf")
+    """The card template the package ships, ``radgenome_hf/data/README.template.md`` (``cards/README.template.md``
+    of the source tree links to it: one file, so an installed package and a checkout render the same card)."""
+    path = Path(__file__).resolve().parents[1] / "data" / "README.template.md"
+    if not path.is_file():
+        raise ReleaseNotFoundError(f"{path}: dataset card template not found (a broken install?); reinstall "
+                                   "radgenome-hf or pass template_path=")
+    return path
 
 
 def _validate_configs(configs: Sequence[ConfigSpec]) -> None:

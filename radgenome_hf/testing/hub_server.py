@@ -214,7 +214,8 @@ class HubServer:
             self._blob_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.requests: list[RequestRecord] = []
-        self._failures: list[list[Any]] = []  # [kind, status, remaining]
+        self._failures: list[list[Any]] = []  # [kind, status, remaining, path part or None]
+        self._cuts: list[list[Any]] = []  # [path part, bytes sent before the connection drops, remaining]
         self._holds: list[_Hold] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -266,10 +267,19 @@ class HubServer:
         with self._lock:
             self._repo(repo_type, repo_id).granted.add(user)
 
-    def fail_next(self, kind: str, status: int = 500, times: int = 1) -> None:
-        """Make the next ``times`` requests of ``kind`` (e.g. ``"commit"``) fail with ``status``."""
+    def fail_next(self, kind: str, status: int = 500, times: int = 1, path_contains: str | None = None) -> None:
+        """Make the next ``times`` requests of ``kind`` (e.g. ``"commit"``; ``"resolve_get"`` for file GETs only,
+        ``"resolve"`` for their HEADs too), of a path containing ``path_contains`` when given, fail with
+        ``status``."""
         with self._lock:
-            self._failures.append([kind, status, times])
+            self._failures.append([kind, status, times, path_contains])
+
+    def cut_next(self, path_contains: str, after_bytes: int, times: int = 1) -> None:
+        """Make the next ``times`` file GETs (``/resolve/``) of a path containing ``path_contains`` send their
+        headers (with the full ``Content-Length``) and only ``after_bytes`` bytes of the body, then drop the
+        connection: a network failure in the middle of a download."""
+        with self._lock:
+            self._cuts.append([path_contains, after_bytes, times])
 
     def hold(self, kind: str) -> "_Hold":
         """Block the next request of ``kind`` until ``.release()``; ``.arrived`` is set when it comes in.
@@ -504,9 +514,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
 
-    def _maybe_fail(self) -> None:
+    def _maybe_fail(self, *also: str) -> None:
+        kinds = (self._kind, *also)
         with self.hub._lock:
-            hold = next((h for h in self.hub._holds if h.kind == self._kind), None)
+            hold = next((h for h in self.hub._holds if h.kind in kinds), None)
             if hold is not None:
                 self.hub._holds.remove(hold)
         if hold is not None:
@@ -514,9 +525,9 @@ class _Handler(BaseHTTPRequestHandler):
             hold._released.wait(timeout=60)
         with self.hub._lock:
             for f in self.hub._failures:
-                if f[0] == self._kind and f[2] > 0:
+                if f[0] in kinds and f[2] > 0 and (f[3] is None or f[3] in unquote(self.path)):
                     f[2] -= 1
-                    raise _HttpError(f[1], f"injected failure of {self._kind}")
+                    raise _HttpError(f[1], f"injected failure of {f[0]}")
 
     # ---------------------------------------------------------------- routing
     def _route(self) -> None:
@@ -1028,6 +1039,7 @@ class _Handler(BaseHTTPRequestHandler):
             if e is None:
                 raise _HttpError(404, f"Entry not found: {path}", "EntryNotFound")
             data = self.hub._get_blob(e.sha256)
+        self._maybe_fail(*(("resolve_get",) if self.command == "GET" else ()))
         headers = {"X-Repo-Commit": c.sha, "ETag": f'"{e.blob_id}"', "Accept-Ranges": "bytes"}
         if e.lfs:
             headers["X-Linked-Etag"] = f'"{e.sha256}"'
@@ -1050,6 +1062,20 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         if self.command == "HEAD":
             headers["Content-Length"] = str(len(body))
+        with self.hub._lock:
+            cut = next((k for k in self.hub._cuts if k[2] > 0 and k[0] in path), None) if self.command == "GET" else None
+            if cut is not None:
+                cut[2] -= 1
+        if cut is not None and cut[1] < len(body):
+            self.send_response(status)
+            for k, v in {**headers, "Content-Type": "application/octet-stream", "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body[:cut[1]])
+            self.wfile.flush()
+            self.close_connection = True  # the client sees the connection drop mid-body
+            self._bytes_out, self._status = cut[1], status
+            return None
         return self._send(status, raw=body, headers=headers, content_type="application/octet-stream")
 
 
