@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..access.masks import PackedMasks
 
 __all__ = ["ANATOMY_PAIRS_FEATURES", "fvlm_organs", "organ_sentences", "caption_for", "build_anatomy_pairs",
-           "normal_template", "clean_part", "write_anatomy_pairs"]
+           "normal_template", "clean_part", "write_anatomy_pairs", "labels_by_volume"]
 
 def fvlm_organs() -> dict[str, str]:
     """``{organ: anatomy path}`` from the ontology."""
@@ -85,8 +85,8 @@ def caption_for(organ: str, sentences: Sequence[Sentence], *, impressions_given:
     return caption, conc, desc
 
 
-def _labels_map(labels: Any) -> dict[str, dict[str, int | None]]:
-    """``{stem: {label: value}}`` from a ``read_ctrate_labels`` table or a mapping."""
+def labels_by_volume(labels: Any) -> dict[str, dict[str, int | None]]:
+    """``{stem: {label: value}}`` from a ``read_ctrate_labels`` table or a mapping (``{}`` for ``None``)."""
     if labels is None:
         return {}
     if isinstance(labels, Mapping):
@@ -120,7 +120,7 @@ def build_anatomy_pairs(grounded: Mapping[str, GroundedReport], *, labels: Any =
 
     onto = get_ontology()
     organs = dict(organs) if organs is not None else fvlm_organs()
-    lab = _labels_map(labels)
+    lab = labels_by_volume(labels)
     rows: list[dict] = []
     for stem, g in tqdm(list(grounded.items()), desc="anatomy pairs", unit="volume",
                         disable=None if progress is None else not progress):
