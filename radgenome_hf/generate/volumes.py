@@ -36,6 +36,7 @@ import concurrent.futures as cf
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -302,6 +303,10 @@ def _pool_stream(todo: Sequence[dict[str, Any]], backend: Any, workers: int | No
             yield res
 
 
+#: DeprecationWarnings that ray 2.60's ``DataContext()`` raises about its own fields while it initialises them
+_RAY_OWN_DEPRECATIONS = r"`(use_push_based_shuffle|use_polars|use_arrow_tensor_v2)` is deprecated"
+
+
 def _ray_stream(todo: Sequence[dict[str, Any]], backend: Any, address: str, workers: int | None,
                 segment_batch: int, progress: bool):
     import ray
@@ -310,7 +315,9 @@ def _ray_stream(todo: Sequence[dict[str, Any]], backend: Any, address: str, work
     from .runner import init_ray
 
     init_ray(address, num_cpus=workers)
-    ctx = ray.data.DataContext.get_current()
+    with warnings.catch_warnings():  # Ray's own DataContext() sets its deprecated fields to their defaults
+        warnings.filterwarnings("ignore", message=_RAY_OWN_DEPRECATIONS, category=DeprecationWarning)
+        ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(progress)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -319,8 +326,9 @@ def _ray_stream(todo: Sequence[dict[str, Any]], backend: Any, address: str, work
     segmenting = backend is not None and any(not r["masks"] for r in todo)
     if segmenting:
         on_gpu = bool(getattr(backend, "uses_gpu", False)) and gpus > 0
+        # a fixed pool: one actor (one model) per GPU, else per CPU; Ray >= 2.51 takes the pool as ``compute``
+        pool = ray.data.ActorPoolStrategy(size=gpus if on_gpu else max(1, min(cpus, len(todo))))
         ds = ds.map_batches(_Segmenter, fn_constructor_kwargs={"backend": backend}, batch_size=segment_batch,
-                            concurrency=gpus if on_gpu else max(1, min(cpus, len(todo))),
-                            num_gpus=1 if on_gpu else 0, batch_format="numpy", zero_copy_batch=True)
+                            compute=pool, num_gpus=1 if on_gpu else 0, batch_format="numpy", zero_copy_batch=True)
     ds = ds.map(_pack_quality, fn_kwargs={"backend": backend})
     yield from ds.iter_rows()
