@@ -25,7 +25,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ..hf.schema import ANATOMY_PAIRS_FEATURES
 from ..names import VolumeName
 from ..ontology import get_ontology
 from .ground import GroundedReport, Sentence
@@ -35,6 +34,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ANATOMY_PAIRS_FEATURES", "fvlm_organs", "organ_sentences", "caption_for", "build_anatomy_pairs",
            "normal_template", "clean_part", "write_anatomy_pairs", "labels_by_volume"]
+
+
+def __getattr__(name: str) -> Any:
+    """``ANATOMY_PAIRS_FEATURES`` from :mod:`radgenome_hf.hf.schema`, imported on first use (it imports ``datasets``,
+    seconds, which a worker building pairs never needs)."""
+    if name == "ANATOMY_PAIRS_FEATURES":
+        from ..hf.schema import ANATOMY_PAIRS_FEATURES
+
+        return ANATOMY_PAIRS_FEATURES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def fvlm_organs() -> dict[str, str]:
     """``{organ: anatomy path}`` from the ontology."""
@@ -155,6 +164,7 @@ def build_anatomy_pairs(grounded: Mapping[str, GroundedReport], *, labels: Any =
 
 def write_anatomy_pairs(rows: Sequence[dict], path: str | Path) -> Path:
     """One zstd parquet file with the schema of :data:`ANATOMY_PAIRS_FEATURES`, written atomically."""
+    from ..hf.schema import ANATOMY_PAIRS_FEATURES
     from .scene_graph import write_rows_parquet
 
     return write_rows_parquet(rows, path, ANATOMY_PAIRS_FEATURES)
