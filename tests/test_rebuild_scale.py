@@ -46,8 +46,10 @@ def pool_runs(synthetic_release, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
+    from radgenome_hf.generate.runner import init_ray
+
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray("local", num_cpus=2)  # as a rebuild starts it: every worker runs runner.worker_setup first
     yield ray
     ray.shutdown()
 

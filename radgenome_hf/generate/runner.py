@@ -21,7 +21,7 @@ from ..errors import RadGenomeError
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = ["make_executor", "bounded_map", "init_ray", "RayExecutor", "LOCAL", "worker_setup"]
+__all__ = ["make_executor", "bounded_map", "init_ray", "RayExecutor", "LOCAL", "worker_setup", "ray_data_context"]
 
 #: the ``ray`` argument that means "start a local Ray instance" (any other string is a cluster address)
 LOCAL = "local"
@@ -76,6 +76,24 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False, runtime_env=env)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
+
+
+#: DeprecationWarnings that ray 2.60's ``DataContext()`` raises about its own fields while it initialises them
+_RAY_OWN_DEPRECATIONS = r"`(use_push_based_shuffle|use_polars|use_arrow_tensor_v2)` is deprecated"
+
+
+def ray_data_context(progress: bool) -> Any:
+    """This driver's Ray Data context, progress bars on or off (without the deprecation warnings that Ray's own
+    ``DataContext()`` raises: there is nothing of ours to migrate)."""
+    import warnings
+
+    import ray.data
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_RAY_OWN_DEPRECATIONS, category=DeprecationWarning)
+        ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    return ctx
 
 
 class RayExecutor(cf.Executor):

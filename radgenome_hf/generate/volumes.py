@@ -36,7 +36,6 @@ import concurrent.futures as cf
 import json
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -122,7 +121,9 @@ def _resident(backend: Any) -> Any:
 
 
 def _splits_packing(backend: Any) -> bool:
-    return hasattr(backend, "predict_labels") and hasattr(backend, "pack_labels")
+    """Whether the backend predicts labels and packs them apart (packing then runs on CPU, off the model's actor)."""
+    return (hasattr(backend, "predict_labels") and hasattr(backend, "pack_labels")
+            and getattr(backend, "separates_packing", True))
 
 
 def _segment(row: dict[str, Any], backend: Any) -> dict[str, Any]:
@@ -303,22 +304,15 @@ def _pool_stream(todo: Sequence[dict[str, Any]], backend: Any, workers: int | No
             yield res
 
 
-#: DeprecationWarnings that ray 2.60's ``DataContext()`` raises about its own fields while it initialises them
-_RAY_OWN_DEPRECATIONS = r"`(use_push_based_shuffle|use_polars|use_arrow_tensor_v2)` is deprecated"
-
-
 def _ray_stream(todo: Sequence[dict[str, Any]], backend: Any, address: str, workers: int | None,
                 segment_batch: int, progress: bool):
     import ray
     import ray.data
 
-    from .runner import init_ray
+    from .runner import init_ray, ray_data_context
 
     init_ray(address, num_cpus=workers)
-    with warnings.catch_warnings():  # Ray's own DataContext() sets its deprecated fields to their defaults
-        warnings.filterwarnings("ignore", message=_RAY_OWN_DEPRECATIONS, category=DeprecationWarning)
-        ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = bool(progress)
+    ray_data_context(progress)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     # one volume per block: a read task holds one decoded volume, and backpressure counts volumes
