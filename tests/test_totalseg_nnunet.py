@@ -132,3 +132,14 @@ def test_pickled_backend_builds_its_own_predictors(model_folders):
     clone = pickle.loads(pickle.dumps(backend))
     assert clone._predictors is None and clone.class_names() == backend.class_names()
     assert clone.params() == backend.params()  # same manifest key: the same weights
+
+
+def test_cli_options_reach_the_backend(model_folders, tmp_path):
+    from radgenome_hf.cli import build_parser
+    from radgenome_hf.cli.segment import backend_from_args
+
+    args = build_parser().parse_args(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--backend",
+                                      "totalsegmentator", "--device", "cpu", *[a for f in model_folders
+                                                                               for a in ("--model-folder", str(f))]])
+    backend = backend_from_args(args)
+    assert backend.engine == "nnunet" and backend.model_folders == [Path(f).resolve() for f in model_folders]
