@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
-import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,6 +35,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import emit_json  # noqa: E402
 
 _CHUNK = 1 << 20
 
@@ -131,13 +133,9 @@ def main() -> int:
                   f"{base / wall:11.2f}x")
             summary.setdefault(iname, {})[mname] = {"wall_ms": round(wall * 1e3, 1), "cpu_ms": round(cpu * 1e3, 1),
                                                      "isal_over_this": round(base / wall, 3)}
-    result = {"shape": list(cfg.grid_shape), "rounds": args.rounds, "load_average": load, "results": summary}
-    print(json.dumps(result))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=1))
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
+    emit_json({"shape": list(cfg.grid_shape), "rounds": args.rounds, "load_average": load, "results": summary},
+              args.json_out)
     return 0
 
 

@@ -25,7 +25,6 @@ overhead), which other jobs on the machine disturb much less than wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -38,7 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import Comparison, comparisons_markdown, interleaved, median_ms, print_comparisons  # noqa: E402
+from _common import (Comparison, comparisons_markdown, emit_json, interleaved, median_ms,  # noqa: E402
+                     print_comparisons)
 
 
 def _fresh(base: Path, name: str) -> Path:
@@ -240,10 +240,8 @@ def main() -> int:
     result = {"volumes": n_vol, "structures": n_struct, "shape": list(args.shape), "load_average": load,
               "ray_start_s": ray_start, "pool_start_s": pool_start, "ops": rates}
     pools[2].shutdown()
-    print(json.dumps(result, indent=1))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
+    emit_json(result, args.json_out)
     return 0
 
 

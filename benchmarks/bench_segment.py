@@ -168,20 +168,22 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            totals, predicts, infers = [], [], []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                masks = backend.segment(ct, affine)
-                if cuda:
-                    torch.cuda.synchronize()
-                totals.append(time.perf_counter() - t)
-            with UtilisationSampler(cuda) as util:
+            infers: list[float] = []
+
+            def timed(fn) -> tuple[list[float], object]:
+                """Seconds of ``--repeats`` calls (the device synchronised), and the last result."""
+                out, res = [], None
                 for _ in range(args.repeats):
                     t = time.perf_counter()
-                    labels = backend.predict_labels(ct, affine)
+                    res = fn()
                     if cuda:
                         torch.cuda.synchronize()
-                    predicts.append(time.perf_counter() - t)
+                    out.append(time.perf_counter() - t)
+                return out, res
+
+            totals, masks = timed(lambda: backend.segment(ct, affine))
+            with UtilisationSampler(cuda) as util:
+                predicts, labels = timed(lambda: backend.predict_labels(ct, affine))
             moved = transfer_bytes(lambda: backend.predict_labels(ct, affine), cuda,
                                    {"host_to_device": int(ct.nbytes), "device_to_host": int(labels.nbytes)})
             # sliding-window inference alone, on the resampled grid
