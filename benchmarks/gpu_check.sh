@@ -5,7 +5,7 @@
 #
 # The device image has torch, numpy, scipy, pyarrow, psutil and nvidia-ml-py (GPU utilisation) but neither MONAI nor
 # nibabel: carry them as wheels (pure Python). Once, in the repository root on this machine:
-#   echo /.whl/ >> .git/info/exclude
+#   echo /.whl/ >> "$(git rev-parse --git-path info/exclude)"   # keep the wheels out of git
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl monai==1.6.1 nibabel==5.4.2
 # then run (device tool): command "sh benchmarks/gpu_check.sh", carry [".whl"], timeout_s 540.
