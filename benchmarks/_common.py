@@ -34,6 +34,7 @@ __all__ = [
     "synthetic_ct",
     "synthetic_structures",
     "fmt_bytes",
+    "emit_json",
 ]
 
 
@@ -69,6 +70,15 @@ def interleaved(
             del res
             out[name].append(dt)
     return out
+
+
+def emit_json(result: object, path: str | os.PathLike | None) -> None:
+    """Print a benchmark's result as JSON (its last line) and write it to ``path`` too when given."""
+    import json
+
+    print(json.dumps(result))
+    if path:
+        Path(path).write_text(json.dumps(result, indent=1))
 
 
 def median_ms(xs: Sequence[float]) -> float:

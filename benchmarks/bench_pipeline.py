@@ -16,14 +16,15 @@ times, in interleaved rounds (each configuration once per round, every run into 
   (2 CPUs, started once before timing: its start is reported apart) against the 2-process pool and 1 worker.
 
 The rebuild timings include starting the rebuild's own process pool (spawn + imports) and Ray Data's per-pipeline
-start. The machine may
-be shared: the 1-minute load average is printed before and after; ratios are only as good as that noise allows.
+start. The machine may be shared: the 1-minute load average is printed before and after; ratios are only as good as
+that noise allows. CPU seconds are printed per configuration, split between this process (the driver) and the
+processes it started, and pack + quality's scaling is also given from CPU time (the busiest worker, the pool's
+overhead), which other jobs on the machine disturb much less than wall time.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -36,7 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import Comparison, comparisons_markdown, interleaved, median_ms, print_comparisons  # noqa: E402
+from _common import (Comparison, comparisons_markdown, emit_json, interleaved, median_ms,  # noqa: E402
+                     print_comparisons)
 
 
 def _fresh(base: Path, name: str) -> Path:
@@ -44,6 +46,50 @@ def _fresh(base: Path, name: str) -> Path:
     if d.exists():
         shutil.rmtree(d)
     return d
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of this process and of the processes it started: live descendants through psutil
+    (pool workers; a local Ray instance's daemons and workers, only for the Ray configurations), ended children
+    through ``RUSAGE_CHILDREN``."""
+
+    KEYS = ("driver", "workers", "busiest")
+
+    def __init__(self) -> None:
+        self.ray_roots: set[int] = set()  # the local Ray instance's daemons (their subtree is Ray's)
+
+    def start_ray(self, start) -> float:
+        """Run ``start()`` (which starts a local Ray instance); its new child processes are Ray's. Returns seconds."""
+        import psutil
+
+        before = {p.pid for p in psutil.Process().children()}
+        t0 = time.perf_counter()
+        start()
+        seconds = time.perf_counter() - t0
+        self.ray_roots = {p.pid for p in psutil.Process().children()} - before
+        return seconds
+
+    def snapshot(self, with_ray: bool) -> tuple[float, float, dict[int, float]]:
+        import psutil
+
+        live: dict[int, float] = {}
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if not with_ray and (p.pid in self.ray_roots or any(q.pid in self.ray_roots for q in p.parents())):
+                    continue
+                live[p.pid] = sum(p.cpu_times()[:2])
+            except psutil.Error:  # ended meanwhile: counted by RUSAGE_CHILDREN once reaped
+                pass
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time(), ru.ru_utime + ru.ru_stime, live
+
+    def since(self, before: tuple[float, float, dict[int, float]], with_ray: bool) -> dict[str, float]:
+        """``driver``, ``workers`` (every other process) and ``busiest`` (the most of any one live process)."""
+        d0, ended0, live0 = before
+        d1, ended1, live1 = self.snapshot(with_ray)
+        per = {pid: c - live0.get(pid, 0.0) for pid, c in live1.items()}
+        return {"driver": d1 - d0, "workers": sum(per.values()) + (ended1 - ended0),
+                "busiest": max(per.values(), default=0.0)}
 
 
 def _warm(_: int) -> int:
@@ -124,32 +170,24 @@ def main() -> int:
            "pack, MaskStore.prepare serial": maskstore_serial,
            "rebuild, 2 pool processes": rebuild(2), "rebuild, 1 worker": rebuild(1)}
     ray_start = None
+    meter = CpuMeter()
     if not args.no_ray:
-        import ray
+        from radgenome_hf.generate.runner import init_ray
 
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                  os.environ.get("PYTHONPATH")]))
-        t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        ray_start = time.perf_counter() - t0
+        # started as the rebuild starts it (the workers' setup hook included)
+        ray_start = meter.start_ray(lambda: init_ray("local", num_cpus=2))
         ops["rebuild, Ray Data (local, 2 CPUs)"] = rebuild(2, "local")
     for name in ("pack+quality, 2 pool processes", "pack+quality, 1 worker"):
         ops[name]()  # untimed: the workers' first-use imports (pyarrow, nibabel, the ontology)
-    cpu: dict[str, list[float]] = {name: [] for name in ops}
-
-    def cpu_seconds() -> float:
-        """CPU time of this process, its finished children (the rebuild's own pools) and the live benchmark pool."""
-        import psutil
-
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        live = sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pools[2]._processes)  # type: ignore[attr-defined]
-        return time.process_time() + ru.ru_utime + ru.ru_stime + live
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in ops}
 
     def with_cpu(name: str, fn):
         def run() -> None:
-            c0 = cpu_seconds()
+            before = meter.snapshot("Ray" in name)
             fn()
-            cpu[name].append(cpu_seconds() - c0)
+            cpu[name].append(meter.since(before, "Ray" in name))
         return run
 
     load.append(os.getloadavg()[0])
@@ -173,23 +211,37 @@ def main() -> int:
     print(f"1-minute load average: {load[0]:.2f} at start, {load[1]:.2f} before timing, {load[2]:.2f} at the end "
           f"(2 cores: above 2 the runs share the CPUs with others)")
     (print(comparisons_markdown(comps)) if args.markdown else print_comparisons(comps))
-    print("\nCPU seconds used (median; Ray workers are not counted) and cores kept busy (CPU / wall):")
+    med = {name: {k: statistics.median(c[k] for c in cpu[name]) for k in CpuMeter.KEYS} for name in ops}
+    print("\nCPU seconds (medians): this process (the driver), every other process it started (pool workers; Ray's "
+          "workers and daemons), the busiest of those, and cores kept busy (CPU / wall):")
     for name, xs in times.items():
-        c = statistics.median(cpu[name])
-        note = "" if "Ray" not in name else "  (driver only)"
-        print(f"  {name:40s} wall {statistics.median(xs):7.2f} s  CPU {c:7.2f} s  cores {c / statistics.median(xs):4.2f}{note}")
+        m = med[name]
+        print(f"  {name:40s} wall {statistics.median(xs):7.2f} s  driver {m['driver']:6.2f}  workers {m['workers']:6.2f}"
+              f"  busiest {m['busiest']:6.2f}  cores {(m['driver'] + m['workers']) / statistics.median(xs):4.2f}")
+    one, two = med["pack+quality, 1 worker"], med["pack+quality, 2 pool processes"]
+    cpu_one = one["driver"] + one["workers"]
+    cpu_two = two["driver"] + two["workers"]
+    projected = max(two["busiest"], cpu_two / 2)  # the wall time on two idle cores: the busiest worker, or half the CPU
+    print(f"\npack + quality from CPU time (less sensitive to other jobs' load than the wall times above):\n"
+          f"  1 worker {cpu_one:.2f} CPU-s; 2 processes {cpu_two:.2f} CPU-s (driver {two['driver']:.2f}, busiest "
+          f"worker {two['busiest']:.2f}) -> work overhead of the pool {cpu_two / cpu_one:.2f}x, projected speedup on 2 "
+          f"idle cores {cpu_one / projected:.2f}x (target >= 1.7x)")
+    if "rebuild, Ray Data (local, 2 CPUs)" in med:
+        ray_m, pool_m = med["rebuild, Ray Data (local, 2 CPUs)"], med["rebuild, 2 pool processes"]
+        ray_cpu, pool_cpu = ray_m["driver"] + ray_m["workers"], pool_m["driver"] + pool_m["workers"]
+        print(f"rebuild CPU: Ray {ray_cpu:.2f} CPU-s, pool {pool_cpu:.2f} CPU-s -> Ray uses {ray_cpu / pool_cpu:.2f}x the "
+              f"pool's CPU (Ray's daemons included)")
     rates = {name: {"median_s": round(median_ms(xs) / 1000, 3), "volumes_per_s": round(n_vol / (median_ms(xs) / 1000), 3),
-                    "runs_s": [round(x, 3) for x in xs], "cpu_s": [round(x, 3) for x in cpu[name]]}
+                    "runs_s": [round(x, 3) for x in xs],
+                    "cpu_s": [{k: round(v, 3) for k, v in c.items()} for c in cpu[name]]}
              for name, xs in times.items()}
     for name in ("pack+quality, 2 pool processes", "pack+quality, 1 worker", "pack, MaskStore.prepare serial"):
         rates[name]["structures_per_s"] = round(n_struct / (median_ms(times[name]) / 1000), 1)
     result = {"volumes": n_vol, "structures": n_struct, "shape": list(args.shape), "load_average": load,
               "ray_start_s": ray_start, "pool_start_s": pool_start, "ops": rates}
     pools[2].shutdown()
-    print(json.dumps(result, indent=1))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
+    emit_json(result, args.json_out)
     return 0
 
 

@@ -1,8 +1,11 @@
 """The rebuild at scale: a process pool, a local Ray Data pipeline (2 CPUs) and a killed-then-resumed run write
-byte-identical releases."""
+byte-identical releases (every stage, the text stages over shards of patients included: VQA, scene graphs,
+anatomy pairs on pool processes or Ray tasks against one process, and tests/test_text_stages.py against the
+serial functions)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +38,7 @@ def pool_runs(synthetic_release, tmp_path_factory):
         report = rebuild_release(synthetic_release.root, out,
                                  PipelineConfig(progress=False, workers=2, masks_from=masks_from))
         assert report.problems == [] and not report.skipped
+        assert report.run["text"]["shards"] > 1  # the text stages ran over shards of patients in the pool
         outs[masks_from] = out
     return outs
 
@@ -42,8 +46,10 @@ def pool_runs(synthetic_release, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
+    from radgenome_hf.generate.runner import init_ray
+
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray("local", num_cpus=2)  # as a rebuild starts it: every worker runs runner.worker_setup first
     yield ray
     ray.shutdown()
 
@@ -55,8 +61,24 @@ def test_ray_pipeline_matches_the_process_pool(masks_from, synthetic_release, po
                              PipelineConfig(progress=False, ray="local", masks_from=masks_from))
     assert report.run["volumes"]["executor"] == "ray"
     assert report.run["volumes"]["volumes"] == report.volumes > 0
+    assert report.run["text"]["shards"] > 1 and report.run["ground"]["shards"] > 1  # text stages as Ray tasks
     expected = _tree(pool_runs[masks_from])
     got = _tree(tmp_path)
+    assert sorted(got) == sorted(expected)
+    assert [k for k in expected if got[k] != expected[k]] == []
+
+
+@pytest.mark.slow
+def test_rebuild_script_on_ray_matches_the_process_pool(synthetic_release, pool_runs, local_ray, tmp_path, capsys):
+    """The maintainers' script, ``--ray`` (joins the running local instance), writes the pool's release."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "builder_scripts" / "rebuild_release.py"))
+    assert script["main"]([str(synthetic_release.root), str(tmp_path), "--ray", "--masks-from", "release"]) == 0
+    assert "rebuilt" in capsys.readouterr().out
+    run = json.loads((tmp_path / ".work" / "run_report.json").read_text())
+    assert run["executor"] == "ray (local)" and run["volumes"]["executor"] == "ray"
+    expected, got = _tree(pool_runs["release"]), _tree(tmp_path)
     assert sorted(got) == sorted(expected)
     assert [k for k in expected if got[k] != expected[k]] == []
 

@@ -374,7 +374,7 @@ def _fake_totalseg(monkeypatch, phantom, *, header: bool):
 @pytest.mark.parametrize("header", [True, False], ids=["ext-header", "class-map"])
 def test_totalsegmentator_fake_module(monkeypatch, phantom, header):
     calls = _fake_totalseg(monkeypatch, phantom, header=header)
-    backend = get_backend("totalsegmentator", device="cpu")
+    backend = get_backend("totalsegmentator", device="cpu", engine="api")
     assert backend.version == "9.9.9"
     masks = segment_volume(phantom.ct, backend, affine=phantom.affine)
     assert calls and calls[0]["task"] == "total" and calls[0]["device"] == "cpu"

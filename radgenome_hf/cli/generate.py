@@ -211,8 +211,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def add_rebuild_arguments(q: argparse.ArgumentParser) -> None:
+    """The arguments of ``generate rebuild`` (also ``builder_scripts/rebuild_release.py``'s); ``func`` runs it."""
     from .segment import add_backend_options
+
+    q.add_argument("upstream", help="upstream release folder")
+    q.add_argument("out", help="new release folder")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--validation", type=float, default=None,
+                   help="re-split patients with this validation fraction (default: keep the upstream split)")
+    q.add_argument("--masks-from", choices=("release", "segment", "none"), default="release",
+                   help="masks from the release's own folders/archives, from running a segmentation backend, or none")
+    q.add_argument("--masks-dir", help="use this folder of <stem>.masks.parquet instead")
+    q.add_argument("--backend", default="threshold", choices=["threshold", "monai", "totalsegmentator", "sat"],
+                   help="segmentation backend for --masks-from segment")
+    q.add_argument("--link", choices=("hardlink", "copy", "symlink"), default="hardlink",
+                   help="how volumes and CT-RATE files get into the new release")
+    _add_executor(q)
+    q.add_argument("--segment-batch", type=int, default=2, help="volumes per segmentation actor call (Ray)")
+    _add_grounding(q)
+    add_backend_options(q)
+    q.set_defaults(func=_cmd_rebuild)
+
+
+def register(subparsers) -> None:
 
     p = subparsers.add_parser("generate", help="generation stages: ground, vqa, scene-graph, anatomy-pairs, split, "
                               "rebuild, evaluate, quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,23 +293,7 @@ def register(subparsers) -> None:
     q.set_defaults(func=_cmd_evaluate)
 
     q = sub.add_parser("rebuild", help="end to end: a new release folder in the upstream layout")
-    q.add_argument("upstream", help="upstream release folder")
-    q.add_argument("out", help="new release folder")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--validation", type=float, default=None,
-                   help="re-split patients with this validation fraction (default: keep the upstream split)")
-    q.add_argument("--masks-from", choices=("release", "segment", "none"), default="release",
-                   help="masks from the release's own folders/archives, from running a segmentation backend, or none")
-    q.add_argument("--masks-dir", help="use this folder of <stem>.masks.parquet instead")
-    q.add_argument("--backend", default="threshold", choices=["threshold", "monai", "totalsegmentator", "sat"],
-                   help="segmentation backend for --masks-from segment")
-    q.add_argument("--link", choices=("hardlink", "copy", "symlink"), default="hardlink",
-                   help="how volumes and CT-RATE files get into the new release")
-    _add_executor(q)
-    q.add_argument("--segment-batch", type=int, default=2, help="volumes per segmentation actor call (Ray)")
-    _add_grounding(q)
-    add_backend_options(q)
-    q.set_defaults(func=_cmd_rebuild)
+    add_rebuild_arguments(q)
 
     q = sub.add_parser("quality", help="per-volume quality rows (non-finite voxels, HU range, double rescale, lung "
                        "coverage, spacing) -> OUT/quality.jsonl")

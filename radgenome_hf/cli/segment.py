@@ -44,6 +44,11 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("totalsegmentator")
     t.add_argument("--task", default=None, help="TotalSegmentator task (default total)")
     t.add_argument("--fast", action="store_true", help="TotalSegmentator 3 mm model")
+    t.add_argument("--engine", choices=("nnunet", "api"), default="nnunet",
+                   help="nnunet: nnU-Net predictors loaded once per worker and kept across volumes (default); api: "
+                   "TotalSegmentator's Python API per volume")
+    t.add_argument("--model-folder", type=Path, action="append", dest="model_folders", metavar="DIR",
+                   help="an nnU-Net trained-model folder (repeat for several; default: TotalSegmentator's own)")
     s = p.add_argument_group("sat")
     s.add_argument("--sat-dir", type=Path, help="SAT checkout (working directory of its inference.py)")
     s.add_argument("--sat-checkpoint", type=Path)
@@ -66,7 +71,7 @@ def backend_from_args(args: argparse.Namespace):
             return get_backend("monai", bundle=args.bundle, highres=args.highres, checkpoint=args.checkpoint, **opts)
         return get_backend("monai", checkpoint=args.checkpoint, network_config=args.network_config, **opts)
     if args.backend == "totalsegmentator":
-        opts = {"fast": args.fast}
+        opts = {"fast": args.fast, "engine": args.engine, "model_folders": args.model_folders}
         if args.task:
             opts["task"] = args.task
         if args.device:

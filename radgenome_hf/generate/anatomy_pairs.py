@@ -25,7 +25,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ..hf.schema import ANATOMY_PAIRS_FEATURES
 from ..names import VolumeName
 from ..ontology import get_ontology
 from .ground import GroundedReport, Sentence
@@ -34,7 +33,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..access.masks import PackedMasks
 
 __all__ = ["ANATOMY_PAIRS_FEATURES", "fvlm_organs", "organ_sentences", "caption_for", "build_anatomy_pairs",
-           "normal_template", "clean_part", "write_anatomy_pairs"]
+           "normal_template", "clean_part", "write_anatomy_pairs", "labels_by_volume"]
+
+
+def __getattr__(name: str) -> Any:
+    """``ANATOMY_PAIRS_FEATURES`` from :mod:`radgenome_hf.hf.schema`, imported on first use (it imports ``datasets``,
+    seconds, which a worker building pairs never needs)."""
+    if name == "ANATOMY_PAIRS_FEATURES":
+        from ..hf.schema import ANATOMY_PAIRS_FEATURES
+
+        return ANATOMY_PAIRS_FEATURES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def fvlm_organs() -> dict[str, str]:
     """``{organ: anatomy path}`` from the ontology."""
@@ -85,8 +94,8 @@ def caption_for(organ: str, sentences: Sequence[Sentence], *, impressions_given:
     return caption, conc, desc
 
 
-def _labels_map(labels: Any) -> dict[str, dict[str, int | None]]:
-    """``{stem: {label: value}}`` from a ``read_ctrate_labels`` table or a mapping."""
+def labels_by_volume(labels: Any) -> dict[str, dict[str, int | None]]:
+    """``{stem: {label: value}}`` from a ``read_ctrate_labels`` table or a mapping (``{}`` for ``None``)."""
     if labels is None:
         return {}
     if isinstance(labels, Mapping):
@@ -120,7 +129,7 @@ def build_anatomy_pairs(grounded: Mapping[str, GroundedReport], *, labels: Any =
 
     onto = get_ontology()
     organs = dict(organs) if organs is not None else fvlm_organs()
-    lab = _labels_map(labels)
+    lab = labels_by_volume(labels)
     rows: list[dict] = []
     for stem, g in tqdm(list(grounded.items()), desc="anatomy pairs", unit="volume",
                         disable=None if progress is None else not progress):
@@ -155,6 +164,7 @@ def build_anatomy_pairs(grounded: Mapping[str, GroundedReport], *, labels: Any =
 
 def write_anatomy_pairs(rows: Sequence[dict], path: str | Path) -> Path:
     """One zstd parquet file with the schema of :data:`ANATOMY_PAIRS_FEATURES`, written atomically."""
+    from ..hf.schema import ANATOMY_PAIRS_FEATURES
     from .scene_graph import write_rows_parquet
 
     return write_rows_parquet(rows, path, ANATOMY_PAIRS_FEATURES)

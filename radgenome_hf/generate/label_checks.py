@@ -37,7 +37,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..ontology import get_label_vocabulary
-from .anatomy_pairs import _labels_map
+from .anatomy_pairs import labels_by_volume
 from .ground import _CLAUSE_SPLIT, _NEG_AFTER, _NEG_BEFORE, GroundedReport, Sentence, _norm_text
 
 __all__ = ["CHECKS", "MENTIONS", "label_mentions", "sentence_mentions", "label_checks_for", "add_label_checks",
@@ -166,7 +166,7 @@ def add_label_checks(quality: Mapping[str, dict], grounded: Mapping[str, Grounde
     """The quality rows (``{volume stem: row}``) with a ``label_checks`` field each: the checks of the volume's
     grounded report against its CT-RATE labels (``labels``: a ``tables.read_ctrate_labels`` table, a mapping
     ``{volume: {label: 0/1}}``, or ``None``); ``None`` for a volume without a grounded report or a labels row."""
-    by_stem = _labels_map(labels)
+    by_stem = labels_by_volume(labels)
     return {s: {**row, "label_checks": label_checks_for(grounded[s], by_stem.get(s)) if s in grounded else None}
             for s, row in quality.items()}
 

@@ -23,8 +23,10 @@ folders or archives, packed once in one streaming pass), from a segmentation out
 Where it runs: mask archives are packed in one streaming pass feeding every worker
 (:mod:`~radgenome_hf.generate.packing`); the per-volume stages read -> (segment) -> pack -> quality run in a
 process pool or as one Ray Data pipeline (:mod:`~radgenome_hf.generate.volumes`); grounding runs over shards of
-the reports on the same workers; VQA, graphs, pairs and the split are cheap and run here. ``ray="local"`` (or a
-cluster address) puts all of it on Ray; otherwise ``workers`` processes (default all cores). Every stage is
+the reports on the same workers, the split as one task (it ranks every patient, and is cheap), and region_report
+rows, VQA, scene graphs and anatomy pairs as tasks over shards of whole patients
+(:mod:`~radgenome_hf.generate.text`), byte-identical to one serial pass. ``ray="local"`` (or a cluster address)
+puts all of it on Ray; otherwise ``workers`` processes (default all cores). Every stage is
 resumable per volume, so a killed rebuild run again finishes with the same files as an uninterrupted one. The
 quality rows go to ``dataset/quality/{train,validation}.jsonl``; ``<work>/run_report.json`` holds volumes/s per
 stage, GPU utilisation (when there is a GPU) and each failure with its volume (a failed volume is left out of
@@ -45,12 +47,11 @@ from ..errors import ReleaseNotFoundError
 from ..io.atomic import atomic_path, write_text
 from ..names import VolumeName, mask_dir, radgenome_csv_name, radgenome_volume_path
 from ..io.tables import RADGENOME_HEADERS, write_csv
-from .anatomy_pairs import build_anatomy_pairs
-from .ground import GroundedReport, ground_reports, region_report_rows
+from .ground import GroundedReport, ground_reports
 from .label_checks import add_label_checks
-from .scene_graph import build_scene_graphs
 from .splits import assign_splits, split_report, write_splits
-from .vqa import build_vqa, check_invariants
+from .text import run_text_stages
+from .vqa import VQATables, check_invariants
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..access.masks import PackedMasks
@@ -138,29 +139,13 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 class _Masks:
-    """Per-volume masks: anatomy and region kinds kept apart (for writing) and merged (for the graph/pairs)."""
+    """Per-volume packed-mask files, anatomy and region kinds kept apart (written apart; merged by the text stages)."""
 
     def __init__(self) -> None:
         self.files: dict[str, dict[str, Path]] = {}  # stem -> kind -> parquet
 
     def add(self, stem: str, kind: str, path: Path) -> None:
         self.files.setdefault(stem, {})[kind] = path
-
-    def kind(self, stem: str, kind: str) -> "PackedMasks | None":
-        from ..access.masks import PackedMasks
-
-        p = self.files.get(stem, {}).get(kind)
-        return PackedMasks.load(p) if p is not None else None
-
-    def merged(self, stem: str) -> "PackedMasks | None":
-        anatomy, region = self.kind(stem, "anatomy"), self.kind(stem, "region")
-        if anatomy is None:
-            return region
-        if region is not None:
-            for name in region.names:
-                if name not in anatomy:
-                    anatomy.add(name, region.mask(name), source="region")
-        return anatomy
 
 
 def _collect_masks(release: Any, stems: list[str], cfg: PipelineConfig, work: Path,
@@ -328,56 +313,36 @@ def _rebuild(upstream: str | os.PathLike, out: Path, cfg: PipelineConfig, execut
     grounded_all = _ground_sharded(reports, cfg, executor, run)
     grounded = {s: grounded_all[s] for s in stems}
 
-    # -- split --------------------------------------------------------------------------------------
-    if cfg.validation is None:
-        import pyarrow as pa
-
-        vols = [VolumeName.parse(s) for s in stems]
-        split_table = pa.table({
-            "volume_name": [v.stem for v in vols], "patient_id": [v.patient_id for v in vols],
-            "scan_id": [v.scan_id for v in vols],
-            "reconstruction_id": pa.array([v.reconstruction_id for v in vols], pa.int32()),
-            "original_split": [v.hf_split for v in vols], "split": [v.hf_split for v in vols],
-        })
-    else:
-        split_table = assign_splits(stems, validation=cfg.validation, seed=cfg.seed)
+    # -- split: one task (it ranks every patient; cheap) -------------------------------------------
+    split_table = executor.submit(assign_splits, stems, validation=cfg.validation, seed=cfg.seed).result()
     report.splits = str(split_report(split_table))
     write_splits(ds_out / "splits.csv", split_table)
     split_of = dict(zip(split_table["volume_name"].to_pylist(), split_table["split"].to_pylist()))
-    file_split = {"train": "train", "validation": "valid"}  # radgenome_csv_name takes the name-prefix form
 
-    # -- per-split tables ---------------------------------------------------------------------------
+    # -- region_report, vqa, scene graphs, anatomy pairs: tasks over shards of patients -------------------
+    text = run_text_stages(grounded, split_of, executor, labels=labels, mask_files=masks.files, seed=cfg.seed,
+                           json_dir=ds_out / "scene_graph" / "json" if cfg.scene_graph_json else None,
+                           progress=cfg.progress)
+    run["text"] = {"volumes": len(stems), "shards": text.shards,
+                   **{f"{k}_seconds": round(v, 3) for k, v in text.seconds.items()}}
     files = ds_out / "radgenome_files"
-    merged_cache: dict[str, Any] = {}
-
-    def merged(stem: str):
-        if stem not in merged_cache:
-            if len(merged_cache) > 4:
-                merged_cache.pop(next(iter(merged_cache)))
-            merged_cache[stem] = masks.merged(stem)
-        return merged_cache[stem]
-
+    file_split = {"train": "train", "validation": "valid"}  # radgenome_csv_name takes the name-prefix form
     quality = add_label_checks(vrep.quality, grounded, labels)  # quality rows + CT-RATE labels vs the grounded text
-    graphs = {r["volume_name"]: r for r in build_scene_graphs(grounded, merged, progress=cfg.progress)}
-    pairs = build_anatomy_pairs(grounded, labels=labels, masks_of=merged, progress=cfg.progress)
     for split in ("train", "validation"):
-        sel: dict[str, GroundedReport] = {s: grounded[s] for s in stems if split_of[s] == split}
+        sel = [s for s in stems if split_of[s] == split]
         fs = file_split[split]
-        rr = [row for s, g in sel.items() for row in region_report_rows(s, g.sentences)]
+        rr = [row for s in sel for row in text.region_report[s]]
         write_csv(files / radgenome_csv_name(fs, "region_report"), RADGENOME_HEADERS["region_report"], rr)
-        tables = build_vqa(sel, seed=cfg.seed)
+        tables = text.vqa.get(split) or VQATables()
         for kind, rows in tables.items():
             write_csv(files / radgenome_csv_name(fs, kind), RADGENOME_HEADERS[kind], rows)
         report.problems += [f"{split}: {p}" for p in check_invariants(tables)]
-        _write_jsonl(ds_out / "scene_graph" / f"{split}.jsonl", [graphs[s] for s in sel])
-        _write_jsonl(ds_out / "anatomy_pairs" / f"{split}.jsonl", [r for r in pairs if r["volume_name"] in sel])
+        pairs = [r for s in sel for r in text.pairs[s]]
+        _write_jsonl(ds_out / "scene_graph" / f"{split}.jsonl", [text.graphs[s] for s in sel])
+        _write_jsonl(ds_out / "anatomy_pairs" / f"{split}.jsonl", pairs)
         _write_jsonl(ds_out / "quality" / f"{split}.jsonl", [quality[s] for s in sel])
         report.counts[split] = {"volumes": len(sel), "region_report": len(rr), **tables.counts(),
-                                "scene_graph": len(sel), "anatomy_pairs": sum(r["volume_name"] in sel for r in pairs)}
-    if cfg.scene_graph_json:
-        from .scene_graph import write_scene_graphs
-
-        write_scene_graphs(list(graphs.values()), ds_out / "scene_graph" / "json")
+                                "scene_graph": len(sel), "anatomy_pairs": len(pairs)}
 
     # -- volumes and masks in the upstream layout (per volume, on the workers) ---------------------------
     from tqdm.auto import tqdm

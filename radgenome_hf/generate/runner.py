@@ -21,17 +21,48 @@ from ..errors import RadGenomeError
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = ["make_executor", "bounded_map", "init_ray", "RayExecutor", "LOCAL"]
+__all__ = ["make_executor", "bounded_map", "init_ray", "RayExecutor", "LOCAL", "worker_setup", "ray_data_context"]
 
 #: the ``ray`` argument that means "start a local Ray instance" (any other string is a cluster address)
 LOCAL = "local"
+
+#: glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD (mallopt parameter numbers), and the value a worker sets both to
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_FREED_BYTES = 512 << 20
+_SET_UP = False
+
+
+def worker_setup() -> None:
+    """Run once in every worker process (the pool's initializer, Ray's ``worker_process_setup_hook``).
+
+    A worker allocates and frees the same few large arrays per volume (a structure's grid, a decoded volume).
+    With glibc's defaults, a freed array above the mmap threshold goes back to the OS and the next one
+    page-faults in zeroed pages again: measured on a 320x320x224 mask volume, 172k minor faults and 0.4-0.7 s of
+    system time per 53 structures in a pool worker, 45-70 % on top of the packing's own CPU time (the
+    long-lived driver process, whose thresholds had adapted, showed 1k). Keeping up to 512 MiB of freed memory
+    in the worker removes it (5k faults, 0.03 s). No-op where the C library has no ``mallopt`` (not glibc).
+    """
+    global _SET_UP
+    if _SET_UP:
+        return
+    _SET_UP = True
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at ``address`` (or ``$RADGENOME_RAY_ADDRESS``), else start a local instance.
 
     A local instance gets ``num_cpus`` CPUs; its workers inherit this process's environment (set ``PYTHONPATH``
-    before calling when the package is not installed). A running instance is reused.
+    before calling when the package is not installed). Every worker of this job runs :func:`worker_setup` first.
+    A running instance is reused (as it is: call this first to get the worker setup).
     """
     try:
         import ray
@@ -40,10 +71,29 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address if address not in (None, LOCAL) else ray_address()
+    env = {"worker_process_setup_hook": f"{__name__}.worker_setup"}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
+
+
+#: DeprecationWarnings that ray 2.60's ``DataContext()`` raises about its own fields while it initialises them
+_RAY_OWN_DEPRECATIONS = r"`(use_push_based_shuffle|use_polars|use_arrow_tensor_v2)` is deprecated"
+
+
+def ray_data_context(progress: bool) -> Any:
+    """This driver's Ray Data context, progress bars on or off (without the deprecation warnings that Ray's own
+    ``DataContext()`` raises: there is nothing of ours to migrate)."""
+    import warnings
+
+    import ray.data
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_RAY_OWN_DEPRECATIONS, category=DeprecationWarning)
+        ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    return ctx
 
 
 class RayExecutor(cf.Executor):
@@ -84,7 +134,7 @@ def make_executor(*, ray: str | None = None, workers: int | None = None) -> cf.E
         return RayExecutor()
     if n == 1:
         return _InProcess()
-    return cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+    return cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=worker_setup)
 
 
 def executor_width(ex: cf.Executor) -> int:

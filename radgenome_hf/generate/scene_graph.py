@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..hf.schema import SCENE_GRAPH_FEATURES, arrow_schema
 from ..names import VolumeName
 from ..io.atomic import atomic_path, write_text
 from ..ontology import normalize_name
@@ -43,6 +42,16 @@ __all__ = [
     "SCENE_GRAPH_FEATURES", "arrow_schema", "object_path", "voxel_volume_ml", "bbox_mm", "prior_volumes",
     "build_scene_graph", "build_scene_graphs", "write_scene_graphs", "CHANGE_THRESHOLD_PERCENT",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The schema names of :mod:`radgenome_hf.hf.schema`, imported on first use: it imports ``datasets`` (seconds),
+    which a worker building graphs never needs."""
+    if name in ("SCENE_GRAPH_FEATURES", "arrow_schema"):
+        from ..hf import schema
+
+        return getattr(schema, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Measured relative change beyond which a lesion counts as worsened / improved.
 CHANGE_THRESHOLD_PERCENT = 20.0
@@ -332,6 +341,8 @@ def write_scene_graphs(rows: Sequence[dict], folder: str | Path, *, json_files: 
             write_text(p, json.dumps(row, indent=1, ensure_ascii=False))
             written["json"].append(p)
     if parquet is not None:
+        from ..hf.schema import SCENE_GRAPH_FEATURES
+
         written["parquet"] = write_rows_parquet(rows, parquet, SCENE_GRAPH_FEATURES)
     return written
 
@@ -340,6 +351,8 @@ def write_rows_parquet(rows: Sequence[dict], path: str | Path, spec: Mapping[str
     """Rows -> one zstd parquet file with the schema of ``spec``, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from ..hf.schema import arrow_schema
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -410,14 +410,13 @@ def _ray_write(row: dict[str, Any]) -> dict[str, Any]:
 
 def _run_ray(tasks: Sequence[_Task], backend: SegmentationBackend, workers: int | None, progress: bool,
              address: str | None, batch_size: int):
-    from .runner import init_ray
+    from .runner import init_ray, ray_data_context
 
     init_ray(address)
     import ray
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = bool(progress)
+    ray_data_context(progress)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     wants_gpu = bool(getattr(backend, "uses_gpu", False)) and gpus > 0
     n = workers or (gpus if wants_gpu else 1)
@@ -428,7 +427,7 @@ def _run_ray(tasks: Sequence[_Task], backend: SegmentationBackend, workers: int 
         _RaySegmenter,
         fn_constructor_kwargs={"backend": backend},
         batch_size=batch_size,
-        concurrency=n,
+        compute=ray.data.ActorPoolStrategy(size=n),  # Ray >= 2.51 takes the pool as ``compute``
         num_gpus=1 if wants_gpu else 0,
         batch_format="numpy",
     )

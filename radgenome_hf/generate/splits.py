@@ -36,25 +36,26 @@ def patient_rank(patient_id: str, seed: int = 0) -> str:
     return hashlib.sha256(f"{seed}:{patient_id}".encode()).hexdigest()
 
 
-def assign_splits(volume_names: Iterable[str], *, validation: float = 0.05, seed: int = 0) -> "pa.Table":
+def assign_splits(volume_names: Iterable[str], *, validation: float | None = 0.05, seed: int = 0) -> "pa.Table":
     """Split volumes by patient. Returns one row per volume (sorted by name) with the columns of
     :data:`SPLITS_SCHEMA`; ``split`` is ``train`` or ``validation``.
 
     ``validation`` is the fraction of *patients* put into validation, rounded to the nearest whole patient
-    (at least one when there are two or more patients and the fraction is above zero).
+    (at least one when there are two or more patients and the fraction is above zero); ``None`` keeps each
+    volume in the split its name says.
+
+    >>> assign_splits(["valid_2_a_1", "train_1_a_1"], validation=None)["split"].to_pylist()
+    ['train', 'validation']
     """
     import pyarrow as pa
 
-    if not 0.0 <= validation <= 1.0:
+    if validation is not None and not 0.0 <= validation <= 1.0:
         raise RadGenomeError(f"validation fraction must be within [0, 1], got {validation}")
     vols = sorted({VolumeName.parse(v) for v in volume_names})
-    patients = sorted({v.patient_id for v in vols}, key=lambda p: (patient_rank(p, seed), p))
-    n_val = round(len(patients) * validation)
-    if n_val == 0 and validation > 0 and len(patients) >= 2:
-        n_val = 1
-    if n_val == len(patients) and validation < 1 and len(patients) >= 2:
-        n_val = len(patients) - 1
-    val = set(patients[:n_val])
+    if validation is None:
+        val = {v.patient_id for v in vols if v.hf_split == "validation"}
+    else:
+        val = _validation_patients(vols, validation, seed)
     return pa.table({
         "volume_name": pa.array([v.stem for v in vols], pa.string()),
         "patient_id": pa.array([v.patient_id for v in vols], pa.string()),
@@ -63,6 +64,16 @@ def assign_splits(volume_names: Iterable[str], *, validation: float = 0.05, seed
         "original_split": pa.array([v.hf_split for v in vols], pa.string()),
         "split": pa.array(["validation" if v.patient_id in val else "train" for v in vols], pa.string()),
     })
+
+
+def _validation_patients(vols: list[VolumeName], validation: float, seed: int) -> set[str]:
+    patients = sorted({v.patient_id for v in vols}, key=lambda p: (patient_rank(p, seed), p))
+    n_val = round(len(patients) * validation)
+    if n_val == 0 and validation > 0 and len(patients) >= 2:
+        n_val = 1
+    if n_val == len(patients) and validation < 1 and len(patients) >= 2:
+        n_val = len(patients) - 1
+    return set(patients[:n_val])
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,9 @@ def _resident(backend: Any) -> Any:
 
 
 def _splits_packing(backend: Any) -> bool:
-    return hasattr(backend, "predict_labels") and hasattr(backend, "pack_labels")
+    """Whether the backend predicts labels and packs them apart (packing then runs on CPU, off the model's actor)."""
+    return (hasattr(backend, "predict_labels") and hasattr(backend, "pack_labels")
+            and getattr(backend, "separates_packing", True))
 
 
 def _segment(row: dict[str, Any], backend: Any) -> dict[str, Any]:
@@ -307,11 +309,10 @@ def _ray_stream(todo: Sequence[dict[str, Any]], backend: Any, address: str, work
     import ray
     import ray.data
 
-    from .runner import init_ray
+    from .runner import init_ray, ray_data_context
 
     init_ray(address, num_cpus=workers)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = bool(progress)
+    ray_data_context(progress)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     # one volume per block: a read task holds one decoded volume, and backpressure counts volumes
@@ -319,8 +320,9 @@ def _ray_stream(todo: Sequence[dict[str, Any]], backend: Any, address: str, work
     segmenting = backend is not None and any(not r["masks"] for r in todo)
     if segmenting:
         on_gpu = bool(getattr(backend, "uses_gpu", False)) and gpus > 0
+        # a fixed pool: one actor (one model) per GPU, else per CPU; Ray >= 2.51 takes the pool as ``compute``
+        pool = ray.data.ActorPoolStrategy(size=gpus if on_gpu else max(1, min(cpus, len(todo))))
         ds = ds.map_batches(_Segmenter, fn_constructor_kwargs={"backend": backend}, batch_size=segment_batch,
-                            concurrency=gpus if on_gpu else max(1, min(cpus, len(todo))),
-                            num_gpus=1 if on_gpu else 0, batch_format="numpy", zero_copy_batch=True)
+                            compute=pool, num_gpus=1 if on_gpu else 0, batch_format="numpy", zero_copy_batch=True)
     ds = ds.map(_pack_quality, fn_kwargs={"backend": backend})
     yield from ds.iter_rows()

@@ -32,7 +32,8 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ..names import VolumeName, radgenome_csv_name
 from ..ontology import get_ontology
@@ -44,7 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "NO_FINDINGS", "VQATables", "build_vqa", "abnormality_by_path", "rederive_location_presence",
-    "write_vqa", "size_rows", "disorders_rows",
+    "write_vqa", "size_rows", "disorders_rows", "VolumeFacts", "VolumeRows", "region_vocabulary", "volume_rows",
+    "assemble_vqa",
 ]
 
 NO_FINDINGS = "no findings"
@@ -123,10 +125,13 @@ _GENERIC = frozenset("lung lungs pulmonary wall small large left right multiple 
                      "minimal mild several nonspecific some".split())
 
 
-def _stems(phrase: str) -> set[str]:
-    """Content-word stems of a finding (first 5 letters): ``calcific`` ~ ``calcification``, ``nodules`` ~ ``nodule``."""
+@lru_cache(maxsize=1 << 16)
+def _stems(phrase: str) -> frozenset[str]:
+    """Content-word stems of a finding (first 5 letters): ``calcific`` ~ ``calcification``, ``nodules`` ~ ``nodule``.
+
+    Cached: a split's "No." sampling tests every phrase of its region vocabulary against every volume."""
     words = normalize_finding(phrase).replace(",", " ").split()
-    return {w[:5] for w in words if len(w) >= 4 and w not in _GENERIC}
+    return frozenset(w[:5] for w in words if len(w) >= 4 and w not in _GENERIC)
 
 
 def _contradicts(candidate: str, present_stems: set[str]) -> bool:
@@ -182,67 +187,113 @@ def size_rows(volume_name: str, sentences: Sequence[Sentence]) -> list[Row]:
     return out
 
 
+#: What :func:`abnormality_by_path` gives for one volume: (positive phrases per path, negated phrases per path,
+#: examined paths in path order).
+VolumeFacts = tuple[dict[str, list[str]], dict[str, list[str]], list[str]]
+
+
+def region_vocabulary(positives: Iterable[Mapping[str, Sequence[str]]]) -> dict[str, list[str]]:
+    """The findings a split's ``"No."`` rows are sampled from: per top-level region, every positive phrase of the
+    split's volumes (``positives``: the first item of each volume's :data:`VolumeFacts`) and the CT-RATE labels
+    mapped to that region, sorted (so the order of the volumes does not matter)."""
+    onto = get_ontology()
+    region_vocab: dict[str, set[str]] = {}
+    for pos in positives:
+        for p, phrases in pos.items():
+            region_vocab.setdefault(onto.region_of(p), set()).update(phrases)
+    for region, labels in _label_vocabulary().items():
+        region_vocab.setdefault(region, set()).update(labels)
+    return {r: sorted(v) for r, v in region_vocab.items()}
+
+
+@dataclass
+class VolumeRows:
+    """One volume's share of the VQA tables, before the tables' grouping (abnormal rows of every volume first,
+    then the ``no findings`` rows; presence ``"Yes."``, then ``"No."`` at abnormal paths, then at normal ones)."""
+
+    abnormal: list[Row] = field(default_factory=list)  # vqa_abnormality rows with findings = vqa_location rows
+    normal: list[Row] = field(default_factory=list)  # vqa_abnormality "no findings" rows
+    no_abnormal: list[Row] = field(default_factory=list)  # "No." presence rows at abnormal paths
+    no_normal: list[Row] = field(default_factory=list)  # "No." presence rows at normal paths
+    size: list[Row] = field(default_factory=list)
+    disorders: list[Row] = field(default_factory=list)
+
+
+def volume_rows(stem: str, facts: VolumeFacts, vocab: Mapping[str, Sequence[str]], *, seed: int = 0) -> VolumeRows:
+    """One volume's abnormality and presence rows from its :data:`VolumeFacts` and its split's
+    :func:`region_vocabulary` (``size`` and ``disorders`` are the caller's: :func:`size_rows`, :func:`disorders_rows`).
+
+    Deterministic for ``(seed, stem)``: a volume's rows depend on the vocabulary, not on which other volumes are
+    processed with it.
+    """
+    onto = get_ontology()
+    pos, neg, examined = facts
+    filename = VolumeName.parse(stem).filename
+    out = VolumeRows()
+    present_by_region: dict[str, set[str]] = {}  # content-word stems of the findings present per region
+    for p, phrases in pos.items():
+        bucket = present_by_region.setdefault(onto.region_of(p), set())
+        for x in phrases:
+            bucket |= _stems(x)
+    for p in examined:
+        if p in pos:
+            out.abnormal.append((filename, p, ", ".join(pos[p])))
+        else:
+            out.normal.append((filename, p, NO_FINDINGS))
+    sampled: dict[str, str | None] = {}
+    for p in examined:
+        region = onto.region_of(p)
+        present = present_by_region.get(region, set())
+        absent = [x for x in neg.get(p, []) if not _contradicts(x, present)]
+        if absent:
+            finding = ", ".join(absent)
+        else:
+            if region not in sampled:
+                rng = random.Random(f"{seed}|{stem}|{region}")
+                candidates = [x for x in vocab.get(region, []) if not _contradicts(x, present)]
+                sampled[region] = rng.choice(candidates) if candidates else None
+            finding = sampled[region]
+        if finding:
+            (out.no_abnormal if p in pos else out.no_normal).append((filename, p, finding, NO))
+    return out
+
+
+def assemble_vqa(parts: Iterable[VolumeRows]) -> VQATables:
+    """The VQA tables of a split from its volumes' rows, in the volumes' order (the real files' grouping)."""
+    t = VQATables()
+    normal: list[Row] = []
+    no_abnormal: list[Row] = []
+    no_normal: list[Row] = []
+    for v in parts:
+        t.abnormality += v.abnormal
+        t.location += v.abnormal
+        t.presence += [(*r, YES) for r in v.abnormal]
+        normal += v.normal
+        no_abnormal += v.no_abnormal
+        no_normal += v.no_normal
+        t.size += v.size
+        t.case_disorders += v.disorders
+    t.abnormality += normal
+    t.presence += no_abnormal + no_normal
+    return t
+
+
 def build_vqa(grounded: Mapping[str, GroundedReport], *, seed: int = 0) -> VQATables:
     """All VQA tables of a split from grounded reports (``{stem: GroundedReport}``), deterministic for ``seed``.
 
-    Volumes are taken in the mapping's order (pass them sorted for a stable release).
+    Volumes are taken in the mapping's order (pass them sorted for a stable release). The same tables come from
+    :func:`abnormality_by_path` per volume, :func:`region_vocabulary` over the split, :func:`volume_rows` per volume
+    and :func:`assemble_vqa` (what the rebuild runs over shards of volumes on its workers).
     """
-    onto = get_ontology()
-    per_volume = {}
-    region_vocab: dict[str, dict[str, None]] = {}
+    facts = {stem: abnormality_by_path(g.sentences) for stem, g in grounded.items()}
+    vocab = region_vocabulary(f[0] for f in facts.values())
+    parts = []
     for stem, g in grounded.items():
-        pos, neg, examined = abnormality_by_path(g.sentences)
-        per_volume[stem] = (pos, neg, examined)
-        for p, phrases in pos.items():
-            bucket = region_vocab.setdefault(onto.region_of(p), {})
-            for ph in phrases:
-                bucket[ph] = None
-    for region, labels in _label_vocabulary().items():
-        bucket = region_vocab.setdefault(region, {})
-        for lab in labels:
-            bucket[lab] = None
-    vocab = {r: sorted(v) for r, v in region_vocab.items()}
-
-    t = VQATables()
-    normal_rows: list[Row] = []
-    no_abnormal: list[Row] = []
-    no_normal: list[Row] = []
-    for stem, (pos, neg, examined) in per_volume.items():
-        filename = VolumeName.parse(stem).filename
-        present_by_region: dict[str, set[str]] = {}  # content-word stems of the findings present per region
-        for p, phrases in pos.items():
-            bucket = present_by_region.setdefault(onto.region_of(p), set())
-            for x in phrases:
-                bucket |= _stems(x)
-        for p in examined:
-            if p in pos:
-                text = ", ".join(pos[p])
-                t.abnormality.append((filename, p, text))
-                t.location.append((filename, p, text))
-                t.presence.append((filename, p, text, YES))
-            else:
-                normal_rows.append((filename, p, NO_FINDINGS))
-        sampled: dict[str, str | None] = {}
-        for p in examined:
-            region = onto.region_of(p)
-            present = present_by_region.get(region, set())
-            absent = [x for x in neg.get(p, []) if not _contradicts(x, present)]
-            if absent:
-                finding = ", ".join(absent)
-            else:
-                if region not in sampled:
-                    rng = random.Random(f"{seed}|{stem}|{region}")
-                    candidates = [x for x in vocab.get(region, []) if not _contradicts(x, present)]
-                    sampled[region] = rng.choice(candidates) if candidates else None
-                finding = sampled[region]
-            if finding:
-                (no_abnormal if p in pos else no_normal).append((filename, p, finding, NO))
-        t.size.extend(size_rows(stem, grounded[stem].sentences))
-    t.abnormality.extend(normal_rows)
-    t.presence.extend(no_abnormal)
-    t.presence.extend(no_normal)
-    t.case_disorders = disorders_rows(grounded)
-    return t
+        rows = volume_rows(stem, facts[stem], vocab, seed=seed)
+        rows.size = size_rows(stem, g.sentences)
+        rows.disorders = disorders_rows({stem: g})
+        parts.append(rows)
+    return assemble_vqa(parts)
 
 
 def rederive_location_presence(abnormality: "pa.Table") -> tuple["pa.Table", "pa.Table"]:

@@ -295,8 +295,11 @@ def find_mask_sources(dataset_dir: str | os.PathLike, split: Split, kind: MaskKi
     if not (d / name).exists() and not (d / f"{name}.tar.gz").exists() and (d / "dataset").is_dir():
         d = d / "dataset"
     folder = d / name
-    if folder.is_dir() and any(e.name.startswith("seg_") for e in os.scandir(folder)):
-        return MaskSource("folder", (folder,), split, kind)
+    if folder.is_dir():
+        with os.scandir(folder) as entries:  # closed even when any() stops at the first match
+            has_volumes = any(e.name.startswith("seg_") for e in entries)
+        if has_volumes:
+            return MaskSource("folder", (folder,), split, kind)
     archive = d / f"{name}.tar.gz"
     if archive.is_file():
         return MaskSource("tar.gz", (archive,), split, kind)

@@ -1,7 +1,9 @@
 """gzip through ISA-L (``isal``) when it is importable, else the standard library: the one place that chooses.
 
 ISA-L inflates ~1.6x faster than zlib on ``.nii.gz`` volumes and several times faster on compressible archive
-members; output and errors are the same (:data:`GZIP_ERRORS` lists what a corrupt stream raises).
+members; output and errors are the same (:data:`GZIP_ERRORS` lists what a corrupt stream raises). ``rapidgzip``
+(parallel inflation) was measured against it (``benchmarks/bench_gzip.py``: a mask archive's outer stream, its
+per-structure members, a 512x512x300 volume) and was slower on every one, with 1 or 2 threads: not used.
 
 >>> data = b"voxels" * 100
 >>> import io

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -319,7 +320,12 @@ class MonaiBackend:
             arr = arr.astype(np.float32)
         out_dtype = torch.uint8 if max(self.channel_def, default=0) < 256 else torch.int16
         with torch.inference_mode():
-            img = MetaTensor(torch.from_numpy(arr).to(device).to(torch.float32)[None],
+            if not arr.flags.writeable and arr.dtype == np.float32:
+                arr = arr.copy()  # float32 would stay aliased to a read-only buffer (a Ray zero-copy batch)
+            with warnings.catch_warnings():  # any other dtype is converted below: a new tensor, never written back
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                src = torch.from_numpy(arr)
+            img = MetaTensor(src.to(device).to(torch.float32)[None],
                              affine=torch.as_tensor(np.asarray(affine, np.float64)))
             pre = Compose(
                 [
