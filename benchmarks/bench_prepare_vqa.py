@@ -159,17 +159,40 @@ def _prepared(cache: Path):
     return pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
 
 
-def _same_rows(a: Path, b: Path) -> bool:
-    """Whether two prepares wrote the same rows (``pyarrow.Table.equals``), compared in a child process: the pages
-    it touches would otherwise count in the peak RSS of every later child (Linux carries a parent's high-water
-    mark into a forked child's ``ru_maxrss``)."""
+def _differences(x, y) -> list[str]:
+    """How two prepared tables differ: ``[]`` when equal; otherwise the columns that differ. A struct column whose
+    type gained fields (e.g. ``quality.label_checks``) is compared on the fields both have, and the added fields
+    are named."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if x.num_rows != y.num_rows:
+        return [f"rows {x.num_rows} != {y.num_rows}"]
+    out = [f"only in one: {c}" for c in sorted(set(x.column_names) ^ set(y.column_names))]
+    for c in (c for c in x.column_names if c in y.column_names):
+        a, b = x.column(c).combine_chunks(), y.column(c).combine_chunks()
+        if pa.types.is_struct(a.type) and pa.types.is_struct(b.type) and a.type != b.type:
+            common = [f.name for f in a.type if b.type.get_field_index(f.name) >= 0]
+            added = sorted({f.name for f in a.type} ^ {f.name for f in b.type})
+            out.append(f"{c}: fields only in one: {added}")
+            a = pa.StructArray.from_arrays([a.field(n) for n in common], common, mask=pc.is_null(a))
+            b = pa.StructArray.from_arrays([b.field(n) for n in common], common, mask=pc.is_null(b))
+        if not a.equals(b):
+            out.append(f"{c}: values differ")
+    return out
+
+
+def _same_rows(a: Path, b: Path) -> str:
+    """Whether two prepares wrote the same rows (``pyarrow.Table.equals``; else :func:`_differences`), compared in a
+    child process: the pages it touches would otherwise count in the peak RSS of every later child (Linux carries
+    a parent's high-water mark into a forked child's ``ru_maxrss``)."""
     import subprocess
 
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_prepare_vqa as b; "
             f"from pathlib import Path; x, y = b._prepared(Path({str(a)!r})), b._prepared(Path({str(b)!r})); "
-            "print(x.num_rows == y.num_rows and x.equals(y))")
+            "print('True' if x.num_rows == y.num_rows and x.equals(y) else '; '.join(b._differences(x, y)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(a.parent))
-    return out.stdout.strip() == "True"
+    return out.stdout.strip() or f"comparison failed: {out.stderr.strip()[-300:]}"
 
 
 def main() -> None:
