@@ -230,6 +230,7 @@ def main() -> int:
 
     if args.gaps:
         from radgenome_hf.io import chunked as ch
+        from radgenome_hf.io.ranges import group_spans
 
         f = ch.ChunkedVolumeFile.open(zarr_path)
         lay, index = f.layout, f._index_array()
@@ -238,9 +239,7 @@ def main() -> int:
             for name, b in BOXES.items():
                 ids = lay.touched((b[2], b[1], b[0]), (b[5], b[4], b[3]))
                 want = sorted((int(index[i, 0]), int(index[i, 1]), int(i)) for i in ids)
-                saved, ch._MAX_GAP = ch._MAX_GAP, gap
-                runs = ch._runs(want)
-                ch._MAX_GAP = saved
+                runs = group_spans(want, gap, ch._MAX_REQUEST)
                 nbytes = sum(r[-1][0] + r[-1][1] - r[0][0] for r in runs)
                 cells.append(f"{name}: {len(runs)} requests, {100 * nbytes / size_zarr:.2f} %")
             print(f"gap {gap >> 10:>3} KiB | " + " | ".join(cells))

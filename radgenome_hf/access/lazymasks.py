@@ -20,13 +20,12 @@ MaskSet(region=None, anatomy='train_1_a_1.masks.parquet')
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
-from threading import Lock
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..io.hub import local_path
+from ..io.lru import LRU
 from ..ontology import normalize_name
 from .masks import PackedMasks
 from .maskshards import read_volume_masks
@@ -37,9 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["LazyMask", "MaskSet", "open_packed_masks"]
 
 # -- packed-mask file cache (one process) -------------------------------------------------------------
-_PACKED_CACHE: "OrderedDict[str, Any]" = OrderedDict()
-_PACKED_LOCK = Lock()
-_PACKED_CACHE_SIZE = 16
+_PACKED_CACHE: "LRU[tuple[str, str | None, str | None], PackedMasks]" = LRU(16)
 
 
 def open_packed_masks(path: str, volume_name: str | None = None, structure: str | None = None) -> "PackedMasks":
@@ -51,12 +48,10 @@ def open_packed_masks(path: str, volume_name: str | None = None, structure: str 
     ranges from the Hub); with ``structure`` too, only the row group holding it (what one :class:`LazyMask` needs).
     """
     keys = [(path, volume_name, None)] + ([(path, volume_name, structure)] if structure is not None else [])
-    with _PACKED_LOCK:
-        for key in keys:  # the whole volume, read for a MaskSet, serves every structure's LazyMask
-            hit = _PACKED_CACHE.get(key)
-            if hit is not None:
-                _PACKED_CACHE.move_to_end(key)
-                return hit
+    for key in keys:  # the whole volume, read for a MaskSet, serves every structure's LazyMask
+        hit = _PACKED_CACHE.get(key)
+        if hit is not None:
+            return hit
     if volume_name is not None:
         packed = read_volume_masks(path, volume_name, structure)
     else:
@@ -66,10 +61,7 @@ def open_packed_masks(path: str, volume_name: str | None = None, structure: str 
 
             pack_on_demand(local)
         packed = PackedMasks.load(local)
-    with _PACKED_LOCK:
-        _PACKED_CACHE[keys[-1]] = packed
-        while len(_PACKED_CACHE) > _PACKED_CACHE_SIZE:
-            _PACKED_CACHE.popitem(last=False)
+    _PACKED_CACHE.put(keys[-1], packed)
     return packed
 
 

@@ -35,8 +35,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -46,6 +44,7 @@ import pyarrow.parquet as pq
 
 from ..errors import MissingVolumeError
 from ..io.hub import cached_file
+from ..io.lru import LRU
 from ..io.ranged_parquet import RangedParquet
 from ..ontology import normalize_name
 from .masks import PackedMasks, masks_schema
@@ -167,17 +166,12 @@ def write_mask_shards(
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
-_ROWS: "OrderedDict[tuple[Any, int], pa.Table]" = OrderedDict()
-_ROWS_SIZE = 256  # row groups kept per process (a row group is up to ROWS_PER_GROUP structures of one volume)
-_LOCK = threading.Lock()
+_ROWS: "LRU[tuple[Any, int], pa.Table]" = LRU(256)  # row groups kept per process (up to ROWS_PER_GROUP structures each)
 
 
 def _row_groups(f: RangedParquet, groups: list[int]) -> pa.Table:
     """The rows of ``groups``, each row group read once per process (the missing ones in one call)."""
-    with _LOCK:
-        have = {g: _ROWS[(f.key, g)] for g in groups if (f.key, g) in _ROWS}
-        for g in have:
-            _ROWS.move_to_end((f.key, g))
+    have = {g: t for g in groups if (t := _ROWS.get((f.key, g))) is not None}
     missing = [g for g in groups if g not in have]
     if missing:
         table = f.read(missing)
@@ -185,12 +179,8 @@ def _row_groups(f: RangedParquet, groups: list[int]) -> pa.Table:
         for g in missing:
             n = f.metadata.row_group(g).num_rows
             have[g] = table.slice(offset, n)
+            _ROWS.put((f.key, g), have[g])
             offset += n
-        with _LOCK:
-            for g in missing:
-                _ROWS[(f.key, g)] = have[g]
-            while len(_ROWS) > _ROWS_SIZE:
-                _ROWS.popitem(last=False)
     return pa.concat_tables([have[g] for g in groups])
 
 

@@ -52,6 +52,8 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from ..errors import CorruptVolumeError, MalformedFileError, MissingVolumeError
+from .lru import LRU
+from .ranges import group_spans, read_local
 
 __all__ = ["CHUNKS", "SUFFIX", "ChunkStore", "ChunkedVolumeFile", "clear_header_memo", "is_chunked_volume",
            "write_chunked_volume"]
@@ -217,16 +219,15 @@ class _Layout:
         return np.ravel_multi_index(np.meshgrid(*axes, indexing="ij"), self.grid).ravel()
 
 
-_MEMO_MAX = 256
-_memo: dict[str, tuple[_Layout, np.ndarray | None]] = {}  # pinned URL -> (layout, index): rows share volumes
-_memo_lock = threading.Lock()
+_memo: LRU[str, tuple[_Layout, np.ndarray | None]] = LRU(256)  # pinned URL -> (layout, index): rows share volumes
+_pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1
 
 
 def _after_fork() -> None:  # a lock held by another thread at fork time would never be released in the child
-    global _memo_lock, _pool
-    _memo_lock, _pool = threading.Lock(), None
+    global _memo, _pool, _pool_lock
+    _memo, _pool, _pool_lock = LRU(_memo.maxsize), None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -236,7 +237,7 @@ if hasattr(os, "register_at_fork"):
 def _threads() -> ThreadPoolExecutor:
     """The process's pool for range requests and chunk decoding (a forked child makes its own)."""
     global _pool, _pool_pid
-    with _memo_lock:
+    with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=max(4, min(16, 2 * (os.cpu_count() or 1))),
                                        thread_name_prefix="radgenome-chunks")
@@ -248,16 +249,6 @@ def _release_gil() -> None:
     import blosc2
 
     blosc2.set_releasegil(True)  # decoding threads run in parallel (the prepared cache sets the same switch)
-
-
-def _read_local(path: str, start: int | None, end: int | None) -> bytes:
-    with open(path, "rb") as f:
-        if start is None:
-            return f.read()
-        if start < 0:
-            f.seek(max(0, os.fstat(f.fileno()).st_size + start))
-            return f.read()
-        return os.pread(f.fileno(), end - start, start)  # type: ignore[operator]
 
 
 class ChunkedVolumeFile:
@@ -336,10 +327,10 @@ class ChunkedVolumeFile:
         end; ``None``: all of it): a local read (a local volume, or a file already in the Hugging Face cache, e.g.
         after ``radgenome-hf download``: offline too), else one range request on the pinned commit."""
         if self.kind == "path":
-            return _read_local(os.path.join(self.source, name), start, end)
+            return read_local(os.path.join(self.source, name), start, end)
         local = self._cached(name)
         if local is not None:
-            return _read_local(local, start, end)
+            return read_local(local, start, end)
         from .hub import read_range
 
         return read_range(f"{self._pin()}/{name}", start, end, token=self.token)[0]
@@ -366,8 +357,7 @@ class ChunkedVolumeFile:
         memo_key = None
         if self.kind == "url":
             memo_key = self._pin()
-            with _memo_lock:
-                hit = _memo.get(memo_key)
+            hit = _memo.get(memo_key)
             if hit is not None:
                 self._layout, self._index = hit
                 return
@@ -391,10 +381,7 @@ class ChunkedVolumeFile:
             self._remember()
 
     def _remember(self) -> None:
-        with _memo_lock:
-            if len(_memo) >= _MEMO_MAX:
-                _memo.pop(next(iter(_memo)))
-            _memo[self._pin()] = (self._layout, self._index)  # type: ignore[assignment]
+        _memo.put(self._pin(), (self._layout, self._index))  # type: ignore[arg-type]
 
     @property
     def header(self) -> dict:
@@ -485,7 +472,7 @@ class ChunkedVolumeFile:
             want = rest
         if not want:
             return out
-        runs = _runs(sorted(want))
+        runs = group_spans(sorted(want), _MAX_GAP, _MAX_REQUEST)
         shard = self.layout.shard_key
 
         def fetch(run: list[tuple[int, int, int]]) -> list[tuple[int, memoryview]]:
@@ -595,21 +582,6 @@ class ChunkedVolumeFile:
         return self._read_box((b[2], b[1], b[0]), (b[5], b[4], b[3])).T
 
 
-def _runs(want: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
-    """Group (offset, nbytes, id), sorted by offset, into runs read by one request each."""
-    runs: list[list[tuple[int, int, int]]] = []
-    for item in want:
-        if runs:
-            last = runs[-1]
-            lo, end = last[0][0], last[-1][0] + last[-1][1]
-            if item[0] - end <= _MAX_GAP and item[0] + item[1] - lo <= _MAX_REQUEST:
-                last.append(item)
-                continue
-        runs.append([item])
-    return runs
-
-
 def clear_header_memo() -> None:
     """Forget the ``zarr.json`` and shard indexes of remote volumes this process has read (benchmarks: a cold read)."""
-    with _memo_lock:
-        _memo.clear()
+    _memo.clear()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from typing import Any, Callable, Iterable, Sequence
 
 import pyarrow as pa
@@ -30,12 +29,13 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractBufferedFile
 
 from ..errors import MalformedFileError
+from .lru import LRU
+from .ranges import group_spans, read_local
 
 __all__ = ["RangedParquet", "total_bytes_read"]
 
 _MAGIC = b"PAR1"
-_CACHE: "OrderedDict[Any, RangedParquet]" = OrderedDict()
-_CACHE_SIZE = 256  # footers kept per process (a shard footer is a few KB to a few hundred KB)
+_CACHE: "LRU[Any, RangedParquet]" = LRU(256)  # footers kept per process (a few KB to a few hundred KB each)
 _LOCK = threading.Lock()
 _READ = [0]  # bytes read by every RangedParquet of this process (see total_bytes_read)
 #: neighbouring column chunks closer than this are fetched in one request (a gap costs less than a round trip)
@@ -69,21 +69,16 @@ class RangedParquet:
             except FileNotFoundError:
                 raise MalformedFileError(source, "file not found (was the release moved or deleted?)") from None
             key = (source, st.st_size, st.st_mtime_ns, st.st_ino)
-        with _LOCK:
-            hit = _CACHE.get(key)
-            if hit is not None:
-                _CACHE.move_to_end(key)
-                return hit
+        hit = _CACHE.get(key)
+        if hit is not None:
+            return hit
         if source.startswith("hf://"):
             tail, size = read_range(source, -8)
             _count(len(tail))
             out = cls(source, size, lambda a, b: read_range(source, a, b)[0], key, tail)
         else:
-            out = cls(source, key[1], lambda a, b: _pread(source, a, b), key)
-        with _LOCK:
-            _CACHE[key] = out
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
+            out = cls(source, key[1], lambda a, b: read_local(source, a, b), key)
+        _CACHE.put(key, out)
         return out
 
     def _get(self, start: int, end: int) -> bytes:
@@ -150,13 +145,8 @@ class RangedParquet:
                 c = rg.column(i)
                 start = min(o for o in (c.dictionary_page_offset, c.data_page_offset) if o is not None)
                 ranges.append((start, start + c.total_compressed_size))
-        merged: list[list[int]] = []
-        for a, b in sorted(ranges):
-            if merged and a <= merged[-1][1] + MERGE_GAP:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
-        return [(a, b) for a, b in merged]
+        runs = group_spans(sorted((a, b - a) for a, b in ranges), MERGE_GAP)
+        return [(run[0][0], max(a + n for a, n in run)) for run in runs]
 
     def read(self, row_groups: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
         """The rows of ``row_groups`` (in file order), only ``columns`` (top-level names; ``None``: all); only the
@@ -187,14 +177,6 @@ def _count(n: int) -> None:
 def total_bytes_read() -> int:
     """Bytes every :class:`RangedParquet` of this process has read so far (footers included)."""
     return _READ[0]
-
-
-def _pread(path: str, start: int, end: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, end - start, start)
-    finally:
-        os.close(fd)
 
 
 class _KnownParts(AbstractBufferedFile):
