@@ -7,9 +7,10 @@ transpose (zero-copy both ways). Two layouts:
 
 * ``"chunked"`` (default, ``<key>.b2nd``): a blosc2 NDArray chunked 64³, so a region crop decompresses only
   the chunks it touches (perf-anchors §4).
-* ``"frame"`` (``<key>.b2f``): one blosc2 chunk of the whole array behind a 4 KiB header, for preprocessed
-  tensors that are always read whole. :meth:`PreparedCache.get_array` memory-maps it and decodes it in one
-  ``blosc2.decompress2(dst=out)`` call straight into the caller's buffer, **with the GIL released**, so
+* ``"frame"`` (``<key>.b2f``): the whole array as blosc2 chunks of 8 MiB of input each, one after the other behind a
+  4 KiB header, for preprocessed tensors that are always read whole. :meth:`PreparedCache.get_array` memory-maps it
+  and decodes it with ``blosc2.decompress2(dst=out)`` calls straight into the caller's buffer, **with the GIL
+  released**, so
   several loader threads really decode in parallel (perf-anchors §7/§10: 1.4–1.6x faster than NDArray
   slicing, no allocation). A crop of a frame decodes the whole array: use "chunked" for crops.
 
@@ -69,6 +70,11 @@ _SUFFIXES = (_SUFFIX, _FRAME_SUFFIX)
 _FRAME_MAGIC = b"RGHFB2F2"  # 2: the header carries a checksum (older frames read as corrupt: re-created)
 _FRAME_HEADER = 4096  # the blosc2 chunk starts page-aligned
 _FRAME_MAX = (1 << 31) - 1024  # one blosc2 chunk holds < 2 GiB; larger arrays fall back to "chunked"
+# A frame's payload is blosc2 chunks of at most this many input bytes each. blosc2.compress2 returns a fresh bytes
+# object sized for the whole input and then a copy cut to the compressed size: for a 110 MB preset output that is
+# ~18k page faults per store, as much as the compression itself in a loader thread. Pieces of 8 MiB come from the
+# allocator's heap, reused store after store.
+_FRAME_PIECE = 8 << 20
 _STALE_TMP_S = 3600.0
 _WARNED: set[str] = set()  # cache folders whose read or write problems were already reported
 _WARNED_LOCK = threading.Lock()
@@ -149,9 +155,9 @@ def _xxh3(*parts: Any) -> bytes:
     return h.digest()
 
 
-def _frame_prefix(head: bytes, payload: Any) -> bytes:
+def _frame_prefix(head: bytes, *payload: Any) -> bytes:
     """magic | len(json) (4 bytes) | xxh3 of json + payload (8 bytes) | json: every byte that matters is hashed."""
-    return _FRAME_MAGIC + len(head).to_bytes(4, "little") + _xxh3(head, payload) + head
+    return _FRAME_MAGIC + len(head).to_bytes(4, "little") + _xxh3(head, *payload) + head
 
 
 def _frame_header(path: Path, f) -> tuple[dict, bytes, bytes]:
@@ -172,7 +178,7 @@ def _frame_header(path: Path, f) -> tuple[dict, bytes, bytes]:
 
 
 def _read_frame(path: Path, alloc: Alloc, nthreads: int | None) -> np.ndarray:
-    """Decode a frame file into ``alloc(shape, dtype, order)`` with one GIL-free ``blosc2.decompress2``."""
+    """Decode a frame file into ``alloc(shape, dtype, order)``: one GIL-free ``blosc2.decompress2`` per piece."""
     import mmap
 
     import blosc2
@@ -206,8 +212,16 @@ def _read_frame(path: Path, alloc: Alloc, nthreads: int | None) -> np.ndarray:
                     raise CorruptVolumeError(path, "checksum mismatch (the file changed on disk); the cache drops "
                                                    "it and decodes the source again")
                 dparams = blosc2.DParams(nthreads=nthreads) if nthreads else None
-                blosc2.decompress2(src, dst=dst.reshape(-1).view(np.uint8),
-                                   **({"dparams": dparams} if dparams else {}))
+                flat = dst.reshape(-1).view(np.uint8)
+                sizes = [int(n) for n in meta.get("pieces", [len(src)])]  # frames before pieces: one chunk
+                step = int(meta.get("piece_nbytes", flat.nbytes))
+                if sum(sizes) != len(src) or step <= 0 or len(sizes) != max(1, -(-flat.nbytes // step)):
+                    raise ValueError(f"{len(sizes)} pieces of {sum(sizes)} bytes for {len(src)} bytes of payload")
+                at = 0
+                for i, size in enumerate(sizes):
+                    blosc2.decompress2(src[at : at + size], dst=flat[i * step : (i + 1) * step],
+                                       **({"dparams": dparams} if dparams else {}))
+                    at += size
             finally:
                 src.release()
         except (ValueError, RuntimeError) as exc:
@@ -729,12 +743,13 @@ class PreparedCache(BoundedFolder):
 
     # -- write ------------------------------------------------------------------------------------
     def put_array(self, key: str, array: np.ndarray, *, layout: str | None = None,
-                  codec: tuple[str, int] | None = None) -> Path:
+                  codec: tuple[str, int] | None = None, nthreads: int | None = None) -> Path:
         """Store an array atomically; returns its file. A Fortran-ordered array is stored as its C-ordered
         transpose (no copy). ``layout`` (default: the cache's) is ``"chunked"`` (``.b2nd``) or ``"frame"``
         (``.b2f``; arrays of 2 GiB or more fall back to chunked). ``codec``: ``(name, clevel)`` for this entry
         instead of the cache's (e.g. ``("LZ4", 9)`` for what is decoded whole every epoch; any entry reads back
-        whatever its codec). Any older entry of the other layout is removed."""
+        whatever its codec). ``nthreads``: blosc2 threads for this write instead of the cache's (1 in a loader's
+        threads or workers, which are the parallelism already). Any older entry of the other layout is removed."""
         import blosc2
 
         codec_name, clevel = (self.codec, self.clevel) if codec is None else (codec[0].upper(), int(codec[1]))
@@ -754,20 +769,24 @@ class PreparedCache(BoundedFolder):
             # byte shuffle only helps multi-byte types; on uint8 label maps it costs 3.5x in decode time
             filters=[blosc2.Filter.SHUFFLE if data.dtype.itemsize > 1 else blosc2.Filter.NOFILTER],
             typesize=data.dtype.itemsize,
-            **({"nthreads": self.nthreads} if self.nthreads else {}),
+            **({"nthreads": nthreads or self.nthreads} if nthreads or self.nthreads else {}),
         )
         with atomic_path(final) as tmp:
             if layout == "frame":
                 _release_gil()
+                flat = data.reshape(-1) if data.size else np.zeros(1, data.dtype)
+                step = max(1, _FRAME_PIECE // flat.itemsize)
+                pieces = [blosc2.compress2(flat[i : i + step], cparams=cparams) for i in range(0, flat.size, step)]
                 head = json.dumps({"shape": list(data.shape), "dtype": data.dtype.str, "reversed": bool(reverse),
-                                   "codec": codec_name, "clevel": clevel}).encode()
-                comp = blosc2.compress2(data.reshape(-1) if data.size else np.zeros(1, data.dtype), cparams=cparams)
-                prefix = _frame_prefix(head, comp)
+                                   "codec": codec_name, "clevel": clevel, "piece_nbytes": step * flat.itemsize,
+                                   "pieces": [len(p) for p in pieces]}).encode()
+                prefix = _frame_prefix(head, *pieces)
                 if len(prefix) > _FRAME_HEADER:
                     raise ValueError(f"array of {data.ndim} dimensions does not fit the frame header; use layout='chunked'")
                 with open(tmp, "wb") as f:
                     f.write(prefix.ljust(_FRAME_HEADER, b"\0"))
-                    f.write(comp)
+                    for piece in pieces:
+                        f.write(piece)
             else:
                 kwargs: dict[str, Any] = {}
                 meta: dict[str, Any] = {"reversed": bool(reverse), "chunk_index": b""}
@@ -790,7 +809,7 @@ class PreparedCache(BoundedFolder):
         return final
 
     def store(self, key: str, array: np.ndarray, *, layout: str | None = None,
-              codec: tuple[str, int] | None = None) -> Path | None:
+              codec: tuple[str, int] | None = None, nthreads: int | None = None) -> Path | None:
         """:meth:`put_array` for readers: a failed write (disk full, no permission, the folder deleted meanwhile,
         an eviction racing it) is not the reader's problem. It warns once per cache folder and returns ``None``.
 
@@ -801,7 +820,7 @@ class PreparedCache(BoundedFolder):
         True
         """
         try:
-            return self.put_array(key, array, layout=layout, codec=codec)
+            return self.put_array(key, array, layout=layout, codec=codec, nthreads=nthreads)
         except Exception as exc:  # noqa: BLE001 - the rule: a cache never fails a read
             self._warn_once(f"storing {key}", exc)
             return None

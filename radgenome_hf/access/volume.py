@@ -461,25 +461,49 @@ class Volume:
         if out is not None:
             if dtype is not None:
                 raise ValueError("pass either dtype= or out= (out's dtype is the volume's HU dtype)")
-            shared = self._shared_key()
-            if self._array is None and (shared is None or _OPEN.get(shared) is None):
+            arr = self._array
+            if arr is None:
+                shared = self._shared_key()
+                arr = _OPEN.get(shared) if shared is not None else None
+            if arr is None:
                 cache = self._whole_cache()
                 got = cache.get_array(self._cache_key_for(), out=out) if cache is not None else None
                 if got is not None:
                     return got
-                if self._chunked and cache is None and out.flags.f_contiguous and out.dtype == self.dtype:
-                    return self._nifti().read_raw(out=out)  # type: ignore[call-arg]  # straight into the buffer
-            arr = self._array if self._array is not None else self._decode()
-            if out.shape != arr.shape or out.dtype != arr.dtype:
-                raise ValueError(
-                    f"out= has shape {out.shape} {out.dtype}, the volume is {arr.shape} {arr.dtype}; "
-                    "pass a buffer of that shape and dtype (or out=None)"
-                )
+                if not self.retain or (self._chunked and cache is None):
+                    return self._read_into(out)  # nothing keeps this decode: straight into the buffer
+                arr = self._decode()
+            self._check_out(out, arr.shape, arr.dtype)
             np.copyto(out, arr)
             return out
         if self._array is None:
             self._array = self._decode()
         return self._array if dtype is None else self._array.astype(dtype, copy=False)
+
+    def _check_out(self, out: np.ndarray, shape: Sequence[int], dtype: Any) -> None:
+        if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+            raise ValueError(
+                f"{self._where()}: out= has shape {tuple(out.shape)} {out.dtype}, the volume is {tuple(shape)} "
+                f"{np.dtype(dtype)}; pass a buffer of that shape and dtype (or out=None)"
+            )
+
+    def _read_into(self, out: np.ndarray) -> np.ndarray:
+        """Decode the file into ``out`` (HU), kept nowhere else: no fresh array when the stored dtype is the HU
+        dtype and ``out`` is F-contiguous (the usual CT case: int16 with an integral intercept)."""
+        f = self._nifti()
+        self._check_out(out, f.shape, self.dtype)
+        if out.flags.f_contiguous and out.flags.writeable and f.stored_dtype.newbyteorder("=") == out.dtype:
+            raw = f.read_raw(out=out)
+            if self._chunked:
+                return raw
+            hu = apply_rescale(raw, *self._rescale())  # in place when the dtype is kept
+            if hu is raw:
+                return out
+        else:
+            hu = apply_rescale(f.read_raw(), *self._rescale())
+        self._check_out(out, hu.shape, hu.dtype)  # the values needed a wider dtype than the header predicts
+        np.copyto(out, hu)
+        return out
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         """``np.asarray(volume)``: the HU array (what ``ds.with_format("numpy" | "torch")`` convert)."""

@@ -17,7 +17,7 @@ torch.Size([1, 32, 64, 64])
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Hashable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -75,6 +75,7 @@ def ctclip_preprocess(
     target_shape: Sequence[int] = CTCLIP_SHAPE,
     output: Literal["float32", "int16"] = "float32",
     hu_range: tuple[float, float] = CTCLIP_HU,
+    out: "torch.Tensor | None" = None,
 ) -> "torch.Tensor":
     """CT-CLIP's preprocessing of one CT volume, exactly, in float32: a tensor ``(1, D, H, W)``.
 
@@ -91,11 +92,14 @@ def ctclip_preprocess(
     ``output="int16"`` gives HU rounded and clipped to ``hu_range`` (pad −1000) instead: 4x less memory through the
     loader; normalise on the GPU with :func:`ctclip_normalize` (values then differ from ``"float32"`` by at most
     0.5 HU / 1000 from the rounding).
+
+    ``out``: a contiguous ``(1, D, H, W)`` tensor of the output's dtype to write into and return (a loader's reused
+    buffer) instead of a new one.
     """
     import torch
     import torch.nn.functional as F
 
-    arr, sp, _ = as_array(volume, spacing, affine)
+    arr, sp, _ = as_array(volume, spacing, affine, transient=True)
     sp = need_spacing(sp, "ctclip_preprocess")
     shape = tuple(int(s) for s in arr.shape)
     new_ijk = ctclip_target_size(shape, sp, target_spacing)
@@ -115,10 +119,14 @@ def ctclip_preprocess(
     sk, dk = _crop_pad_slices(new_kji[0], tk)
     sj, dj = _crop_pad_slices(new_kji[1], tj)
     si, di = _crop_pad_slices(new_kji[2], ti)
-    if output == "float32":
-        out = torch.full((1, tk, ti, tj), -1.0, dtype=torch.float32)
+    out_dtype, pad = (torch.float32, -1.0) if output == "float32" else (torch.int16, int(lo))
+    if out is None:
+        out = torch.full((1, tk, ti, tj), pad, dtype=out_dtype)
     else:
-        out = torch.full((1, tk, ti, tj), int(lo), dtype=torch.int16)
+        if tuple(out.shape) != (1, tk, ti, tj) or out.dtype != out_dtype or not out.is_contiguous():
+            raise ValueError(f"out= must be a contiguous (1, {tk}, {ti}, {tj}) {out_dtype} tensor, got "
+                             f"{tuple(out.shape)} {out.dtype}")
+        out.fill_(pad)
 
     def emit(part: "torch.Tensor", k_dst: slice) -> None:
         """Clip/scale (or round) a float32 block of kept voxels (k, j, i) in place and write it transposed."""
@@ -243,6 +251,7 @@ class CTClipd(PresetTransform):
     """
 
     cache_name = "ctclip"
+    fills_buffers = True
 
     def __init__(
         self,
@@ -287,8 +296,11 @@ class CTClipd(PresetTransform):
         entries = [self._entry(data, key) for key in self._present(data, self.keys)]
         return None if any(e is None for e in entries) else entries
 
-    def _sample(self, d: dict) -> dict:
+    def _sample(self, d: dict, alloc: Callable[..., np.ndarray] | None = None) -> dict:
+        import torch
+
         first = self.keys[0] if self.keys else None
+        ts = self.target_shape
         for key in self._present(d, self.keys):
             entry = self._entry(d, key)
             if self._from_cache(entry, d):
@@ -296,9 +308,11 @@ class CTClipd(PresetTransform):
             sp, aff = self._spacing_of(d, key)
             if entry is not None:
                 d[key].retain = False  # this output is what later epochs read, not the raw volume
+            buf = None if alloc is None else torch.from_numpy(
+                alloc(key, (1, ts[2], ts[0], ts[1]), np.float32 if self.output == "float32" else np.int16))
             out = ctclip_preprocess(
                 d[key], spacing=sp, affine=aff, rescale=self.rescale, target_spacing=self.target_spacing,
-                target_shape=self.target_shape, output=self.output,
+                target_shape=self.target_shape, output=self.output, out=buf,
             )
             if entry is not None:
                 entry.store({"": out})

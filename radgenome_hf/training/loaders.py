@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..config import dist_env
+from ..io.nifti import readinto_full
 from .collate import collate_volumes
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,10 @@ class _TransformCollate:
 
     def __call__(self, samples: list) -> Any:
         if self.transform is not None:
-            samples = [self.transform(dict(s)) for s in samples]
+            from .inputs import reuse_buffers
+
+            with reuse_buffers():  # one decode buffer per worker process, reused across its samples
+                samples = [self.transform(dict(s)) for s in samples]
         return self.collate(samples)
 
 
@@ -91,6 +95,28 @@ def _worker_init(_: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # one intra-op thread per worker: the workers are the parallelism
+
+
+_torch_threads_lock = threading.Lock()
+
+
+def _one_torch_thread() -> None:
+    """Give the calling loader thread one torch intra-op thread, leaving every other thread's count as it was.
+
+    The loader's threads are the parallelism: with torch's default (all cores) each of them would start an
+    OpenMP team per op, oversubscribing the cores (measured: ~6 % slower epoch 1 with 2 threads on 2 cores).
+    ``torch.set_num_threads`` sets the calling thread's OpenMP count and a process-wide default that threads
+    started later copy; the main thread keeps its own. So the default is put back from a short-lived helper
+    thread, whose own count does not matter.
+    """
+    import torch
+
+    with _torch_threads_lock:
+        before = torch.get_num_threads()  # this new thread's count: the process default
+        torch.set_num_threads(1)
+        helper = threading.Thread(target=torch.set_num_threads, args=(before,), name="radgenome-torch-threads")
+        helper.start()
+        helper.join()
 
 
 def make_dataloader(
@@ -119,8 +145,11 @@ def make_dataloader(
     * ``backend="threads"`` (:class:`ThreadedDataLoader`): ``num_workers`` threads in this process fetch rows,
       run ``transform`` and batch into a ring of reused buffers; a sample whose preset output is already in the
       prepared cache (``transform.cached_readers``, e.g. :class:`~radgenome_hf.training.CTClipd`) is decoded
-      straight into the batch buffer, GIL-free, with no transform at all. No worker fork per epoch, no pickling,
-      no shared-memory copy: with the presets' cached outputs this is the fast path (benchmarks/bench_natural.py).
+      straight into the batch buffer, GIL-free, with no transform at all. A miss (epoch 1) decodes the volume into
+      the thread's one reused buffer (:func:`~radgenome_hf.training.inputs.reuse_buffers`) and a preset that can
+      (``fill``: :class:`~radgenome_hf.training.CTClipd`) writes its output straight into the batch buffer; each
+      thread runs torch ops on one intra-op thread. No fresh memory per volume, no worker fork per epoch, no
+      pickling, no shared-memory copy: this is the fast path (benchmarks/bench_natural.py).
       Batches are views of ring slots that are reused once the next batch is asked for (move them to the GPU
       or ``.clone()`` them within the step).
     * ``backend="processes"``: a ``torch.utils.data.DataLoader`` (torchdata's ``StatefulDataLoader``) with
@@ -230,13 +259,26 @@ def _thread_safe(transform: Any) -> bool:
     return isinstance(inner, (list, tuple)) and bool(inner) and all(isinstance(t, PresetTransform) for t in inner)
 
 
+def _single(transform: Any) -> Any:
+    """The one step of a one-step Compose, else the transform itself."""
+    inner = getattr(transform, "transforms", None)
+    return inner[0] if isinstance(inner, (list, tuple)) and len(inner) == 1 else transform
+
+
 def _cached_readers(transform: Any, row: Mapping) -> dict | None:
     """The preset's readers of a cache hit (``transform.cached_readers``; a Compose only when it has one step)."""
-    inner = getattr(transform, "transforms", None)
-    if isinstance(inner, (list, tuple)) and len(inner) == 1:
-        transform = inner[0]
-    fn = getattr(transform, "cached_readers", None)
+    fn = getattr(_single(transform), "cached_readers", None)
     return fn(row) if callable(fn) else None
+
+
+def _transform_into(transform: Any, row: Mapping, alloc: Callable[..., np.ndarray]) -> Any:
+    """Run ``transform`` on a row, decoding volumes into the thread's reused buffer (:func:`reuse_buffers`) and,
+    for a preset that can (``fill``), writing its outputs into ``alloc``'s buffers (the ring)."""
+    from .inputs import reuse_buffers
+
+    fill = getattr(_single(transform), "fill", None)
+    with reuse_buffers():
+        return fill(row, alloc) if callable(fill) else transform(row)
 
 
 class ThreadedDataLoader:
@@ -348,26 +390,29 @@ class ThreadedDataLoader:
         import torch
 
         row = self.dataset[item] if self._indexed() else item
-        readers = _cached_readers(self.transform, row) if self.transform is not None else None
+        if self.transform is None:
+            return row
+
+        def alloc(key, shape, dtype, order="C"):  # the batch buffer's row b (a private one for an odd shape)
+            want = (tuple(shape), np.dtype(dtype))
+            if shapes.setdefault(key, want) != want:
+                return slot.alloc(f"{key}#{b}", shape, dtype, order)
+            return slot.alloc(key, (n, *shape), dtype, "C")[b]
+
+        readers = _cached_readers(self.transform, row)
         if readers is None:
-            return self.transform(row) if self.transform is not None else row
+            return _transform_into(self.transform, row, alloc)
 
         sample = dict(row)
         for key, reader in readers.items():
             if not callable(getattr(reader, "read_into", None)):  # a side value of the output (a box, indices)
                 sample[key] = reader
                 continue
-
-            def alloc(name, shape, dtype, order="C", key=key):
-                want = (tuple(shape), np.dtype(dtype))
-                if shapes.setdefault(key, want) != want:  # a shape unlike the batch's first: a private buffer
-                    return slot.alloc(f"{key}#{b}", shape, dtype, order)
-                return slot.alloc(key, (n, *shape), dtype, "C")[b]
-
             try:
-                sample[key] = torch.from_numpy(reader.read_into(alloc, key))
+                sample[key] = torch.from_numpy(reader.read_into(lambda name, shape, dtype, order="C", key=key:
+                                                                alloc(key, shape, dtype, order), key))
             except Exception:  # noqa: BLE001 - evicted or damaged since the check: a cache never fails a read
-                return self.transform(row)
+                return _transform_into(self.transform, row, alloc)
         return sample
 
     def _batch(self, slot: _Slot, chunk: list) -> Any:
@@ -401,7 +446,8 @@ class ThreadedDataLoader:
         free = collections.deque(self._slots)
         pending: collections.deque[tuple[_Slot, Future, Any]] = collections.deque()
         held: _Slot | None = None
-        pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="radgenome-dataloader")
+        pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="radgenome-dataloader",
+                                  initializer=_one_torch_thread if self.transform is not None else None)
         chunks = self._batches(self._begin())
         exhausted = False
         try:
@@ -414,7 +460,7 @@ class ThreadedDataLoader:
                     if nxt is None:
                         exhausted = True
                         break
-                    slot = free.popleft()
+                    slot = free.pop()  # the slot freed last: its pages are mapped and warm
                     pending.append((slot, pool.submit(self._batch, slot, nxt[0]), nxt[1]))
                 if not pending:
                     self._yielded, self._dataset_state = 0, None  # the next iteration is a new epoch
@@ -460,15 +506,11 @@ def _read_npy(path: Path, alloc: Alloc, key: str) -> np.ndarray:
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         out = alloc(key, shape, dtype, "F" if fortran else "C")
-        view = memoryview(out.reshape(-1, order="A").view(np.uint8))
-        got = 0
-        while got < out.nbytes:
-            n = f.readinto(view[got:])
-            if not n:
-                from .errors import CorruptVolumeError
+        got = readinto_full(f, memoryview(out.reshape(-1, order="A").view(np.uint8)))
+    if got < out.nbytes:
+        from ..errors import CorruptVolumeError
 
-                raise CorruptVolumeError(path, f"truncated .npy ({got} of {out.nbytes} bytes); re-create the file")
-            got += n
+        raise CorruptVolumeError(path, f"truncated .npy ({got} of {out.nbytes} bytes); re-create the file")
     return out
 
 
@@ -658,7 +700,7 @@ class ThreadedVolumeLoader:
                     free.append(held)
                     held = None
                 while nxt < n and len(pending) < self.prefetch and free:
-                    slot = free.popleft()
+                    slot = free.pop()  # the slot freed last: its pages are mapped and warm
                     pending.append((slot, pool.submit(self._fill, slot, nxt, self.sources[nxt])))
                     nxt += 1
                 slot, fut = pending.popleft()
