@@ -1,8 +1,9 @@
 """Epoch 1 without fresh memory per volume: decodes into reused buffers, preset outputs written into the loader's
-ring, one compression thread and one torch thread per loader thread (issue 13)."""
+ring, frames compressed in pieces by the loader thread alone, one torch thread per loader thread (issue 13)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import tracemalloc
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from radgenome_hf.access import cache as cache_mod
 from radgenome_hf.access.cache import PreparedCache
 from radgenome_hf.access.volume import Volume, clear_open_volumes
 from radgenome_hf.errors import CorruptVolumeError
@@ -184,6 +186,36 @@ def test_preset_outputs_are_compressed_on_the_loader_thread_alone(tmp_path, monk
     entry.store({"": value})
     assert seen == [1]  # a loader's threads or workers are the parallelism: no blosc2 team per store
     assert torch.equal(entry.load()["volume"], value)
+
+
+def test_frames_are_stored_in_pieces_and_older_single_chunk_frames_still_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "_FRAME_PIECE", 1 << 20)
+    cache = PreparedCache(tmp_path / "c")
+    arr = np.arange(3 * 1024 * 1024 + 17, dtype=np.int16).reshape(-1, 1)  # 6 MiB + 34 B: 7 pieces
+    key = PreparedCache.key_for(b"pieces")
+    path = cache.put_array(key, arr, layout="frame", codec=("LZ4", 9), nthreads=1)
+    with open(path, "rb") as f:
+        meta = cache_mod._frame_header(path, f)[0]  # noqa: SLF001
+    assert len(meta["pieces"]) == 7 and meta["piece_nbytes"] == 1 << 20
+    assert np.array_equal(cache.get_array(key), arr)
+
+    # a frame written before pieces: one blosc2 chunk and no "pieces" in its header
+    old = PreparedCache.key_for(b"old")
+    comp = blosc2.compress2(arr.reshape(-1), typesize=2)
+    head = json.dumps({"shape": list(arr.shape), "dtype": arr.dtype.str, "reversed": False, "codec": "BLOSCLZ",
+                       "clevel": 5}).encode()
+    target = cache._frame_path(old)  # noqa: SLF001
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(cache_mod._frame_prefix(head, comp).ljust(cache_mod._FRAME_HEADER, b"\0") + comp)  # noqa: SLF001
+    assert np.array_equal(cache.get_array(old), arr)
+
+    # piece sizes that do not add up to the payload: a damaged entry, dropped (a miss), never wrong voxels
+    bad = dict(meta, pieces=meta["pieces"][:-1])
+    text = json.dumps(bad).encode()
+    payload = path.read_bytes()[cache_mod._FRAME_HEADER:]  # noqa: SLF001
+    path.write_bytes(cache_mod._frame_prefix(text, payload).ljust(cache_mod._FRAME_HEADER, b"\0") + payload)  # noqa: SLF001
+    assert cache.get_array(key) is None
+    assert key not in cache
 
 
 def test_loader_threads_get_one_torch_thread_and_nobody_else_changes():

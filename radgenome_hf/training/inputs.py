@@ -48,8 +48,12 @@ class _Scratch:
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if self.buf is None or self.buf.nbytes < nbytes:
+            import torch
+
             self.buf = None  # drop the old one before mapping the new
-            self.buf = np.empty(max(nbytes, 1), np.uint8)
+            # through torch, not numpy: numpy asks for transparent huge pages on large arrays, and where the kernel
+            # compacts memory to find them (THP defrag "madvise", the default) that cost epoch 1 ~10 % here
+            self.buf = torch.empty(max(nbytes, 1), dtype=torch.uint8).numpy()
             self.allocations += 1
         return self.buf[:nbytes].view(dtype).reshape(tuple(shape), order="F")
 
