@@ -52,7 +52,7 @@ class _Scratch:
 
             self.buf = None  # drop the old one before mapping the new
             # through torch, not numpy: numpy asks for transparent huge pages on large arrays, and where the kernel
-            # compacts memory to find them (THP defrag "madvise", the default) that cost epoch 1 ~10 % here
+            # compacts memory to find them (THP defrag "madvise", the default) that cost epoch 1 10-15 % here
             self.buf = torch.empty(max(nbytes, 1), dtype=torch.uint8).numpy()
             self.allocations += 1
         return self.buf[:nbytes].view(dtype).reshape(tuple(shape), order="F")
@@ -62,9 +62,9 @@ class _Scratch:
 def reuse_buffers():
     """Within the block, presets decode a :class:`~radgenome_hf.access.volume.Volume` that nothing keeps (a preset
     caching its output sets ``Volume.retain = False``) into this thread's one reusable buffer instead of a fresh
-    array per volume. A fresh 157 MB array per 512x512x300 volume costs ~40k page faults, as much kernel time as
-    the inflate in a 2-thread loader. The buffer lives as long as the thread; the loaders' threads and worker
-    processes use it (:func:`~radgenome_hf.training.make_dataloader`). Yields the scratch object.
+    array per volume (a fresh 157 MB array per 512x512x300 volume costs ~40k page faults). The buffer lives as long
+    as the thread; the loaders' threads and worker processes use it (:func:`~radgenome_hf.training.make_dataloader`).
+    Yields the scratch object.
 
     >>> import numpy as np
     >>> from radgenome_hf.access.volume import Volume
