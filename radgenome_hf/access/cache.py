@@ -69,7 +69,7 @@ _FRAME_SUFFIX = ".b2f"
 _SUFFIXES = (_SUFFIX, _FRAME_SUFFIX)
 _FRAME_MAGIC = b"RGHFB2F2"  # 2: the header carries a checksum (older frames read as corrupt: re-created)
 _FRAME_HEADER = 4096  # the blosc2 chunk starts page-aligned
-_FRAME_MAX = (1 << 31) - 1024  # one blosc2 chunk holds < 2 GiB; larger arrays fall back to "chunked"
+_FRAME_MAX = (1 << 31) - 1024  # frames are decoded whole; arrays of 2 GiB or more are stored "chunked" instead
 # A frame's payload is blosc2 chunks of at most this many input bytes each. blosc2.compress2 returns a fresh bytes
 # object sized for the whole input and then a copy cut to the compressed size: for a 110 MB preset output that is
 # ~18k page faults per store in a loader thread. Pieces of 16 MiB come from the allocator's heap, reused store after

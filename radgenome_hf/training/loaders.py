@@ -409,8 +409,7 @@ class ThreadedDataLoader:
                 sample[key] = reader
                 continue
             try:
-                sample[key] = torch.from_numpy(reader.read_into(lambda name, shape, dtype, order="C", key=key:
-                                                                alloc(key, shape, dtype, order), key))
+                sample[key] = torch.from_numpy(reader.read_into(alloc, key))
             except Exception:  # noqa: BLE001 - evicted or damaged since the check: a cache never fails a read
                 return _transform_into(self.transform, row, alloc)
         return sample
